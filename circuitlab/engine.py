@@ -1,0 +1,306 @@
+"""HookedModel: a TransformerBridge over raw HF weights, with the operations circuitlab needs.
+
+The bridge replaces the HF model's submodules in place, so the HF model's own ``forward``
+and ``generate`` (KV cache, left padding, stopping criteria) fire TransformerLens hooks.
+We use them directly: generation runs at HF speed and every hook name is TL's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from circuitlab.errors import ChatTemplateError, CircuitlabError
+from circuitlab.models.facts import ModelFacts, read_facts
+from circuitlab.models.loading import ModelSpec, ResolvedSource, load_hf
+from circuitlab.progress import progress_bar
+
+__all__ = ["HookedModel", "HookFn", "Positions"]
+
+log = logging.getLogger(__name__)
+
+HookFn = Callable[..., Tensor | None]
+Positions = Literal["last", "post_instruction"] | int
+StopFn = Callable[[list[str]], Sequence[bool]]
+
+
+class _StopForward(Exception):
+    """Raised by a collection hook once the last needed layer has been read."""
+
+
+class HookedModel:
+    """A causal LM whose forward passes and generations can be hooked by TL hook name.
+
+    Build one with :meth:`load`. Prompts are plain user messages; they are chat-formatted
+    with the model's template (or ``chat_template``) unless ``chat=False`` is passed.
+    """
+
+    def __init__(
+        self,
+        bridge,
+        tokenizer,
+        resolved: ResolvedSource,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+    ):
+        self.bridge = bridge
+        self.hf_model = bridge.original_model
+        self.tokenizer = tokenizer
+        self.resolved = resolved
+        self.system_prompt = system_prompt
+        if chat_template is not None:
+            template_path = Path(chat_template)
+            if len(chat_template) < 256 and template_path.is_file():
+                chat_template = template_path.read_text()
+            tokenizer.chat_template = chat_template
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # Left padding puts every prompt's last token at position -1 of the batch.
+        tokenizer.padding_side = "left"
+        self.facts: ModelFacts = read_facts(self.hf_model, bool(tokenizer.chat_template))
+
+    @classmethod
+    def load(
+        cls,
+        source: str | ModelSpec,
+        system_prompt: str | None = None,
+        chat_template: str | None = None,
+        progress: bool = False,
+    ) -> HookedModel:
+        """Load a preset, folder, GGUF file or hub id and boot the bridge on its raw weights."""
+        from transformer_lens.model_bridge import TransformerBridge
+
+        spec = ModelSpec(source) if isinstance(source, str) else source
+        model, tokenizer, resolved = load_hf(spec, progress=progress)
+        bridge = TransformerBridge.boot_transformers(
+            resolved.location,
+            hf_model=model,
+            tokenizer=tokenizer,
+            device=spec.torch_device,
+            dtype=model.dtype,
+        )
+        bridge.eval()
+        return cls(bridge, tokenizer, resolved, system_prompt, chat_template)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.device
+
+    @property
+    def n_layers(self) -> int:
+        return self.facts.n_layers
+
+    # ----------------------------------------------------------------------------- hooks
+    def hook_names(self) -> list[str]:
+        return sorted(self.bridge.hook_dict)
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+        bwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    ) -> Iterator[HookedModel]:
+        """Attach TL hooks for the duration of the block; nestable.
+
+        Every name is checked before anything is attached, and the bridge removes what it
+        attached in a ``finally``, so a failure halfway or an exception in the body leaves
+        no hook behind. Hook functions follow TL: ``fn(tensor, hook) -> tensor | None``.
+        """
+        known = self.bridge.hook_dict
+        unknown = [name for name, _ in [*fwd_hooks, *bwd_hooks] if name not in known]
+        if unknown:
+            raise CircuitlabError(f"unknown hook name(s) {unknown}; see HookedModel.hook_names()")
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            yield self
+
+    def n_active_hooks(self) -> int:
+        """Hooks currently attached anywhere on the model (0 outside every ``hooks`` block)."""
+        return sum(
+            len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
+        )
+
+    # ------------------------------------------------------------------------ formatting
+    def format_chat(self, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
+        """Wrap user messages in the chat template, ending with the assistant's turn."""
+        if not self.tokenizer.chat_template:
+            raise ChatTemplateError(
+                f"{self.resolved.location} has no chat template; set chat_template in the "
+                "config (a Jinja template or a file) or pass chat=False for raw text"
+            )
+        system = system_prompt if system_prompt is not None else self.system_prompt
+        texts = []
+        for prompt in prompts:
+            messages = [{"role": "user", "content": prompt}]
+            if system is not None:
+                messages.insert(0, {"role": "system", "content": system})
+            texts.append(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            )
+        return texts
+
+    def encode(self, prompts: Sequence[str], chat: bool = True) -> dict[str, Tensor]:
+        """Left-padded token ids and attention mask for a batch of prompts."""
+        if chat:
+            # The template already carries BOS where the model wants one.
+            batch = self.tokenizer(
+                self.format_chat(prompts),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
+        else:
+            batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        return {
+            "input_ids": batch.input_ids.to(self.device),
+            "attention_mask": batch.attention_mask.to(self.device),
+        }
+
+    def post_instruction_length(self) -> int:
+        """Template tokens after the user text (ChatML: end tag, newline, assistant tag)."""
+        marker = "\u2063circuitlab\u2063"
+        text = self.format_chat([marker])[0]
+        suffix = text[text.index(marker) + len(marker) :]
+        return len(self.tokenizer(suffix, add_special_tokens=False).input_ids)
+
+    def _n_positions(self, positions: Positions) -> int:
+        if positions == "last":
+            return 1
+        if positions == "post_instruction":
+            return self.post_instruction_length()
+        if isinstance(positions, int) and positions >= 1:
+            return positions
+        raise ValueError(
+            f"positions must be 'last', 'post_instruction' or an int >= 1, got {positions!r}"
+        )
+
+    def _batches(self, n: int, batch_size: int) -> list[range]:
+        return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+    # ----------------------------------------------------------------------- activations
+    @torch.no_grad()
+    def collect(
+        self,
+        prompts: Sequence[str],
+        layers: Sequence[int] | None = None,
+        positions: Positions = "last",
+        hook: str = "hook_resid_pre",
+        batch_size: int = 16,
+        chat: bool = True,
+        progress: bool = False,
+    ) -> Float[Tensor, "prompt layer pos d_model"]:
+        """Residual-stream activations at the last ``positions`` prompt tokens.
+
+        Runs only the decoder (no unembedding: Gemma's 262k vocabulary would make full
+        logits ~1.6 GB for 64 prompts) and stops after the last requested layer.
+
+        Returns:
+            float32 tensor on CPU, layers in the order given (default: all layers).
+        """
+        layers = list(range(self.n_layers)) if layers is None else list(layers)
+        n_pos = self._n_positions(positions)
+        last = max(layers)
+        out = torch.empty(len(prompts), len(layers), n_pos, self.facts.d_model)
+        current = {"rows": range(0)}  # the batch being run, read by the hooks
+
+        def make_hook(slot: int, layer: int) -> HookFn:
+            def read(x: Tensor, hook) -> None:
+                rows = current["rows"]
+                out[rows.start : rows.stop, slot] = x[:, -n_pos:, :].float().cpu()
+                if layer == last:
+                    raise _StopForward
+
+            return read
+
+        fwd = [(f"blocks.{layer}.{hook}", make_hook(i, layer)) for i, layer in enumerate(layers)]
+        with self.hooks(fwd), progress_bar(len(prompts), "collecting", progress) as advance:
+            for rows in self._batches(len(prompts), batch_size):
+                current["rows"] = rows
+                batch = self.encode([prompts[i] for i in rows], chat=chat)
+                with suppress(_StopForward):
+                    self.hf_model.model(**batch, use_cache=False)
+                advance(len(rows))
+        return out
+
+    @torch.no_grad()
+    def next_token_logprobs(
+        self, prompts: Sequence[str], batch_size: int = 16, chat: bool = True
+    ) -> Float[Tensor, "prompt vocab"]:
+        """Log-probabilities of the first generated token (float32, CPU)."""
+        chunks = []
+        for rows in self._batches(len(prompts), batch_size):
+            batch = self.encode([prompts[i] for i in rows], chat=chat)
+            logits = self.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
+            chunks.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(chunks)
+
+    # ------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 48,
+        batch_size: int = 16,
+        stop: StopFn | None = None,
+        stop_check_every: int = 4,
+        chat: bool = True,
+        progress: bool = False,
+    ) -> list[str]:
+        """Greedy completions, with KV cache, under whatever hooks are active.
+
+        Args:
+            stop: called with the completions so far of the rows still running, every
+                ``stop_check_every`` tokens; a row for which it returns True stops (a judge
+                that has already decided). The batch ends when every row has stopped.
+
+        Returns:
+            The decoded completions (special tokens removed), in the order of ``prompts``.
+        """
+        # Similar lengths in a batch waste less compute on padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[str] = [""] * len(prompts)
+        eos = self.hf_model.generation_config.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+        )
+        with progress_bar(len(prompts), "generating", progress) as advance:
+            for rows in self._batches(len(prompts), batch_size):
+                idx = [order[i] for i in rows]
+                batch = self.encode([prompts[i] for i in idx], chat=chat)
+                start = batch["input_ids"].shape[1]
+                criteria = StoppingCriteriaList()
+                if stop is not None:
+                    criteria.append(_JudgeStop(stop, self.tokenizer, start, stop_check_every))
+                tokens = self.hf_model.generate(
+                    **batch, generation_config=config, stopping_criteria=criteria
+                )
+                texts = self.tokenizer.batch_decode(tokens[:, start:], skip_special_tokens=True)
+                for i, text in zip(idx, texts, strict=True):
+                    results[i] = text
+                advance(len(rows))
+        return results
+
+
+class _JudgeStop(StoppingCriteria):
+    def __init__(self, stop: StopFn, tokenizer, start: int, every: int):
+        self.stop, self.tokenizer, self.start, self.every = stop, tokenizer, start, every
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        n_new = input_ids.shape[1] - self.start
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if n_new == 0 or n_new % self.every:
+            return done
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor(list(self.stop(texts)), dtype=torch.bool, device=input_ids.device)

