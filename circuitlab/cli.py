@@ -6,6 +6,7 @@ Only this module configures logging, threads, seeds and progress display.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import random
@@ -159,6 +160,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# Each module has ``register(command)``; ``command(name, fn, help)`` returns its subparser,
+# already carrying the settings flags, and ``fn(args, settings) -> exit code``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="circuitlab",
@@ -181,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p = command("demo", cmd_demo, "Run the main job on the embedded default model.")
     p.add_argument("--model", default="smollm2-135m", help="model to run on")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(command)
     return parser
 
 
