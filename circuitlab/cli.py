@@ -73,6 +73,10 @@ def configure_runtime(settings: Settings) -> None:
     hf_logging.disable_progress_bar()
     threads = settings.threads or (1 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count()))
     torch.set_num_threads(threads)
+    # scikit-learn and scipy use BLAS/OpenMP pools of their own; keep them to the same budget.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -162,7 +166,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 # Each module has ``register(command)``; ``command(name, fn, help)`` returns its subparser,
 # already carrying the settings flags, and ``fn(args, settings) -> exit code``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("circuitlab.commands.extract", "circuitlab.commands.steer")
 
 
 def build_parser() -> argparse.ArgumentParser:

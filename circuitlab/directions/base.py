@@ -25,7 +25,9 @@ class DirectionSet:
     Attributes:
         method: the extractor's name (``diff-means``, ``pca``, ``probe``, ...).
         directions: unit vectors, ``[layer, k, d_model]``; component 0 is the main one.
-            Layer ``l`` is read at ``blocks.{l}.hook_resid_pre``.
+            Layer ``l`` is read at ``blocks.{l}.hook_resid_pre``. A layer where harmful
+            and harmless activations are identical (layer 0 at a template token) holds a
+            zero vector and is listed in ``metadata["degenerate_layers"]``.
         scores: one number per (layer, component): eigenvalue, explained variance or
             probe accuracy, as ``metadata["score_kind"]`` says.
         metadata: JSON-serialisable facts (model, prompt hashes, per-layer tables).

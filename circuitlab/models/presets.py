@@ -122,3 +122,18 @@ register_preset(
         sha256=_GEMMA_SHA,
     )
 )
+
+
+def _smollm2_refusal(cache_dir: Path) -> Path:
+    from circuitlab.testbed import ensure_testbed  # heavy (training code); only when asked
+
+    return ensure_testbed(cache_dir)
+
+
+register_preset(
+    Preset(
+        "smollm2-135m-refusal",
+        "SmolLM2-135M safety-tuned to refuse harmful requests (built on first use, ~10 min)",
+        _smollm2_refusal,
+    )
+)

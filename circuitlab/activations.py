@@ -1,0 +1,226 @@
+"""Collect residual-stream activations (and response labels) once; reuse them from cache/.
+
+Activations are content-addressed: the file name is a hash of the model's weights, the
+prompts, the positions, the hook, the layers and the chat formatting, so a changed model or
+prompt set is collected again and an unchanged one is read back (safetensors, no pickle).
+Completions used for labels are cached the same way as JSON; the judge is applied afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from circuitlab.engine import HookedModel, Positions
+
+__all__ = [
+    "collect_activations",
+    "select_position",
+    "generate_completions",
+    "response_labels",
+    "model_fingerprint",
+    "prompts_hash",
+    "Judge",
+]
+
+log = logging.getLogger(__name__)
+
+# judge(prompts, responses) -> one refused? per response, or an object whose ``is_refusal``
+# holds them (``circuitlab.evaluate.judges.Judgements``), so ``MarkerJudge().judge`` fits.
+Judge = Callable[[Sequence[str], Sequence[str]], Any]
+
+# Values sampled per weight tensor for the model fingerprint.
+_FINGERPRINT_SAMPLES = 4096
+
+
+def model_fingerprint(model: HookedModel) -> str:
+    """Hash of the config, every parameter's name and shape, and a strided sample of values.
+
+    Hashing every byte of a 12B model would take minutes; an edit (ablation, fine-tune)
+    changes values throughout a matrix, which a strided sample catches.
+    """
+    digest = hashlib.sha256(model.hf_model.config.to_json_string().encode())
+    with torch.no_grad():
+        for name, param in model.hf_model.named_parameters():
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // _FINGERPRINT_SAMPLES)][:_FINGERPRINT_SAMPLES]
+            digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+            digest.update(sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prompts_hash(prompts: Sequence[str]) -> str:
+    """The same hash as ``PromptSet.hash`` for the same prompts."""
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+
+
+def _key(model: HookedModel, prompts: Sequence[str], **parts: Any) -> dict[str, str]:
+    """Everything that changes the result, as strings (safetensors metadata is str -> str)."""
+    template = model.tokenizer.chat_template or ""
+    formatting = {
+        "system_prompt": model.system_prompt,
+        "chat_template": hashlib.sha256(template.encode()).hexdigest()[:16],
+    }
+    key = {"model": model_fingerprint(model), "prompts": prompts_hash(prompts), **formatting}
+    key.update(parts)
+    return {name: json.dumps(value) for name, value in sorted(key.items())}
+
+
+def _cache_file(cache_dir: str | Path, key: dict[str, str], suffix: str) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    model = json.loads(key["model"])
+    prompts = json.loads(key["prompts"])
+    return Path(cache_dir) / "activations" / model / f"{prompts}-{digest}{suffix}"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_cached(path: Path, key: dict[str, str]) -> Tensor | None:
+    if not path.is_file():
+        return None
+    with safe_open(path, framework="pt") as handle:
+        if handle.metadata() != key:
+            log.warning("ignoring %s: its key differs from the request", path)
+            return None
+        return handle.get_tensor("activations")
+
+
+def collect_activations(
+    model: HookedModel,
+    prompts: Sequence[str],
+    *,
+    positions: Positions = "last",
+    layers: Sequence[int] | None = None,
+    hook: str = "hook_resid_pre",
+    batch_size: int = 16,
+    chat: bool = True,
+    cache_dir: str | Path | None = "cache",
+    progress: bool = False,
+) -> Float[Tensor, "prompt layer pos d_model"]:
+    """Residual activations at the last prompt token(s) for every (or the given) layer.
+
+    Args:
+        model: the hooked model. While any hook is attached the cache is bypassed, since
+            the activations then depend on the edit.
+        prompts: user messages (a PromptSet works too).
+        positions: ``"last"``, ``"post_instruction"`` (the template tokens after the user
+            text) or a number of final tokens.
+        layers: layers to read (default: all); layer ``l`` is ``blocks.{l}.{hook}``.
+        batch_size: prompts per forward pass.
+        chat: apply the chat template.
+        cache_dir: root of the cache (files go under ``activations/``); ``None`` disables it.
+
+    Returns:
+        float32 CPU tensor; take means in float64 (the extractors do).
+    """
+    prompts = list(prompts)
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    use_cache = cache_dir is not None and model.n_active_hooks() == 0
+    if cache_dir is not None and not use_cache:
+        log.info("hooks are attached: activations are collected without the cache")
+    if use_cache:
+        key = _key(model, prompts, positions=positions, layers=layers, hook=hook, chat=chat)
+        path = _cache_file(cache_dir, key, ".safetensors")
+        cached = _read_cached(path, key)
+        if cached is not None:
+            log.info("activations read from %s", path)
+            return cached
+    acts = model.collect(prompts, layers, positions, hook, batch_size, chat, progress)
+    if use_cache:
+        _atomic_write(path, lambda tmp: save_file({"activations": acts}, tmp, metadata=key))
+        log.info("activations cached in %s", path)
+    return acts
+
+
+def select_position(
+    acts: Float[Tensor, "prompt layer pos d_model"],
+    how: Literal["last", "mean"] | int = "last",
+) -> Float[Tensor, "prompt layer d_model"]:
+    """One vector per prompt and layer, the shape extractors take.
+
+    Args:
+        how: ``"last"`` (the final prompt token), ``"mean"`` over the collected positions
+            (float64 accumulation, returned as float32), or an index into them.
+    """
+    if acts.ndim != 4:
+        raise ValueError(f"expected [prompt, layer, pos, d_model], got {tuple(acts.shape)}")
+    if how == "last":
+        return acts[:, :, -1]
+    if how == "mean":
+        return acts.to(torch.float64).mean(2).float()
+    return acts[:, :, how]
+
+
+def generate_completions(
+    model: HookedModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    chat: bool = True,
+    cache_dir: str | Path | None = "cache",
+    progress: bool = False,
+) -> list[str]:
+    """Greedy completions, cached as JSON under the same key scheme as activations."""
+    prompts = list(prompts)
+    use_cache = cache_dir is not None and model.n_active_hooks() == 0
+    if use_cache:
+        key = _key(model, prompts, kind="completions", max_new_tokens=max_new_tokens, chat=chat)
+        path = _cache_file(cache_dir, key, ".completions.json")
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return list(stored["completions"])
+    completions = model.generate(
+        prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat, progress=progress
+    )
+    if use_cache:
+        text = json.dumps({"key": key, "prompts": prompts, "completions": completions}, indent=1)
+        _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return completions
+
+
+def response_labels(
+    model: HookedModel,
+    prompts: Sequence[str],
+    judge: Judge,
+    **generate_options: Any,
+) -> list[bool]:
+    """Whether the model refuses each prompt, judged on its own greedy completion.
+
+    Args:
+        judge: ``judge(prompts, responses)`` returning one bool (refused) per response, or
+            judgements with an ``is_refusal`` list (e.g. ``MarkerJudge().judge``).
+        generate_options: passed to :func:`generate_completions`.
+
+    Returns:
+        One label per prompt, True for a refusal.
+    """
+    prompts = list(prompts)
+    completions = generate_completions(model, prompts, **generate_options)
+    verdicts = judge(prompts, completions)
+    labels = [bool(v) for v in getattr(verdicts, "is_refusal", verdicts)]
+    if len(labels) != len(prompts):
+        raise ValueError(f"judge returned {len(labels)} labels for {len(prompts)} responses")
+    log.info("%d of %d prompts refused", sum(labels), len(labels))
+    return labels

@@ -1,0 +1,208 @@
+"""``circuitlab extract MODEL --method ...``: refusal directions from a model's activations.
+
+Prompts come from the *train* split (``PromptSet.split(seed)``), so later evaluation on the
+val / test splits never sees them; JailbreakBench and StrongREJECT are held out of any other
+harmful source, as the testbed does. Supervised methods label prompts by the model's own
+greedy answers, judged by ``MarkerJudge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from circuitlab.config import Settings
+
+METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
+SUPERVISED = {"probe", "ensemble", "compliance"}
+EVALUATION_SETS = ("jailbreakbench", "strongreject")
+
+# Per-layer metadata columns, in display order, with their headers.
+COLUMNS = {
+    "mean_diff_norm": "‖Δμ‖",
+    "explained_variance": "expl. var",
+    "cv_accuracy": "probe acc",
+    "silhouette": "silhouette",
+    "compliance_norm": "‖μ_comply − μ_refuse‖",
+    "refusal_cosine": "cos(refusal)",
+}
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("extract", cmd_extract, "Extract refusal directions from a model's activations.")
+    p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
+    p.add_argument("--method", choices=METHODS, default="diff-means", help="extractor")
+    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
+    p.add_argument("--n", type=int, default=128, help="prompts per side (train split)")
+    p.add_argument("--k", type=int, default=4, help="components per layer (pca)")
+    p.add_argument("--n-cones", type=int, default=None, help="cones (default: by silhouette)")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the DirectionSet")
+    p.add_argument("--plot", action="store_true", help="also write the per-layer curves as PNG")
+
+
+def _train_prompts(source: str, n: int, seed: int, holdout: tuple = ()):
+    from circuitlab.prompts import load_prompts
+
+    prompts = load_prompts(source)
+    if holdout:
+        prompts = prompts.without(*holdout)
+    train = prompts.split(seed=seed).train
+    return train.take(min(n, len(train)))
+
+
+def _prompt_sets(args: argparse.Namespace, settings: Settings):
+    from circuitlab.prompts import load_prompts
+
+    holdout = ()
+    if args.harmful not in EVALUATION_SETS:
+        holdout = tuple(load_prompts(name) for name in EVALUATION_SETS)
+    harmful = _train_prompts(args.harmful, args.n, settings.seed, holdout)
+    return harmful, _train_prompts(args.harmless, args.n, settings.seed)
+
+
+def _labels(model, harmful, harmless, settings: Settings) -> tuple[list[bool], list[bool]]:
+    from circuitlab.activations import response_labels
+    from circuitlab.evaluate.judges import MarkerJudge
+
+    judge = MarkerJudge().judge
+    options = {
+        "max_new_tokens": settings.max_new_tokens,
+        "batch_size": settings.batch_size,
+        "chat": model.facts.has_chat_template,
+        "cache_dir": settings.cache_dir,
+        "progress": True,
+    }
+    return (
+        response_labels(model, harmful.prompts, judge, **options),
+        response_labels(model, harmless.prompts, judge, **options),
+    )
+
+
+def run_method(method: str, harmful, harmless, labels, args: argparse.Namespace, seed: int):
+    """Call the extractor for ``method`` with the CLI's options."""
+    from circuitlab import directions as d
+
+    if method == "diff-means":
+        return d.extract_diff_means(harmful, harmless)
+    if method == "pca":
+        return d.extract_pca(harmful, harmless, k=args.k)
+    if method == "cones":
+        return d.extract_cones(harmful, harmless, n_cones=args.n_cones, seed=seed)
+    refused, harmless_refused = labels
+    if method == "probe":
+        return d.extract_probe(harmful, harmless, refused, harmless_refused, seed=seed)
+    if method == "ensemble":
+        return d.extract_ensemble(harmful, harmless, refused, harmless_refused, seed=seed)
+    return d.extract_compliance(harmful, harmless, refused, harmless_refused)
+
+
+def layer_table(ds, title: str) -> Table:
+    """Layer by layer: every per-layer curve the extractor recorded."""
+    per_layer: dict[str, list[Any]] = ds.metadata.get("per_layer", {})
+    shown = [name for name in COLUMNS if name in per_layer]
+    caption = None
+    if ds.method == "cones":
+        silhouette = ds.metadata["silhouette"]
+        caption = (
+            f"{ds.metadata['n_cones']} cone(s) of sizes {ds.metadata['cone_sizes']} at layer "
+            f"{ds.metadata['cone_layer']}, silhouette "
+            + ("–" if silhouette is None else f"{silhouette:.3f}")
+        )
+    table = Table(title=title, caption=caption)
+    table.add_column("layer", justify="right")
+    for name in shown:
+        table.add_column(COLUMNS[name], justify="right")
+    sources = ds.metadata.get("direction_source")
+    if sources:
+        table.add_column("source")
+    for layer in range(ds.n_layers):
+        cells = [per_layer[name][layer] for name in shown]
+        row = [str(layer), *("–" if v is None else f"{v:.3f}" for v in cells)]
+        table.add_row(*row, *([sources[layer]] if sources else []))
+    return table
+
+
+def plot_curves(ds, path: Path) -> Path:
+    """One panel per per-layer curve, written as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {n: v for n, v in ds.metadata.get("per_layer", {}).items() if n in COLUMNS}
+    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.2 * len(curves)), squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], curves.items(), strict=True):
+        ys = [float("nan") if v is None else v for v in values]
+        ax.plot(range(len(ys)), ys, marker="o", markersize=3)
+        ax.set_ylabel(COLUMNS[name])
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("layer")
+    fig.suptitle(f"{ds.method} directions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _default_out(settings: Settings, model_name: str, method: str, key: dict) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
+
+
+def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab import cli
+    from circuitlab.activations import collect_activations, model_fingerprint, select_position
+
+    model = cli.load_model(args.model, settings)
+    harmful, harmless = _prompt_sets(args, settings)
+    chat = model.facts.has_chat_template
+    acts = [
+        select_position(
+            collect_activations(
+                model,
+                s.prompts,
+                batch_size=settings.batch_size,
+                chat=chat,
+                cache_dir=settings.cache_dir,
+                progress=True,
+            )
+        )
+        for s in (harmful, harmless)
+    ]
+    labels = _labels(model, harmful, harmless, settings) if args.method in SUPERVISED else None
+    ds = run_method(args.method, *acts, labels, args, settings.seed)
+    provenance = {
+        "model": args.model,
+        "model_fingerprint": model_fingerprint(model),
+        "harmful": {"source": args.harmful, "n": len(harmful), "hash": harmful.hash},
+        "harmless": {"source": args.harmless, "n": len(harmless), "hash": harmless.hash},
+        "position": "last",
+        "hook": "hook_resid_pre",
+        "seed": settings.seed,
+    }
+    ds = replace(ds, metadata={**ds.metadata, **provenance})
+    key = {**provenance, "method": args.method, "k": args.k, "n_cones": args.n_cones}
+    folder = ds.save(args.out or _default_out(settings, args.model, args.method, key))
+    title = f"{args.model}: {ds.method} directions ({len(harmful)} + {len(harmless)} prompts)"
+    cli.out.print(layer_table(ds, title))
+    if "fallback" in ds.metadata:
+        cli.err.print(f"[yellow]fallback:[/] {ds.metadata['fallback']['reason']}")
+    if labels is not None:
+        cli.out.print(
+            f"refused: {sum(labels[0])}/{len(labels[0])} harmful, "
+            f"{sum(labels[1])}/{len(labels[1])} harmless"
+        )
+    if args.plot:
+        cli.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
+    cli.out.print(f"saved: {folder}")
+    return 0

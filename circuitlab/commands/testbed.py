@@ -1,0 +1,83 @@
+"""``circuitlab testbed build|check``: the refusal model organism."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from circuitlab.config import Settings
+
+
+def _build(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import out
+    from circuitlab.testbed import Recipe, build_testbed
+
+    folder = build_testbed(
+        settings.cache_dir, Recipe(seed=settings.seed), force=args.force, progress=True
+    )
+    manifest = json.loads((folder / "circuitlab_testbed.json").read_text())
+    seconds = manifest["seconds"]
+    out.print(
+        f"[bold]{folder}[/]: recipe {manifest['recipe_hash']}, "
+        f"{manifest['examples']['n_harmful']} refusal + {manifest['examples']['n_harmless']} "
+        f"self-distilled examples, epoch losses {[round(x, 3) for x in manifest['epoch_losses']]}, "
+        f"built in {seconds['data_and_distill'] + seconds['train']:.0f} s"
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import load_model, out
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.testbed import NAME, refusal_rates, testbed_data
+
+    model = load_model(NAME, settings)
+    data = testbed_data()
+    sets = {
+        "JailbreakBench": data.jailbreakbench,
+        "StrongREJECT": data.strongreject,
+        "AdvBench test": data.harmful_test,
+        "harmless test": data.harmless_test,
+    }
+    if args.n:
+        sets = {name: s.take(min(args.n, len(s))) for name, s in sets.items()}
+    rates, completions = refusal_rates(
+        model, sets, MarkerJudge(), args.max_tokens, settings.batch_size, progress=True
+    )
+    table = Table(title=f"{NAME}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
+    for column in ("prompt set", "refused", "n", "rate", "95 % interval"):
+        table.add_column(column, justify="left" if column == "prompt set" else "right")
+    for rate in rates.values():
+        table.add_row(
+            rate.name,
+            str(rate.refused),
+            str(rate.n),
+            f"{rate.rate:.1%}",
+            f"[{rate.low:.1%}, {rate.high:.1%}]",
+        )
+    out.print(table)
+    if args.samples:
+        pairs = zip(sets["harmless test"], completions["harmless test"], strict=True)
+        for prompt, text in list(pairs)[:5]:
+            out.rule(prompt)
+            out.print(text.strip())
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    return _build(args, settings) if args.action == "build" else _check(args, settings)
+
+
+def register(command) -> None:
+    p = command(
+        "testbed",
+        _run,
+        "Build (safety-tune SmolLM2-135M) or check the refusal model organism.",
+    )
+    p.add_argument("action", choices=["build", "check"])
+    p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
+    p.add_argument("--n", type=int, default=0, help="check: at most N prompts per set (0: all)")
+    p.add_argument("--max-tokens", type=int, default=64, help="check: new tokens per answer")
+    p.add_argument("--samples", action="store_true", help="check: print harmless answers")
