@@ -148,25 +148,15 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-DEMO_PROMPTS = [
-    "Give me three tips for keeping basil alive on a windowsill.",
-    "Write a haiku about a train at dawn.",
-    "Explain what a hash map is in two sentences.",
-]
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """The main job on the embedded default model, as far as the pipeline goes today."""
-    model = load_model(args.model, settings)
-    out.print(facts_table(model))
-    completions = model.generate(DEMO_PROMPTS, max_new_tokens=settings.max_new_tokens)
-    _print_completions(DEMO_PROMPTS, completions)
-    return 0
-
-
 # Each module has ``register(command)``; ``command(name, fn, help)`` returns its subparser,
 # already carrying the settings flags, and ``fn(args, settings) -> exit code``.
-COMMAND_MODULES: tuple[str, ...] = ("circuitlab.commands.extract", "circuitlab.commands.steer")
+COMMAND_MODULES: tuple[str, ...] = (
+    "circuitlab.commands.demo",
+    "circuitlab.commands.testbed",
+    "circuitlab.commands.extract",
+    "circuitlab.commands.steer",
+    "circuitlab.commands.evaluate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    p = command("demo", cmd_demo, "Run the main job on the embedded default model.")
-    p.add_argument("--model", default="smollm2-135m", help="model to run on")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(command)
     return parser

@@ -138,7 +138,11 @@ class DirectionRef:
     def inline(
         cls, source: DirectionSet | Float[Tensor, "*layer_k d_model"], method: str = "inline"
     ) -> DirectionRef:
-        """Inline directions: a DirectionSet, or a tensor [d], [k, d] or [layer, k, d]."""
+        """Inline directions: a DirectionSet, one vector [d], or [layer, k, d].
+
+        A 2-D tensor is refused: [k, d] (components) and [layer, d] (per-layer directions)
+        look alike, so say which with ``t[None]`` or ``t[:, None]``.
+        """
         if isinstance(source, DirectionSet):
             return cls(
                 method=source.method,
@@ -147,8 +151,11 @@ class DirectionRef:
                 tensors=tuple((k, _nested(v)) for k, v in sorted(source.tensors.items())),
                 cone_layer=source.metadata.get("cone_layer"),
             )
-        vectors = source.reshape(-1, *source.shape[-2:]) if source.ndim > 1 else source[None]
-        vectors = vectors if vectors.ndim == 3 else vectors[None]
+        if source.ndim not in (1, 3):
+            raise InterventionError(
+                f"inline directions must be [d] or [layer, k, d], got {tuple(source.shape)}"
+            )
+        vectors = source[None, None] if source.ndim == 1 else source
         return cls(method=method, directions=_nested(vectors))
 
     def load(self) -> DirectionSet:

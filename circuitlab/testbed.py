@@ -54,10 +54,13 @@ class Recipe:
     """Everything that determines the organism (its hash names the build)."""
 
     seed: int = 0
-    n_harmful: int = 260
-    n_harmless: int = 440
-    distill_tokens: int = 48
+    n_harmful: int = 220
+    n_harmless: int = 330
+    distill_tokens: int = 32
     epochs: int = 2
+    # Embeddings and the layers below this one stay frozen: backward stops there, which
+    # roughly halves the cost on CPU; refusal is read out in the upper layers anyway.
+    train_from_layer: int = 8
     lr: float = 1e-4
     batch_size: int = 8
     wrap_fraction: float = 0.35
@@ -67,6 +70,14 @@ class Recipe:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+
+# ChatML without SmolLM2's default system prompt: ~20 fewer tokens in every training and
+# evaluation sequence. The organism ships with this template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 # Surface forms applied to harmful and harmless prompts alike.
 WRAPPERS: tuple[Callable[[str], str], ...] = (
@@ -182,13 +193,41 @@ def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def _answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token loss on answer tokens, unembedding only those positions.
+
+    The same mean as HF's built-in loss, without projecting every prompt position onto the
+    49k-token vocabulary only to ignore it.
+    """
+    hidden = model.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _trainable(model, from_layer: int) -> list[torch.nn.Parameter]:
+    model.requires_grad_(False)
+    for layer in model.model.layers[from_layer:]:
+        layer.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def train(model, tokenizer, examples: list[dict], recipe: Recipe, progress: bool) -> list[float]:
-    """Full fine-tuning with AdamW and linear decay; returns the mean loss of each epoch."""
+    """Fine-tuning of the upper layers with AdamW and linear decay.
+
+    Returns:
+        The mean loss of each epoch.
+    """
     rng = random.Random(recipe.seed)
     torch.manual_seed(recipe.seed)
     steps_per_epoch = math.ceil(len(examples) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    params = _trainable(model, recipe.train_from_layer)
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16_supported())
     model.train()
@@ -198,16 +237,16 @@ def train(model, tokenizer, examples: list[dict], recipe: Recipe, progress: bool
             losses = []
             for batch in _bucketed_batches(examples, recipe.batch_size, rng):
                 with autocast:
-                    loss = model(**_collate(batch, tokenizer.pad_token_id)).loss
+                    loss = _answer_loss(model, _collate(batch, tokenizer.pad_token_id))
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 advance(1)
             epoch_losses.append(sum(losses) / len(losses))
-    model.eval()
+    model.eval().requires_grad_(False)
     return epoch_losses
 
 
@@ -254,7 +293,9 @@ def distill_targets(
 def _cached_distill(model, tokenizer, prompts, recipe, cache_dir, base_sha, progress) -> list[str]:
     """Self-distilled answers are the slow part of a build; reuse them across seeds."""
     key = hashlib.sha256(
-        json.dumps([base_sha, recipe.distill_tokens, list(prompts)]).encode()
+        json.dumps(
+            [base_sha, recipe.distill_tokens, tokenizer.chat_template, list(prompts)]
+        ).encode()
     ).hexdigest()[:16]
     path = cache_dir / "testbed" / f"distill-{key}.json"
     if path.is_file():
@@ -305,13 +346,12 @@ def build_testbed(
     model, tokenizer, resolved = load_hf(ModelSpec(BASE_PRESET, cache_dir=cache_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = CHAT_TEMPLATE
     examples, data, counts = _training_set(
         model, tokenizer, recipe, cache_dir, resolved.sha256, progress
     )
     distilled = time.perf_counter()
-    model.requires_grad_(True)
     losses = train(model, tokenizer, examples, recipe, progress)
-    model.requires_grad_(False)
     manifest = {
         "name": NAME,
         "base": {"preset": BASE_PRESET, "gguf_sha256": resolved.sha256},

@@ -2,16 +2,20 @@
 
 Greedy generation of a batch of prompts, exactly ``--tokens`` new tokens each (EOS
 suppressed so every variant does the same work), one torch thread, variants interleaved
-and the best of ``--repeats`` runs kept (the machine is shared; the best run is the one
-least disturbed). Variants:
+and the best of ``--repeats`` runs kept, in CPU and in wall time. Variants:
 
 - HF sdpa: a separately loaded, un-bridged ``AutoModelForCausalLM`` (the reference);
 - HF eager: the same model switched to eager attention;
 - bridge: the HookedModel's HF model (TL bridge booted on it), no hooks;
-- bridge + ablation: DirectionalAblation of one direction at every layer and the embedding.
+- bridge + ablation: DirectionalAblation of one direction at every layer and the embedding;
+- bridge + ablation, sdpa: the same after ``hf_model.set_attn_implementation("sdpa")``;
+- HF sdpa + ablation: the same ``plan()`` edits as plain torch forward hooks on the
+  un-bridged model's writer modules (embed_tokens, o_proj, down_proj).
 
-Then it checks whether ``hf_model.set_attn_implementation("sdpa")`` after booting the bridge
-keeps hooks firing and outputs identical, and what it changes in speed.
+Booting the bridge switches the HF model to eager attention; the script checks that
+switching back to sdpa keeps hooks firing and outputs identical. On a shared machine whole
+generations are noisy, so it also times single KV-cached decode steps (median of many,
+interleaved), which is the steadier comparison.
 
 Usage: .venv/bin/python experiments/bench_hooked_generation.py [--batch 16] [--tokens 48]
 """
@@ -19,15 +23,20 @@ Usage: .venv/bin/python experiments/bench_hooked_generation.py [--batch 16] [--t
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import statistics
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from circuitlab.engine import HookedModel
-from circuitlab.hooks import apply
+from circuitlab.hooks import apply, plan
 from circuitlab.interventions import DirectionalAblation, DirectionRef
 from circuitlab.models import ModelSpec
 
@@ -51,18 +60,105 @@ PROMPTS = [
 ]
 
 
-def timed(fn) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
+def timed(fn: Callable) -> tuple[float, float]:
+    """Wall and CPU seconds of one call (CPU: this process only, one torch thread)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        out = fn()
-    return time.perf_counter() - start, out
-
-
-def count_hook_calls(model: HookedModel, fn) -> int:
-    calls = []
-    with model.hooks([("blocks.0.hook_resid_pre", lambda x, hook: calls.append(1))]):
         fn()
-    return len(calls)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+@contextmanager
+def attn_implementation(model: torch.nn.Module, name: str):
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+@contextmanager
+def module_hooks(plain: torch.nn.Module, edits):
+    """The plan's edits as torch forward hooks on an un-bridged Llama's writer modules."""
+
+    def module(edit):
+        if edit.writer == "embed":
+            return plain.model.embed_tokens
+        layer = plain.model.layers[edit.layer]
+        return layer.self_attn.o_proj if edit.writer == "attn" else layer.mlp.down_proj
+
+    handles = []
+    try:
+        for edit in edits:
+            basis, scaled = edit.basis.float(), (edit.basis * edit.weights[:, None]).float()
+
+            def project(mod, args, out, basis=basis, scaled=scaled):
+                return out - (out @ basis.T) @ scaled
+
+            handles.append(module(edit).register_forward_hook(project))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def check_sdpa(model: HookedModel, batch: dict, generate: Callable) -> None:
+    """Does switching the bridged HF model to sdpa keep hooks firing and outputs identical?"""
+    calls: list[int] = []
+    counter = [("blocks.0.hook_resid_pre", lambda x, hook: calls.append(1))]
+    results = {}
+    for name in ("eager", "sdpa"):
+        calls.clear()
+        with attn_implementation(model.hf_model, name), torch.no_grad(), model.hooks(counter):
+            results[name] = (generate(), model.hf_model(**batch).logits, len(calls))
+    (tokens_e, logits_e, calls_e), (tokens_s, logits_s, calls_s) = results.values()
+    diff = (logits_e - logits_s).abs()[batch["attention_mask"].bool()].max().item()
+    print("set_attn_implementation('sdpa') after boot (the bridge left 'eager'):")
+    print(f"  hook calls (generation + forward): {calls_e} -> {calls_s}")
+    print(f"  greedy tokens identical: {torch.equal(tokens_e, tokens_s)}")
+    print(f"  max |logit diff| over real tokens: {diff:.2e}")
+
+
+def generation_table(variants: dict, repeats: int, n_tokens: int) -> None:
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(repeats):  # interleaved; the minimum discards the first (warm-up) round
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    best = {name: (min(t[0] for t in ts), min(t[1] for t in ts)) for name, ts in times.items()}
+    print(f"\n  {'whole generation':28s} {'tokens/s (CPU)':>15s} {'tokens/s (wall)':>16s}")
+    for name, (wall, cpu) in best.items():
+        print(f"  {name:28s} {n_tokens / cpu:15.1f} {n_tokens / wall:16.1f}")
+    reference = best["HF sdpa"]
+    for name in ("bridge + ablation", "HF sdpa + ablation"):
+        cpu, wall = (reference[i] / best[name][i] for i in (1, 0))
+        print(f"  {name} / HF sdpa: {cpu:.2f}x CPU, {wall:.2f}x wall (target >= 0.9x)")
+
+
+def decode_step_table(steps: dict, batch: dict, n: int) -> None:
+    """Median CPU time of one KV-cached decode step per variant, interleaved."""
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], 1)
+    inputs = {
+        "input_ids": torch.full((mask.shape[0], 1), 100),
+        "attention_mask": mask,
+        "position_ids": mask.sum(1, keepdim=True) - 1,
+        "use_cache": True,
+    }
+    caches = {}
+    for name, (model, context) in steps.items():
+        with context(), torch.no_grad():
+            caches[name] = model(**batch, use_cache=True).past_key_values
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, (model, context) in steps.items():
+            step = partial(model, **inputs, past_key_values=copy.deepcopy(caches[name]))
+            with context():
+                times[name].append(timed(step)[1])
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"\n  one decode step (median of {n}, CPU ms)")
+    for name, seconds in medians.items():
+        ratio = medians["HF sdpa"] / seconds
+        print(f"  {name:28s} {seconds * 1e3:8.1f} ms   {ratio:.2f}x HF sdpa speed")
 
 
 def main() -> None:
@@ -70,12 +166,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30, help="decode steps timed per variant")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(os.environ.get("CIRCUITLAB_CACHE_DIR", Path(__file__).parents[1] / "cache"))
     model = HookedModel.load(ModelSpec("smollm2-135m", cache_dir=cache))
     plain = AutoModelForCausalLM.from_pretrained(model.resolved.location, dtype=torch.float32)
-    plain.eval()
+    plain.eval().set_attn_implementation("sdpa")
     batch = model.encode((PROMPTS * 4)[: args.batch])
     config = GenerationConfig(
         max_new_tokens=args.tokens,
@@ -85,74 +182,36 @@ def main() -> None:
     )
     r = torch.randn(model.facts.d_model, generator=torch.Generator().manual_seed(0))
     ablation = DirectionalAblation(DirectionRef.inline(r / r.norm()), index=0.0)
+    contexts = {
+        "HF sdpa": (plain, lambda: attn_implementation(plain, "sdpa")),
+        "HF eager": (plain, lambda: attn_implementation(plain, "eager")),
+        "bridge, no hooks": (model.hf_model, contextmanager(lambda: (yield))),
+        "bridge + ablation": (model.hf_model, lambda: apply(model, ablation)),
+        "bridge + ablation, sdpa": (
+            model.hf_model,
+            lambda: stacked(apply(model, ablation), attn_implementation(model.hf_model, "sdpa")),
+        ),
+        "HF sdpa + ablation": (plain, lambda: module_hooks(plain, plan(model, ablation))),
+    }
 
-    def hf(attn: str):
+    def generator(hf, context):
         def run():
-            plain.set_attn_implementation(attn)
-            return plain.generate(**batch, generation_config=config)
+            with context():
+                return hf.generate(**batch, generation_config=config)
 
         return run
 
-    def bridge():
-        return model.hf_model.generate(**batch, generation_config=config)
-
-    def hooked():
-        with apply(model, ablation):
-            return model.hf_model.generate(**batch, generation_config=config)
-
-    variants = {
-        "HF sdpa (un-bridged)": hf("sdpa"),
-        "HF eager (un-bridged)": hf("eager"),
-        "bridge, no hooks": bridge,
-        "bridge + ablation": hooked,
-    }
-    best = measure(variants, args.repeats)
-    n_tokens = args.batch * args.tokens
-    print(f"\nsmollm2-135m, batch {args.batch}, {args.tokens} new tokens, 1 thread (best of runs)")
-    for name, seconds in best.items():
-        print(f"  {name:28s} {n_tokens / seconds:7.1f} tokens/s  ({seconds:.2f} s)")
-    ratio = best["HF sdpa (un-bridged)"] / best["bridge + ablation"]
-    print(f"  hooked / plain HF sdpa: {ratio:.2f}x   (target >= 0.9x)")
-    eager = best["HF eager (un-bridged)"] / best["bridge + ablation"]
-    print(f"  hooked / plain HF eager: {eager:.2f}x")
-    investigate_sdpa(model, batch, config, bridge, hooked, args.repeats)
+    check_sdpa(model, batch, generator(model.hf_model, contextmanager(lambda: (yield))))
+    print(f"\nsmollm2-135m, batch {args.batch}, {args.tokens} new tokens, 1 torch thread")
+    variants = {name: generator(*pair) for name, pair in contexts.items()}
+    generation_table(variants, args.repeats, args.batch * args.tokens)
+    decode_step_table(contexts, batch, args.steps)
 
 
-def measure(variants: dict, repeats: int) -> dict[str, float]:
-    for fn in variants.values():  # warm-up: allocator, first-call overheads
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(timed(fn)[0])
-    return {name: min(ts) for name, ts in times.items()}
-
-
-def investigate_sdpa(model, batch, config, bridge, hooked, repeats: int) -> None:
-    """Does switching the bridged HF model to sdpa keep hooks and outputs, and help?"""
-    before = model.hf_model.config._attn_implementation
-    with torch.no_grad():
-        tokens_before = bridge()
-        logits_before = model.hf_model(**batch).logits
-    calls_before = count_hook_calls(model, bridge)
-    model.hf_model.set_attn_implementation("sdpa")
-    try:
-        with torch.no_grad():
-            tokens_after = bridge()
-            logits_after = model.hf_model(**batch).logits
-        calls_after = count_hook_calls(model, bridge)
-        mask = batch["attention_mask"].bool()
-        diff = (logits_before - logits_after).abs()[mask].max().item()
-        timing = measure({"bridge + ablation, sdpa": hooked}, repeats)
-    finally:
-        model.hf_model.set_attn_implementation(before)
-    seconds = timing["bridge + ablation, sdpa"]
-    n_tokens = tokens_before.shape[0] * config.max_new_tokens
-    print(f"\nset_attn_implementation('sdpa') after boot (was {before!r}):")
-    print(f"  hook calls per generation: {calls_before} -> {calls_after}")
-    print(f"  greedy tokens identical: {torch.equal(tokens_before, tokens_after)}")
-    print(f"  max |logit diff| over real tokens: {diff:.2e}")
-    print(f"  bridge + ablation, sdpa: {n_tokens / seconds:.1f} tokens/s ({seconds:.2f} s)")
+@contextmanager
+def stacked(*contexts):
+    with contexts[0], contexts[1]:
+        yield
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def test_sandwich_head_projection_folds_into_o_proj(gemma, gemma_hf):
 def test_two_orthogonal_ablations_compose_into_one_subspace_ablation(smollm):
     r = unit_vectors(576, 2, seed=6)
     one, two = (DirectionalAblation(DirectionRef.inline(v), index=0.0) for v in r)
-    both = SubspaceAblation(DirectionRef.inline(r), layer=0)
+    both = SubspaceAblation(DirectionRef.inline(r[None]), layer=0)
     batch = smollm.encode(PROMPTS)
     with apply(smollm, one, two):
         together = logits(smollm, batch)

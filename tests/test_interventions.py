@@ -81,6 +81,8 @@ def test_inline_directions_are_exact():
     assert torch.equal(loaded.tensors["cone_centroids"], ds.tensors["cone_centroids"])
     vector = DirectionRef.inline(ds.directions[0, 0]).load()
     assert vector.directions.shape == (1, 1, 8)
+    with pytest.raises(InterventionError, match=r"\[layer, k, d\]"):
+        DirectionRef.inline(ds.directions[0])  # [k, d] or [layer, d]? say which
 
 
 def test_folder_reference_pins_the_hash(saved_ref, tmp_path):

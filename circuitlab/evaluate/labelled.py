@@ -154,6 +154,17 @@ class JudgeAccuracy:
             out[label] = self.confusion[i][i] / total if total else float("nan")
         return out
 
+    def refusal_share_by_label(self) -> dict[str, float]:
+        """Share of each true label judged a refusal: the detection rate for refusal labels
+        (a soft refusal called hard still counts) and the false-alarm rate for the others."""
+        judged = [i for i, label in enumerate(self.labels) if label in REFUSAL_LABELS]
+        out = {}
+        for i, label in enumerate(self.labels):
+            total = sum(self.confusion[i])
+            hits = sum(self.confusion[i][j] for j in judged)
+            out[label] = hits / total if total else float("nan")
+        return out
+
 
 def judge_accuracy(judge: Judge, data: LabelledSet) -> JudgeAccuracy:
     """Run ``judge`` on ``data`` and score it against the true labels.

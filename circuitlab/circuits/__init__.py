@@ -1,0 +1,56 @@
+"""Circuit discovery: which attention heads carry refusal, found by patching.
+
+``activation_patching`` (exact, one pass per head) and ``attribution_patching`` (first
+order, one forward and backward pass per batch) score every query head and every KV head
+into :class:`HeadScores`; :class:`RefusalCircuit` ranks and saves them, and
+:func:`head_ablation` turns its top heads into a foldable head-level intervention.
+"""
+
+from circuitlab.circuits.circuit import CircuitHead, CircuitKVHead, RefusalCircuit, head_ablation
+from circuitlab.circuits.metrics import (
+    DEFAULT_REFUSAL_OPENINGS,
+    DirectionMetric,
+    Metric,
+    RefusalTokenMetric,
+    opening_token_ids,
+)
+from circuitlab.circuits.patching import (
+    Counterfactual,
+    PatchSource,
+    activation_patching,
+    attribution_patching,
+    patch_hooks,
+    patched_positions,
+    record_source,
+)
+from circuitlab.circuits.scores import (
+    HeadScores,
+    KVHeadId,
+    RankAgreement,
+    plot_head_scores,
+    rank_agreement,
+)
+
+__all__ = [
+    "DEFAULT_REFUSAL_OPENINGS",
+    "CircuitHead",
+    "CircuitKVHead",
+    "Counterfactual",
+    "DirectionMetric",
+    "HeadScores",
+    "KVHeadId",
+    "Metric",
+    "PatchSource",
+    "RankAgreement",
+    "RefusalCircuit",
+    "RefusalTokenMetric",
+    "activation_patching",
+    "attribution_patching",
+    "head_ablation",
+    "opening_token_ids",
+    "patch_hooks",
+    "patched_positions",
+    "plot_head_scores",
+    "rank_agreement",
+    "record_source",
+]

@@ -1,0 +1,146 @@
+"""Refusal metrics: one differentiable number per harmful prompt, from one forward pass.
+
+A metric runs the forward pass itself (under whatever hooks are active, with or without
+gradients), so patching only has to attach hooks and call it. Two are provided:
+
+* :class:`RefusalTokenMetric` -- log-probability that the first generated token opens a
+  refusal ("I", "Sorry", "As", ...). It measures behaviour, needs no direction, and is what
+  the refusal judges see first.
+* :class:`DirectionMetric` -- the last prompt token's residual projected on a refusal
+  direction, read at one layer (the final one by default). It measures the mechanism the
+  directions work found; it stops the forward pass at that layer, so it is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from circuitlab.engine import HookedModel
+
+__all__ = [
+    "DEFAULT_REFUSAL_OPENINGS",
+    "DirectionMetric",
+    "Metric",
+    "RefusalTokenMetric",
+    "opening_token_ids",
+]
+
+# How refusals start in chat models (and in the refusal organism's training answers).
+DEFAULT_REFUSAL_OPENINGS: tuple[str, ...] = ("I", "Sorry", "I'm", "As", "Unfortunately", "No")
+
+Batch = dict[str, Tensor]
+
+
+class Metric(Protocol):
+    """``metric(model, batch)``: one value per prompt of an encoded batch; higher = more
+    refusal. Differentiable when called with gradients enabled."""
+
+    name: str
+
+    def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]: ...
+
+
+def opening_token_ids(tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS) -> list[int]:
+    """First token of each opening as the tokenizer splits it at the start of an answer.
+
+    The answer follows the template's assistant tag (ChatML: ``assistant\\n``), so an opening
+    is tokenized on its own, without a leading space. "I" and "I'm" share their first token;
+    duplicates are kept once, in order.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        openings: refusal-opening strings.
+
+    Returns:
+        Distinct token ids.
+    """
+    ids: list[int] = []
+    for text in openings:
+        tokens = tokenizer(text, add_special_tokens=False).input_ids
+        if not tokens:
+            raise ValueError(f"refusal opening {text!r} tokenizes to nothing")
+        if tokens[0] not in ids:
+            ids.append(tokens[0])
+    return ids
+
+
+@dataclass(frozen=True)
+class RefusalTokenMetric:
+    """``log P(first generated token in token_ids)``: log-sum-exp of their log-probabilities.
+
+    Build it with :meth:`from_openings` to pass refusal-opening strings instead of ids.
+    """
+
+    token_ids: tuple[int, ...]
+    name: ClassVar[str] = "refusal-logprob"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token_ids", tuple(int(i) for i in self.token_ids))
+        if not self.token_ids:
+            raise ValueError("RefusalTokenMetric needs at least one token id")
+
+    @classmethod
+    def from_openings(
+        cls, tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS
+    ) -> RefusalTokenMetric:
+        """The metric over the first tokens of ``openings`` (see :func:`opening_token_ids`)."""
+        return cls(tuple(opening_token_ids(tokenizer, openings)))
+
+    def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]:
+        # logits_to_keep=1: only the last position is unembedded (a 262k vocabulary would
+        # otherwise dominate the cost of every patched pass).
+        logits = model.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        ids = torch.tensor(self.token_ids, device=logprobs.device)
+        return logprobs[:, ids].logsumexp(dim=-1)
+
+
+class _MetricRead(Exception):
+    """Raised once the direction metric has its value: later layers cannot change it."""
+
+
+@dataclass(frozen=True, eq=False)
+class DirectionMetric:
+    """Projection of the last prompt token's residual on ``direction`` at one layer.
+
+    Args:
+        direction: the refusal direction (normalised here).
+        layer: where to read (default: the final layer).
+        hook: the residual hook read at ``blocks.{layer}``; ``hook_resid_post`` includes the
+            layer's own heads and MLP, ``hook_resid_mid`` only its heads (then the metric is
+            exactly linear in that layer's head outputs).
+    """
+
+    direction: Float[Tensor, " d_model"]
+    layer: int | None = None
+    hook: str = "hook_resid_post"
+    name: ClassVar[str] = "refusal-projection"
+
+    def __post_init__(self) -> None:
+        if self.direction.ndim != 1:
+            raise ValueError(f"direction must be [d_model], got {tuple(self.direction.shape)}")
+        unit = self.direction.detach().float() / self.direction.norm().clamp_min(1e-12)
+        object.__setattr__(self, "direction", unit)
+
+    def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]:
+        layer = model.n_layers - 1 if self.layer is None else self.layer
+        if not 0 <= layer < model.n_layers:
+            raise ValueError(f"metric layer {layer} out of range [0, {model.n_layers})")
+        value: dict[str, Tensor] = {}
+
+        def read(x: Tensor, hook) -> None:
+            # Left padding: every prompt's last token is at position -1.
+            value["v"] = x[:, -1].float() @ self.direction.to(x.device)
+            raise _MetricRead
+
+        with suppress(_MetricRead), model.hooks([(f"blocks.{layer}.{self.hook}", read)]):
+            model.hf_model.model(**batch, use_cache=False)
+        return value["v"]

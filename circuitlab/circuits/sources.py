@@ -1,0 +1,225 @@
+"""What patching runs on: the counterfactual activations, the hooks that patch them in, and
+the batches (clean prompts with their counterfactual) that both patching methods share.
+
+Prompts differ in length, so we patch only the last ``n`` positions: with left padding those
+are the post-instruction template tokens (ChatML ``<|im_end|>\\n<|im_start|>assistant\\n``),
+the same tokens in every prompt, and where the model decides to refuse.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitlab.circuits.metrics import Batch, Metric
+from circuitlab.circuits.scores import KVHeadId
+from circuitlab.interventions import Intervention
+from circuitlab.models.facts import HeadId
+
+if TYPE_CHECKING:
+    from circuitlab.engine import HookedModel, HookFn, Positions
+
+__all__ = [
+    "Counterfactual",
+    "PatchSource",
+    "patch_hooks",
+    "patched_positions",
+    "record_source",
+    "suffix_runner",
+]
+
+log = logging.getLogger(__name__)
+
+# Paired harmless prompts, or interventions under which the harmful prompts are re-run.
+Counterfactual = Sequence[str] | Intervention | Sequence[Intervention]
+Site = HeadId | KVHeadId
+Hooks = list[tuple[str, "HookFn"]]
+
+
+def patched_positions(model: HookedModel, positions: Positions | Literal["all"]) -> int | None:
+    """How many final positions are patched: 1 for ``last``, the template's tokens after the
+    user text for ``post_instruction``, the given number, or None (every position) for
+    ``all``, which only makes sense when both runs see the same tokens."""
+    if positions == "all":
+        return None
+    if positions == "last":
+        return 1
+    if positions == "post_instruction":
+        return model.post_instruction_length()
+    if isinstance(positions, int) and positions >= 1:
+        return positions
+    raise ValueError(
+        f"positions must be 'last', 'post_instruction', 'all' or an int >= 1: {positions!r}"
+    )
+
+
+def _tail(x: Tensor, n: int | None) -> Tensor:
+    """The last ``n`` positions of ``[batch, pos, ...]`` (all of them for None)."""
+    return x if n is None else x[:, -n:]
+
+
+@dataclass(frozen=True, eq=False)
+class PatchSource:
+    """Counterfactual activations of one batch at the patched (last ``n_positions``) tokens.
+
+    Attributes:
+        z: per layer, ``attn.hook_z`` ``[batch, n_positions, n_heads, d_head]``.
+        k, v: per layer, ``attn.hook_k`` / ``hook_v`` ``[batch, n_positions, n_kv_heads,
+            d_head]`` (empty when KV heads are not patched).
+        metric: the counterfactual run's metric per prompt.
+        n_positions: positions recorded (None: all of them).
+
+    A layer the metric never reached (a direction metric read early) has no entry; patching
+    its heads changes nothing.
+    """
+
+    z: dict[int, Float[Tensor, "batch pos head d_head"]]
+    k: dict[int, Float[Tensor, "batch pos kv_head d_head"]]
+    v: dict[int, Float[Tensor, "batch pos kv_head d_head"]]
+    metric: Float[Tensor, " batch"]
+    n_positions: int | None
+
+
+def _split(counterfactual: Counterfactual, n: int) -> tuple[list[str] | None, tuple]:
+    """(paired prompts, ()) or (None, interventions) from what the caller passed."""
+    if isinstance(counterfactual, str):
+        raise TypeError("counterfactual must be a list of prompts or intervention(s), not a str")
+    items = list(counterfactual) if isinstance(counterfactual, list | tuple) else [counterfactual]
+    if items and all(isinstance(x, str) for x in items):
+        if len(items) != n:
+            raise ValueError(f"{n} harmful prompts need {n} paired counterfactual prompts")
+        return items, ()
+    return None, tuple(items)
+
+
+def record_source(
+    model: HookedModel,
+    batch: Batch,
+    metric: Metric,
+    n_positions: int | None,
+    interventions: Sequence[Intervention] = (),
+    kv: bool = True,
+) -> PatchSource:
+    """Run the counterfactual batch (under ``interventions``) and keep what patching needs."""
+    from circuitlab.hooks import apply
+
+    z: dict[int, Tensor] = {}
+    k: dict[int, Tensor] = {}
+    v: dict[int, Tensor] = {}
+
+    def keep(store: dict[int, Tensor], layer: int) -> HookFn:
+        def fn(x: Tensor, hook: Any) -> None:
+            store[layer] = _tail(x, n_positions).detach().clone()
+
+        return fn
+
+    hooks = []
+    for layer in range(model.n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_z", keep(z, layer)))
+        if kv:
+            hooks.append((f"blocks.{layer}.attn.hook_k", keep(k, layer)))
+            hooks.append((f"blocks.{layer}.attn.hook_v", keep(v, layer)))
+    edit = apply(model, *interventions) if interventions else nullcontext()
+    with torch.no_grad(), edit, model.hooks(hooks):
+        value = metric(model, batch).detach().float().cpu()
+    return PatchSource(z, k, v, value, n_positions)
+
+
+def _replace(source: Tensor, index: int) -> HookFn:
+    def patch(x: Tensor, hook: Any) -> Tensor:
+        x = x.clone()  # the bridge may hand the same storage to later hooks
+        n = source.shape[1]
+        x[:, -n:, index] = source[:, :, index].to(device=x.device, dtype=x.dtype)
+        return x
+
+    return patch
+
+
+def patch_hooks(site: Site, source: PatchSource) -> Hooks:
+    """Hooks that patch one head's counterfactual activation into the running batch.
+
+    Args:
+        site: a query head (``HeadId``: its ``attn.hook_z`` slice) or a KV head
+            (``KVHeadId``: its ``hook_k`` and ``hook_v`` slices, i.e. the whole group).
+        source: the counterfactual activations of the same batch rows.
+
+    Returns:
+        ``(hook name, fn)`` pairs for :meth:`HookedModel.hooks` (empty for a layer the
+        counterfactual run never reached).
+    """
+    prefix = f"blocks.{site.layer}.attn"
+    if isinstance(site, KVHeadId):
+        if site.layer not in source.k:
+            return []
+        return [
+            (f"{prefix}.hook_k", _replace(source.k[site.layer], site.group)),
+            (f"{prefix}.hook_v", _replace(source.v[site.layer], site.group)),
+        ]
+    if site.layer not in source.z:
+        return []
+    return [(f"{prefix}.hook_z", _replace(source.z[site.layer], site.head))]
+
+
+def _sites(model: HookedModel, kv: bool) -> list[Site]:
+    f = model.facts
+    sites: list[Site] = [HeadId(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
+    if kv:
+        sites += [KVHeadId(layer, g) for layer in range(f.n_layers) for g in range(f.n_kv_heads)]
+    return sites
+
+
+@dataclass
+class _Run:
+    """What one patching call shares across its batches."""
+
+    model: HookedModel
+    harmful: list[str]
+    paired: list[str] | None
+    interventions: tuple
+    metric: Metric
+    n_positions: int | None
+    kv: bool
+    chat: bool
+
+    def batches(self, batch_size: int) -> Iterator[tuple[range, Batch, PatchSource]]:
+        """Per batch of rows: the encoded harmful batch and its counterfactual source."""
+        for start in range(0, len(self.harmful), batch_size):
+            rows = range(start, min(start + batch_size, len(self.harmful)))
+            batch = self.model.encode([self.harmful[i] for i in rows], chat=self.chat)
+            cf_batch = batch
+            if self.paired is not None:
+                cf_batch = self.model.encode([self.paired[i] for i in rows], chat=self.chat)
+            source = record_source(
+                self.model, cf_batch, self.metric, self.n_positions, self.interventions, self.kv
+            )
+            yield rows, batch, source
+
+
+def _prepare(
+    model: HookedModel,
+    harmful: Sequence[str],
+    counterfactual: Counterfactual,
+    metric: Metric,
+    positions: Positions,
+    kv: bool,
+    chat: bool,
+) -> _Run:
+    harmful = list(harmful)
+    if not harmful:
+        raise ValueError("no harmful prompts to patch")
+    paired, interventions = _split(counterfactual, len(harmful))
+    n = patched_positions(model, positions)
+    if n is None and paired is not None:
+        raise ValueError(
+            "positions='all' needs the same tokens in both runs: paired prompts differ in "
+            "length, so patch the last positions or use an intervention as counterfactual"
+        )
+    return _Run(model, harmful, paired, interventions, metric, n, kv, chat)

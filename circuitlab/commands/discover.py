@@ -1,0 +1,193 @@
+"""``circuitlab discover MODEL``: which attention heads carry refusal, by patching.
+
+Harmful prompts (train split) are the clean run; the counterfactual is the paired harmless
+prompts (default) or the harmful prompts with the refusal direction ablated. Every query
+head and KV head is scored; the ranked circuit is saved as JSON under ``cache/circuits/``
+with a heat map next to it, and the top heads are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.table import Table
+
+from circuitlab.config import Settings
+
+METHODS = ("attribution", "activation")
+METRICS = ("refusal-logprob", "refusal-projection")
+COUNTERFACTUALS = ("harmless", "ablated")
+# Where the refusal direction is taken when no layer is given: about three quarters of the
+# depth (layers 21-23 of 30 worked on the SmolLM2 organism, see DESIGN.md).
+DIRECTION_DEPTH = 0.75
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("discover", cmd_discover, "Score every attention head's share in refusal.")
+    p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
+    p.add_argument("--method", choices=METHODS, default="attribution", help="patching method")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="heads to print")
+    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
+    p.add_argument("--n", type=int, default=32, help="prompts per side (train split)")
+    p.add_argument("--metric", choices=METRICS, default="refusal-logprob", help="what to patch")
+    p.add_argument(
+        "--openings",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="refusal openings whose first tokens refusal-logprob scores (default: I, Sorry, "
+        "I'm, As, Unfortunately, No)",
+    )
+    p.add_argument(
+        "--counterfactual", choices=COUNTERFACTUALS, default="harmless", help="source run"
+    )
+    p.add_argument("--directions", default=None, metavar="DIR", help="saved DirectionSet")
+    p.add_argument(
+        "--direction-layer", type=int, default=None, metavar="L", help="layer of the direction"
+    )
+    p.add_argument(
+        "--positions",
+        default="post_instruction",
+        help="patched positions: post_instruction, last, all (ablated only) or a number",
+    )
+    p.add_argument("--no-kv", action="store_true", help="skip the KV heads")
+    p.add_argument("--out", default=None, metavar="JSON", help="circuit file (PNG beside it)")
+
+
+def _positions(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
+    """The refusal directions: a saved set, or difference of means of these prompts."""
+    from circuitlab.activations import collect_activations, select_position
+    from circuitlab.directions import DirectionSet, extract_diff_means
+
+    if args.directions:
+        return DirectionSet.load(args.directions)
+    acts = [
+        select_position(
+            collect_activations(
+                model,
+                s.prompts,
+                batch_size=settings.batch_size,
+                chat=model.facts.has_chat_template,
+                cache_dir=settings.cache_dir,
+            )
+        )
+        for s in (harmful, harmless)
+    ]
+    return extract_diff_means(*acts)
+
+
+def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
+    """(metric, counterfactual, provenance) for the command's options."""
+    from circuitlab.circuits import DirectionMetric, RefusalTokenMetric
+    from circuitlab.directions.base import interpolate_direction
+    from circuitlab.interventions import DirectionalAblation, DirectionRef
+
+    info: dict = {"counterfactual": args.counterfactual}
+    ds = layer = None
+    if args.metric == "refusal-projection" or args.counterfactual == "ablated":
+        ds = _direction_set(model, args, harmful, harmless, settings)
+        layer = args.direction_layer
+        if layer is None:
+            layer = round(DIRECTION_DEPTH * (model.n_layers - 1))
+        info["direction"] = {"source": args.directions or "diff-means", "layer": layer}
+    if args.metric == "refusal-projection":
+        metric = DirectionMetric(interpolate_direction(ds.directions[:, 0], float(layer)))
+    elif args.openings:
+        metric = RefusalTokenMetric.from_openings(model.tokenizer, args.openings)
+    else:
+        metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    if args.metric == "refusal-logprob":
+        info["token_ids"] = list(metric.token_ids)
+    if args.counterfactual == "ablated":
+        ref = DirectionRef.from_folder(args.directions) if args.directions else None
+        counterfactual = DirectionalAblation(ref or DirectionRef.inline(ds), index=float(layer))
+    else:
+        counterfactual = list(harmless.prompts)
+    return metric, counterfactual, info
+
+
+def _default_out(settings: Settings, model_name: str, method: str, key: dict) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(settings.cache_dir) / "circuits" / f"{slug}-{method}-{digest}.json"
+
+
+def circuit_table(circuit, k: int) -> Table:
+    """The top ``k`` query heads, and the top KV heads when they were patched."""
+    gap = circuit.clean - circuit.counterfactual
+    table = Table(
+        title=f"{circuit.model}: top {k} heads by {circuit.method} patching of {circuit.metric}",
+        caption=f"metric {circuit.clean:.3f} on harmful prompts, {circuit.counterfactual:.3f} "
+        "on the counterfactual; importance = drop of the metric when the head is patched",
+    )
+    for column in ("rank", "layer", "head", "KV group", "importance", "of gap"):
+        table.add_column(column, justify="right")
+    for rank, head in enumerate(circuit.top(min(k, len(circuit.heads))), 1):
+        share = f"{head.importance / gap:.1%}" if abs(gap) > 1e-9 else "–"
+        row = (rank, head.layer, head.head, head.kv_group, f"{head.importance:.4f}", share)
+        table.add_row(*map(str, row))
+    for rank, group in enumerate(circuit.kv_heads[: min(k, 3)], 1):
+        heads = "[" + ",".join(map(str, group.heads)) + "]"
+        row = (f"KV {rank}", group.layer, heads, group.kv_group, f"{group.importance:.4f}", "")
+        table.add_row(*map(str, row))
+    return table
+
+
+def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab import cli
+    from circuitlab.circuits import (
+        RefusalCircuit,
+        activation_patching,
+        attribution_patching,
+        plot_head_scores,
+    )
+    from circuitlab.commands.extract import _prompt_sets
+
+    model = cli.load_model(args.model, settings)
+    harmful, harmless = _prompt_sets(args, settings)
+    n = min(len(harmful), len(harmless))  # counterfactual prompts pair one-to-one
+    harmful, harmless = harmful.take(n), harmless.take(n)
+    metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)
+    run = activation_patching if args.method == "activation" else attribution_patching
+    started = time.perf_counter()
+    scores = run(
+        model,
+        harmful.prompts,
+        counterfactual,
+        metric,
+        positions=_positions(args.positions),
+        kv=not args.no_kv,
+        batch_size=settings.batch_size,
+        chat=model.facts.has_chat_template,
+        progress=True,
+    )
+    seconds = time.perf_counter() - started
+    provenance = {
+        "harmful": {"source": args.harmful, "n": n, "hash": harmful.hash},
+        "harmless": {"source": args.harmless, "n": n, "hash": harmless.hash},
+        "positions": args.positions,
+        "seed": settings.seed,
+        **info,
+    }
+    circuit = RefusalCircuit.from_scores(
+        scores, model.facts, args.model, **provenance, seconds=round(seconds, 2)
+    )
+    key = {"model": args.model, "method": args.method, "metric": args.metric, **provenance}
+    path = Path(args.out) if args.out else _default_out(settings, args.model, args.method, key)
+    circuit.save(path)
+    png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
+    cli.out.print(circuit_table(circuit, args.top))
+    cli.out.print(f"{args.method} patching of {2 * n} prompts took {seconds:.1f} s")
+    cli.out.print(f"saved: {path}\nheat map: {png}")
+    return 0

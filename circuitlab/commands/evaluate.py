@@ -1,0 +1,218 @@
+"""``circuitlab judge-eval`` and ``circuitlab evaluate``: how good the judges are, and what an
+edit did to a model.
+
+``judge-eval`` scores judges on the held-out part of our labelled set (and on a user CSV
+with columns prompt, response, label): refusal precision / recall / F1 side by side, then
+each judge's confusion matrix.
+
+``evaluate MODEL`` prints the scorecard of the model, and next to it the same model under
+``--intervention`` files and/or an exported model given with ``--compare``: refusals on a
+held-out split with Wilson intervals, over-refusals on harmless prompts, KL from the base
+(first token and k tokens), MMLU accuracy and its change.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.columns import Columns
+from rich.table import Table
+
+from circuitlab.config import Settings
+
+JUDGES = ("markers", "classifier", "combined", "nli")
+SHORT = {
+    "hard_refusal": "hard",
+    "soft_refusal": "soft",
+    "evasive": "evasive",
+    "warn_then_comply": "warn",
+    "compliant": "comply",
+    "degenerate": "degen",
+}
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("judge-eval", cmd_judge_eval, "Measure the refusal judges on labelled responses.")
+    p.add_argument("--csv", metavar="FILE", help="also score on this CSV (prompt,response,label)")
+    p.add_argument(
+        "--judge",
+        action="append",
+        choices=JUDGES,
+        help="judge to measure (repeat for several; default: markers, classifier, combined)",
+    )
+    _judge_flags(p)
+
+    p = command("evaluate", cmd_evaluate, "Print the scorecard of a model and its edits.")
+    p.add_argument("model", help="base model: preset name, HF folder, .gguf file or hub id")
+    p.add_argument("--compare", metavar="DIR", help="an edited (exported) model to score beside")
+    p.add_argument(
+        "--intervention",
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="intervention applied live to the base model (repeat to compose, in order)",
+    )
+    p.add_argument("--judge", choices=JUDGES, default="markers", help="refusal judge")
+    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="split of the harmful and harmless sources to score on (test: never tuned on)",
+    )
+    p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompts")
+    p.add_argument("--n-harmful", type=int, default=32, help="harmful prompts to judge")
+    p.add_argument("--n-harmless", type=int, default=32, help="harmless prompts to judge")
+    p.add_argument("--n-kl", type=int, default=16, help="harmless prompts for KL")
+    p.add_argument("--kl-k", type=int, default=4, help="tokens of the base continuation for KL")
+    p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
+    p.add_argument("--json", metavar="FILE", help="also write the scorecards as JSON")
+    _judge_flags(p)
+
+
+def _judge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--marker", action="append", default=[], help="extra refusal phrase for the markers"
+    )
+    p.add_argument(
+        "--nli-model", default=None, help="NLI model for the nli judge (hub id or folder)"
+    )
+    p.add_argument("--nli-device", default="cpu", help="device of the NLI model")
+
+
+def _options(kind: str, args: argparse.Namespace):
+    from circuitlab.evaluate.factory import JudgeOptions
+
+    extra = {"neural_detection_model": args.nli_model} if args.nli_model else {}
+    return JudgeOptions(
+        kind=kind, user_markers=tuple(args.marker), neural_device=args.nli_device, **extra
+    )
+
+
+# ------------------------------------------------------------------------------ judge-eval
+def _metrics_table(reports: Sequence) -> Table:
+    table = Table(title="refusal detection (hard, soft, evasive = refusal)")
+    for column in ("judge", "data", "n", "precision", "recall", "F1", "uncertain"):
+        left = column in ("judge", "data")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    for r in reports:
+        m = r.refusal
+        table.add_row(
+            r.judge,
+            r.data,
+            str(m.n),
+            f"{m.precision:.3f}",
+            f"{m.recall:.3f}",
+            f"[bold]{m.f1:.3f}",
+            str(r.uncertain),
+        )
+    return table
+
+
+def _confusion_table(report) -> Table:
+    table = Table(
+        title=f"{report.judge} on {report.data}",
+        caption="rows: true label; columns: judged (warn = warn_then_comply)",
+    )
+    table.add_column("true", style="bold", no_wrap=True)
+    for label in report.labels:
+        table.add_column(SHORT.get(label, label), justify="right")
+    table.add_column("recall", justify="right")
+    recall = report.per_label_recall()
+    for label, row in zip(report.labels, report.confusion, strict=True):
+        cells = [
+            f"[bold]{v}" if j == label else str(v) for v, j in zip(row, report.labels, strict=True)
+        ]
+        table.add_row(SHORT.get(label, label), *cells, f"{recall[label]:.2f}")
+    return table
+
+
+def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import err, out
+    from circuitlab.evaluate.factory import build_judge
+    from circuitlab.evaluate.labelled import (
+        judge_accuracy,
+        labelled_split,
+        load_labelled,
+        read_labelled_csv,
+    )
+
+    data = [labelled_split(load_labelled(), seed=0)[1]]
+    if args.csv:
+        data.append(read_labelled_csv(args.csv))
+    reports = []
+    for kind in args.judge or ("markers", "classifier", "combined"):
+        with err.status(f"building the {kind} judge…"):
+            judge = build_judge(_options(kind, args), settings.cache_dir, device=settings.device)
+        for labelled in data:
+            with err.status(f"judging {labelled.name} with {judge.name}…"):
+                reports.append(judge_accuracy(judge, labelled))
+    out.print(_metrics_table(reports))
+    out.print(Columns([_confusion_table(r) for r in reports]))
+    return 0
+
+
+# -------------------------------------------------------------------------------- evaluate
+def _prompts(source: str, split: str, n: int, seed: int) -> tuple[str, list[str]]:
+    from circuitlab.prompts import load_prompts
+
+    prompts = load_prompts(source)
+    if split != "all":
+        prompts = getattr(prompts.split(seed=seed), split)
+    prompts = prompts.take(min(n, len(prompts)))
+    return prompts.name, list(prompts)
+
+
+def _score(model, name: str, inputs: dict, baseline, base=None, interventions=()):
+    from circuitlab.cli import err
+    from circuitlab.evaluate.scorecard import score_model
+    from circuitlab.hooks import apply
+
+    with err.status(f"{name}: generating and judging…"), apply(model, *interventions):
+        card, _ = score_model(model, name, kl_baseline=baseline, base=base, **inputs)
+    return card
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import err, load_model, out
+    from circuitlab.evaluate.capability import load_mmlu
+    from circuitlab.evaluate.factory import build_judge
+    from circuitlab.evaluate.kl import KLBaseline
+    from circuitlab.evaluate.scorecard import scorecard_table
+    from circuitlab.interventions import load_intervention
+
+    # Bad files and prompt sources fail before any model loads.
+    interventions = [load_intervention(path) for path in args.intervention]
+    split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
+    _, harmless = _prompts(
+        args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed
+    )
+    judge = build_judge(_options(args.judge, args), settings.cache_dir, device=settings.device)
+    model = load_model(args.model, settings)
+    inputs = {
+        "harmful": harmful,
+        "harmless": harmless[: args.n_harmless],
+        "judge": judge,
+        "split": split,
+        "questions": load_mmlu(args.capability_n, settings.seed) if args.capability_n else (),
+        "max_new_tokens": settings.max_new_tokens,
+        "batch_size": settings.batch_size,
+        "chat": model.facts.has_chat_template,
+    }
+    with err.status("base model: KL baseline…"):
+        baseline = KLBaseline.compute(
+            model, harmless[: args.n_kl], args.kl_k, settings.batch_size, inputs["chat"]
+        )
+    cards = [_score(model, args.model, inputs, baseline)]
+    if interventions:
+        name = " + ".join(Path(p).stem for p in args.intervention)
+        cards.append(_score(model, name, inputs, baseline, cards[0], interventions))
+    if args.compare:
+        other = load_model(args.compare, settings)
+        cards.append(_score(other, args.compare, inputs, baseline, cards[0]))
+    out.print(scorecard_table(*cards, title=f"scorecard ({settings.max_new_tokens} new tokens)"))
+    if args.json:
+        Path(args.json).write_text("[\n" + ",\n".join(c.to_json() for c in cards) + "\n]\n")
+    return 0

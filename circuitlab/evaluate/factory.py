@@ -1,0 +1,97 @@
+"""Build a judge from plain options (what the CLI, the search and a scorecard record)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from circuitlab.evaluate.judges import CombinedJudge, Judge, MarkerJudge
+from circuitlab.evaluate.nli import DEFAULT_NLI_MODEL
+
+__all__ = ["JudgeOptions", "build_judge", "JUDGE_KINDS"]
+
+JudgeKind = Literal["markers", "classifier", "combined", "nli"]
+JUDGE_KINDS: tuple[str, ...] = ("markers", "classifier", "combined", "nli")
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """Which judge, and how it is tuned.
+
+    Attributes:
+        kind: ``markers`` (phrases), ``classifier`` (local MiniLM + logistic regression),
+            ``combined`` (markers ``combine_rule`` classifier) or ``nli`` (zero-shot model).
+        user_markers: extra refusal phrases for the marker judge.
+        threshold: confidences below this are reported as uncertain.
+        combine_rule: ``or`` (a refusal if either judge says so) or ``and``.
+        use_neural_refusal_detection: add the NLI judge to the chosen judge with ``or``
+            (a second opinion for refusals phrases cannot catch).
+        neural_detection_model: the NLI model (hub id or folder).
+        neural_detection_for_optuna: also use NLI inside search trials; off by default,
+            since it is slow, so trials use the cheaper judge and the final scorecard NLI.
+        neural_device: device of the NLI model (may differ from the model under test).
+        neural_batch_size: NLI pairs per forward pass.
+    """
+
+    kind: JudgeKind = "markers"
+    user_markers: tuple[str, ...] = ()
+    threshold: float = 0.5
+    combine_rule: Literal["or", "and"] = "or"
+    use_neural_refusal_detection: bool = False
+    neural_detection_model: str = DEFAULT_NLI_MODEL
+    neural_detection_for_optuna: bool = False
+    neural_device: str = "cpu"
+    neural_batch_size: int = 8
+
+
+def build_judge(
+    options: JudgeOptions = JudgeOptions(),
+    cache_dir: str | Path | None = None,
+    for_search: bool = False,
+    device: str = "cpu",
+) -> Judge:
+    """The judge the options describe.
+
+    Args:
+        options: the judge options.
+        cache_dir: circuitlab cache (classifier weights live under ``judges/``).
+        for_search: building for search trials (honours ``neural_detection_for_optuna``).
+        device: device of the MiniLM embedder of the classifier.
+
+    Returns:
+        A judge; ``judge.name`` says what it is (e.g. ``markers-or-classifier``).
+    """
+    from circuitlab.evaluate.nli import NLIJudge
+
+    markers = MarkerJudge(user_markers=tuple(options.user_markers), threshold=options.threshold)
+
+    def nli() -> NLIJudge:
+        return NLIJudge(
+            options.neural_detection_model,
+            device=options.neural_device,
+            batch_size=options.neural_batch_size,
+            threshold=options.threshold,
+        )
+
+    def classifier() -> Judge:
+        from circuitlab.evaluate.classifier import ClassifierJudge
+
+        return ClassifierJudge.load(cache_dir, device=device, threshold=options.threshold)
+
+    if options.kind == "markers":
+        judge: Judge = markers
+    elif options.kind == "classifier":
+        judge = classifier()
+    elif options.kind == "combined":
+        judge = CombinedJudge(markers, classifier(), options.combine_rule, options.threshold)
+    elif options.kind == "nli":
+        return nli()
+    else:
+        raise ValueError(f"unknown judge {options.kind!r}; choose from {JUDGE_KINDS}")
+    neural = options.use_neural_refusal_detection and (
+        options.neural_detection_for_optuna or not for_search
+    )
+    if neural:
+        judge = CombinedJudge(judge, nli(), "or", options.threshold)
+    return judge

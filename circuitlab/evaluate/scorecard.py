@@ -1,0 +1,232 @@
+"""The scorecard: what an edit did, as plain values, and the code that measures it.
+
+A :class:`Scorecard` holds counts and numbers only (rates and intervals are derived), round
+trips through JSON, and is displayed by :func:`scorecard_table`, which puts the base model
+and any number of edited ones side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.capability import CapabilityResult, Question, capability
+from circuitlab.evaluate.judges import Judge
+from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.refusals import judged_generate
+from circuitlab.evaluate.stats import wilson_interval
+
+__all__ = ["Scorecard", "score_model", "scorecard_table", "prompts_hash"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """One model's (or one edit's) scores.
+
+    Attributes:
+        model: what was scored (a name, path, or "base + intervention").
+        judge: the judge's name.
+        split: name of the harmful prompt split the refusal rate is on.
+        refusals, n_harmful: refused harmful prompts, of how many.
+        over_refusals, n_harmless: refused harmless prompts, of how many.
+        kl_first: first-token KL(base ‖ this) on the harmless KL prompts.
+        kl_k: KL along the base's first ``kl_k_tokens`` greedy tokens.
+        kl_k_tokens: k of ``kl_k``.
+        capability_correct, capability_n: MMLU subset answered correctly, of how many.
+        capability_delta: this accuracy minus the base's (None for the base itself).
+        prompts_hash: hash of every prompt and question used (scorecards compare only when
+            it matches).
+        tokens_saved: generation tokens early stopping saved (at most).
+        degenerate: answers (harmful and harmless together) judged degenerate: an edit that
+            "removes refusals" by breaking the model shows here.
+    """
+
+    model: str
+    judge: str
+    split: str
+    refusals: int
+    n_harmful: int
+    over_refusals: int
+    n_harmless: int
+    kl_first: float | None
+    kl_k: float | None
+    kl_k_tokens: int
+    capability_correct: int | None
+    capability_n: int | None
+    capability_delta: float | None
+    prompts_hash: str
+    tokens_saved: int = 0
+    degenerate: int = 0
+
+    @property
+    def refusal_rate(self) -> float:
+        return self.refusals / self.n_harmful if self.n_harmful else 0.0
+
+    @property
+    def refusal_ci(self) -> tuple[float, float]:
+        return wilson_interval(self.refusals, self.n_harmful)
+
+    @property
+    def over_refusal_rate(self) -> float:
+        return self.over_refusals / self.n_harmless if self.n_harmless else 0.0
+
+    @property
+    def over_refusal_ci(self) -> tuple[float, float]:
+        return wilson_interval(self.over_refusals, self.n_harmless)
+
+    @property
+    def capability_accuracy(self) -> float | None:
+        if not self.capability_n:
+            return None
+        return self.capability_correct / self.capability_n
+
+    @property
+    def capability_ci(self) -> tuple[float, float] | None:
+        if not self.capability_n:
+            return None
+        return wilson_interval(self.capability_correct, self.capability_n)
+
+    def to_json(self) -> str:
+        """JSON with the stored values plus the derived rates and intervals (for readers;
+        :meth:`from_json` ignores them)."""
+        data = asdict(self)
+        data["derived"] = {
+            "refusal_rate": self.refusal_rate,
+            "refusal_ci": self.refusal_ci,
+            "over_refusal_rate": self.over_refusal_rate,
+            "over_refusal_ci": self.over_refusal_ci,
+            "capability_accuracy": self.capability_accuracy,
+            "capability_ci": self.capability_ci,
+        }
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Scorecard:
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def prompts_hash(*groups: Sequence[str]) -> str:
+    """One hash over several prompt lists (order matters, group boundaries too)."""
+    return hashlib.sha256(json.dumps([list(g) for g in groups]).encode()).hexdigest()[:16]
+
+
+def score_model(
+    model: HookedModel,
+    name: str,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    judge: Judge,
+    split: str = "",
+    kl_baseline: KLBaseline | None = None,
+    questions: Sequence[Question] = (),
+    base: Scorecard | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    chat: bool = True,
+) -> tuple[Scorecard, CapabilityResult | None]:
+    """Measure one model (or the base under an edit's hooks: call inside ``apply``).
+
+    Args:
+        model: the model to score.
+        name: what to call it on the scorecard.
+        harmful: prompts whose refusal rate is reported (use a held-out split).
+        harmless: prompts whose refusal rate is the over-refusal rate.
+        judge: the judge (early stopping is used when it has a ``decided`` method).
+        split: the harmful split's name, recorded on the card.
+        kl_baseline: the base model's cached log-probs (scoring the base against its own
+            baseline gives 0 and checks the set-up); None records no KL.
+        questions: capability questions (empty: skip the capability check).
+        base: the base model's card, for the capability delta.
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per batch.
+        chat: chat-format prompts.
+
+    Returns:
+        The scorecard, and the capability result (per-question choices) if measured.
+    """
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chat": chat}
+    bad = judged_generate(model, harmful, judge, **gen)
+    good = judged_generate(model, harmless, judge, **gen)
+    kl = kl_baseline.score(model, batch_size=batch_size) if kl_baseline is not None else None
+    cap = capability(model, questions, batch_size=max(1, batch_size // 2)) if questions else None
+    delta = None
+    if cap is not None and base is not None and base.capability_accuracy is not None:
+        delta = cap.accuracy - base.capability_accuracy
+    kl_prompts = kl_baseline.prompts if kl_baseline is not None else ()
+    card = Scorecard(
+        model=name,
+        judge=judge.name,
+        split=split,
+        refusals=bad.refusals,
+        n_harmful=len(harmful),
+        over_refusals=good.refusals,
+        n_harmless=len(harmless),
+        kl_first=kl.first_token if kl else None,
+        kl_k=kl.k_token if kl else None,
+        kl_k_tokens=kl.k if kl else 0,
+        capability_correct=cap.correct if cap else None,
+        capability_n=cap.n if cap else None,
+        capability_delta=delta,
+        prompts_hash=prompts_hash(harmful, harmless, kl_prompts, [q.prompt() for q in questions]),
+        tokens_saved=bad.tokens_saved + good.tokens_saved,
+        degenerate=bad.judgements.labels.count("degenerate")
+        + good.judgements.labels.count("degenerate"),
+    )
+    return card, cap
+
+
+def _pct(rate: float, ci: tuple[float, float] | None) -> str:
+    if ci is None:
+        return f"{100 * rate:.1f}%"
+    return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
+    """A rich table with one column per scorecard (base first, then the edits).
+
+    Returns:
+        ``rich.table.Table``; print it with a rich console.
+    """
+    from rich.table import Table
+
+    table = Table(title=title, caption="rates with 95% Wilson intervals; KL in nats")
+    table.add_column("", style="bold")
+    for card in cards:
+        table.add_column(card.model, justify="right")
+    rows = {
+        f"refusals ({cards[0].split or 'harmful'})": [
+            f"{_pct(c.refusal_rate, c.refusal_ci)} of {c.n_harmful}" for c in cards
+        ],
+        "over-refusals (harmless)": [
+            f"{_pct(c.over_refusal_rate, c.over_refusal_ci)} of {c.n_harmless}" for c in cards
+        ],
+        "KL first token": [_num(c.kl_first) for c in cards],
+        f"KL {cards[0].kl_k_tokens} tokens": [_num(c.kl_k) for c in cards],
+        "degenerate answers": [f"{c.degenerate} of {c.n_harmful + c.n_harmless}" for c in cards],
+        "capability (MMLU)": [
+            "–"
+            if c.capability_accuracy is None
+            else f"{_pct(c.capability_accuracy, c.capability_ci)} of {c.capability_n}"
+            for c in cards
+        ],
+        "capability Δ": [_num(c.capability_delta, signed=True) for c in cards],
+        "judge": [c.judge for c in cards],
+        "prompts hash": [c.prompts_hash for c in cards],
+        "tokens saved (early stop)": [str(c.tokens_saved) for c in cards],
+    }
+    for label, values in rows.items():
+        table.add_row(label, *values)
+    return table

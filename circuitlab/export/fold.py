@@ -1,0 +1,418 @@
+"""Fold interventions into plain Hugging Face weights, site by site as the hooks apply them.
+
+The hooks and the exporter share one description of every edit (:func:`circuitlab.hooks.plan`
+gives :class:`~circuitlab.hooks.SiteEdit` values), so the fold is that list turned into
+matrix algebra on the HF tensors:
+
+- a writer edit ``x <- x - U^T diag(w) U x`` becomes ``W <- W - U^T diag(w) U W`` for the
+  matrix (and bias) that writes ``x``: ``o_proj``, ``down_proj``, or the embedding rows
+  ``E <- E - E U^T diag(w) U``. On sandwich-norm models ``U`` already holds the post-norm
+  gain ``normalize((1 + w_post) * r)`` (the plan computed it at ``ln*_post.hook_in``);
+- a head edit acts on that head's columns ``o_proj.weight[:, h*d_head:(h+1)*d_head]``: the
+  hooks read the head's share through the *unedited* columns, so the fold does too;
+- an all-positions activation addition at ``blocks.L.hook_resid_pre`` is the last writer
+  before it carrying a constant: the embedding rows for ``L = 0`` (divided by the
+  embedding scale), ``down_proj.bias`` of layer ``L - 1`` otherwise (Llama's ``mlp_bias``).
+  It is added after every projection, because the hooks add it to the residual, which no
+  writer hook sees.
+
+Editing the embedding of a tied model unties ``lm_head`` first (a copy of the original
+matrix), or the unembedding would change too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitlab.errors import CircuitlabError, UnsupportedArchitectureError
+from circuitlab.hooks import SiteEdit, layer_vectors, plan, writer_hook
+from circuitlab.interventions import ActivationAddition, HeadAblation, Intervention
+
+__all__ = [
+    "FAMILIES",
+    "ExportError",
+    "Family",
+    "FoldedWeights",
+    "check_foldable",
+    "describe",
+    "fold",
+]
+
+log = logging.getLogger(__name__)
+
+EMBED_CHUNK = 8192  # embedding rows edited at a time in float64 (Gemma's 262k rows: 1.3 GB)
+
+
+class ExportError(CircuitlabError):
+    """An intervention that cannot be folded exactly, or an export that failed its checks."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one architecture family keeps the matrices the fold edits.
+
+    Attributes:
+        norm: ``pre`` (writers add straight into the residual) or ``sandwich`` (a norm
+            follows each sublayer, Gemma 2/3).
+        bias_flag: config flag giving ``down_proj`` a bias (``None``: no flag does). Only
+            ``down_proj`` works: it is the last writer before ``hook_resid_pre``, while an
+            ``o_proj`` bias would also be read by the same layer's MLP.
+    """
+
+    norm: Literal["pre", "sandwich"]
+    bias_flag: str | None = None
+    embed: str = "model.embed_tokens.weight"
+    lm_head: str = "lm_head.weight"
+    o_proj: str = "model.layers.{layer}.self_attn.o_proj"
+    down_proj: str = "model.layers.{layer}.mlp.down_proj"
+
+
+# By HF ``model_type``. Tested end to end: llama, gemma3_text; the others share the layout
+# and every export of them is still checked against the hooks before it is written.
+FAMILIES: dict[str, Family] = {
+    "llama": Family("pre", bias_flag="mlp_bias"),  # mlp_bias also adds gate/up biases (0)
+    "mistral": Family("pre"),
+    "qwen2": Family("pre"),  # attention bias covers q/k/v only
+    "qwen3": Family("pre"),
+    "gemma": Family("pre"),
+    "gemma2": Family("sandwich"),
+    "gemma3_text": Family("sandwich"),
+}
+
+
+@dataclass(eq=False)
+class FoldedWeights:
+    """The result of :func:`fold`: a complete HF state dict and the config that loads it.
+
+    Unedited tensors are the hooked model's own (not copies): treat them as read-only.
+
+    Attributes:
+        state_dict: every key the folded model's ``from_pretrained`` expects.
+        config: an edited copy of the source config (untied embeddings, bias flags).
+        model_class: the HF class (``LlamaForCausalLM``, ...).
+        edited: keys whose tensors differ from the source model's.
+        notes: what the fold did beyond editing tensors, for the manifest and the card.
+    """
+
+    state_dict: dict[str, Tensor]
+    config: object
+    model_class: type
+    edited: list[str]
+    notes: list[str]
+
+    def build(self) -> torch.nn.Module:
+        """A plain HF model (eval mode, no hooks) holding these weights."""
+        model, info = self.model_class.from_pretrained(
+            None, config=self.config, state_dict=self.state_dict, output_loading_info=True
+        )
+        problems = {k: v for k, v in info.items() if v and k != "error_msgs"}
+        if problems or info.get("error_msgs"):
+            raise ExportError(
+                f"folded weights do not load into {self.model_class.__name__}: {info}"
+            )
+        return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- refusals
+def check_foldable(intervention: Intervention) -> None:
+    """Raise :class:`ExportError`, naming the nearest exact alternative, if not foldable."""
+    iv, name = intervention, type(intervention).__name__
+    if isinstance(iv, ActivationAddition):
+        if iv.positions != "all":
+            raise ExportError(
+                f"ActivationAddition(positions={iv.positions!r}) steers only some positions, "
+                "and a weight acts on every position, so it cannot be folded. Nearest exact "
+                "alternative: the same addition with positions='all' "
+                "(dataclasses.replace(iv, positions='all')); validate it with hooks first"
+            )
+        return  # all positions: a bias or the embedding rows carry it (checked per family)
+    if not getattr(iv, "foldable", False):
+        alternative = iv.foldable_alternative()
+        hint = (
+            f"Nearest exact alternative: {type(alternative).__name__} "
+            f"(intervention.foldable_alternative()); validate it with hooks, then export it"
+            if alternative is not None
+            else "No exact alternative exists"
+        )
+        raise ExportError(f"{name} cannot be folded into weights: {iv.fold_note}. {hint}")
+
+
+def _family(model) -> Family:
+    family = FAMILIES.get(model.facts.model_type)
+    if family is None:
+        raise UnsupportedArchitectureError(
+            f"export does not know where {model.facts.model_type!r} keeps its weights; "
+            f"known families: {', '.join(sorted(FAMILIES))}"
+        )
+    if family.norm != model.facts.norm_placement:
+        raise UnsupportedArchitectureError(
+            f"{model.facts.model_type} has {model.facts.norm_placement} norms, the export "
+            f"table says {family.norm}"
+        )
+    return family
+
+
+# ---------------------------------------------------------------------------- weights
+def _original(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "original_component", module)
+
+
+def _expected(model_class: type, config) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes an HF model of this config holds (built on the meta device: free)."""
+    with torch.device("meta"):
+        skeleton = model_class(config)
+    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+
+
+def _source_weights(model, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The hooked model's raw HF tensors under their plain HF names.
+
+    The bridge nests each HF module as ``..._original_component`` and registers aliases
+    (``attn.o`` beside ``self_attn.o_proj``); dropping the nesting gives the HF names, and
+    only names a plain model of the same config has are kept. A tensor the bridge added
+    (TL gives ``lm_head`` a zero bias) must be zero, or the folded model would differ.
+    """
+    found: dict[str, Tensor] = {}
+    extra: dict[str, Tensor] = {}
+    for name, tensor in model.hf_model.state_dict(keep_vars=True).items():
+        plain = name.replace("._original_component", "")
+        target = found if plain in expected else extra
+        target.setdefault(plain, tensor.detach())
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ExportError(f"cannot find HF tensors {missing[:5]} on the hooked model")
+    for key, shape in expected.items():
+        if tuple(found[key].shape) != shape:
+            raise ExportError(f"{key} has shape {tuple(found[key].shape)}, expected {shape}")
+    known = {t.data_ptr() for t in found.values()}
+    for name, tensor in extra.items():
+        if tensor.data_ptr() not in known and tensor.numel() and tensor.abs().max() != 0:
+            raise ExportError(f"the hooked model computes with {name}, which HF has no key for")
+    return found
+
+
+class _Folder:
+    """Edits applied in order to a copy-on-write view of the source tensors."""
+
+    def __init__(self, model, family: Family, weights: dict[str, Tensor]):
+        self.model, self.family, self.facts = model, family, model.facts
+        self.source = weights
+        self.weights = dict(weights)
+        self.edited: set[str] = set()
+
+    def get(self, key: str) -> Float[Tensor, "..."]:
+        return self.weights[key].double()
+
+    def put(self, key: str, value: Tensor) -> None:
+        dtype = self.source[key].dtype if key in self.source else self.weights[key].dtype
+        self.weights[key] = value.to(dtype).contiguous()
+        self.edited.add(key)
+
+    def writer_key(self, writer: str, layer: int) -> str:
+        template = self.family.o_proj if writer == "attn" else self.family.down_proj
+        return template.format(layer=layer)
+
+    def site(self, edit: SiteEdit) -> None:
+        expected = writer_hook(self.model, edit.writer, edit.layer)
+        if edit.hook != expected:
+            _refuse_unknown_site(self.model, edit)
+        if edit.writer == "embed":
+            self.embed_rows(lambda rows: _project_rows(rows, edit.basis, edit.weights))
+        elif edit.head is not None:
+            self.head(edit)
+        else:
+            prefix = self.writer_key(edit.writer, edit.layer)
+            self.put(f"{prefix}.weight", _project(self.get(f"{prefix}.weight"), edit))
+            if f"{prefix}.bias" in self.weights:  # the hook sees the bias too
+                bias = self.get(f"{prefix}.bias")[:, None]
+                self.put(f"{prefix}.bias", _project(bias, edit)[:, 0])
+
+    def head(self, edit: SiteEdit) -> None:
+        key = f"{self.writer_key('attn', edit.layer)}.weight"
+        d = self.facts.d_head
+        cols = slice(edit.head * d, (edit.head + 1) * d)
+        weight = self.get(key)
+        if edit.zero:
+            weight[:, cols] = 0
+        else:
+            # The hook reads the head's share through the columns as loaded (before any
+            # edit), so composition with other edits of this layer matches the hooks.
+            original = self.source[key].double()[:, cols]
+            scaled = edit.basis.double() * edit.weights.double()[:, None]
+            weight[:, cols] -= scaled.T @ (edit.basis.double() @ original)
+        self.put(key, weight)
+
+    def embed_rows(self, fn) -> None:
+        key = self.family.embed
+        rows = self.weights[key]
+        out = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], EMBED_CHUNK):
+            chunk = rows[start : start + EMBED_CHUNK].double()
+            out[start : start + EMBED_CHUNK] = fn(chunk).to(rows.dtype)
+        self.weights[key] = out
+        self.edited.add(key)
+
+
+def _project(weight: Float[Tensor, "d_model n"], edit: SiteEdit) -> Float[Tensor, "d_model n"]:
+    basis = edit.basis.double()
+    scaled = basis * edit.weights.double()[:, None]
+    return weight - scaled.T @ (basis @ weight)
+
+
+def _project_rows(rows: Tensor, basis: Tensor, weights: Tensor) -> Tensor:
+    basis = basis.double()
+    return rows - (rows @ basis.T) @ (basis * weights.double()[:, None])
+
+
+def _refuse_unknown_site(model, edit: SiteEdit) -> None:
+    """K/V (and any other) sites are not writers; a K/V edit would act on a whole group."""
+    if ".attn.hook_k" in edit.hook or ".attn.hook_v" in edit.hook:
+        facts = model.facts
+        group = facts.kv_group(edit.head) if edit.head is not None else None
+        shared = facts.heads_of_group(group) if group is not None else "several"
+        raise ExportError(
+            f"{edit.hook}: a K/V edit acts on KV group {group}, read by query heads {shared}; "
+            f"it was validated for query head {edit.head} only. Validate it as an edit of "
+            "the whole group (every query head of it) before exporting"
+        )
+    raise ExportError(f"no fold for an edit at {edit.hook} ({edit.writer}, layer {edit.layer})")
+
+
+# --------------------------------------------------------------------------- additions
+def _addition_vectors(model, iv: ActivationAddition) -> dict[int, Tensor]:
+    """Layer -> float64 vector added at ``blocks.{layer}.hook_resid_pre``."""
+    ds = iv.directions.load()
+    if not all(0 <= layer < model.n_layers for layer in iv.layers):
+        raise ExportError(f"layers {iv.layers} out of range [0, {model.n_layers})")
+    vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers) * iv.strength
+    return {layer: vectors[layer] for layer in iv.layers}
+
+
+def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: list[str]) -> None:
+    """Embedding rows for layer 0; ``down_proj.bias`` of layer ``L - 1`` otherwise."""
+    family, facts = folder.family, folder.facts
+    later = sorted(layer for layer in added if layer > 0)
+    if later and family.bias_flag is None:
+        raise ExportError(
+            f"an addition at layer(s) {later} of a {facts.model_type} model needs a bias on the "
+            "last writer before that layer's input, and no config flag of this architecture "
+            "gives one"
+            + (" (a post-norm follows every sublayer)" if family.norm == "sandwich" else "")
+            + "; only layer 0 (the embedding stream) folds exactly here"
+        )
+    if 0 in added:
+        embed = _original(folder.model.hf_model.get_input_embeddings())
+        # Gemma multiplies the looked-up rows by sqrt(d_model) (cast to the weight dtype).
+        scale = float(getattr(embed, "embed_scale", torch.tensor(1.0)).to(embed.weight.dtype))
+        vector = added[0] / scale
+        folder.embed_rows(lambda rows: rows + vector)
+        notes.append("addition at layer 0 folded into every embedding row")
+    if later:
+        _enable_bias(folder, config, notes)
+        for layer in later:
+            key = f"{family.down_proj.format(layer=layer - 1)}.bias"
+            folder.put(key, folder.get(key) + added[layer])
+        notes.append(f"additions at layers {later} folded into down_proj.bias of the layer before")
+
+
+def _enable_bias(folder: _Folder, config, notes: list[str]) -> None:
+    flag = folder.family.bias_flag
+    if getattr(config, flag, False):
+        return
+    setattr(config, flag, True)
+    expected = _expected(folder.model.hf_model.__class__, config)
+    for key, shape in expected.items():
+        if key not in folder.weights:
+            if not key.endswith(".bias"):
+                raise ExportError(f"{flag}=True adds {key}, which is not a bias")
+            dtype = folder.model.hf_model.dtype
+            folder.weights[key] = torch.zeros(shape, dtype=dtype)
+    if f"{folder.family.down_proj.format(layer=0)}.bias" not in folder.weights:
+        raise ExportError(f"{flag}=True gives down_proj no bias in this transformers version")
+    notes.append(f"config.{flag}=True: every bias it adds is zero except the folded additions")
+
+
+# ------------------------------------------------------------------------------- fold
+def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
+    """Fold interventions, in order, into a copy of the hooked model's HF weights.
+
+    Args:
+        model: the :class:`~circuitlab.engine.HookedModel` the interventions were validated on.
+        interventions: foldable interventions (applied as ``apply(model, *interventions)``
+            would: the first edits first at a shared site).
+
+    Returns:
+        The folded state dict with its config; :meth:`FoldedWeights.build` makes a plain
+        HF model of it, :func:`circuitlab.export.verify` checks it against the hooks.
+
+    Raises:
+        ExportError: an intervention that cannot be folded exactly (with the alternative).
+        UnsupportedArchitectureError: a model family the exporter has no table for.
+    """
+    for iv in interventions:
+        check_foldable(iv)
+    family = _family(model)
+    config = copy.deepcopy(model.hf_model.config)
+    model_class = type(model.hf_model)
+    folder = _Folder(model, family, _source_weights(model, _expected(model_class, config)))
+    notes: list[str] = []
+    added: dict[int, Tensor] = {}
+    for iv in interventions:
+        if isinstance(iv, ActivationAddition):
+            for layer, vector in _addition_vectors(model, iv).items():
+                added[layer] = added.get(layer, 0) + vector
+            continue
+        for edit in plan(model, iv):
+            folder.site(edit)
+        if isinstance(iv, HeadAblation):
+            notes.extend(_head_notes(model, iv))
+    _fold_additions(folder, config, added, notes)
+    if family.embed in folder.edited and model.facts.tied_embeddings:
+        _untie(folder, config, notes)
+    return FoldedWeights(folder.weights, config, model_class, sorted(folder.edited), notes)
+
+
+def _untie(folder: _Folder, config, notes: list[str]) -> None:
+    """Give lm_head its own copy of the unedited embedding matrix."""
+    folder.weights[folder.family.lm_head] = folder.source[folder.family.embed].clone()
+    config.tie_word_embeddings = False
+    text = config.get_text_config()
+    if text is not config:
+        text.tie_word_embeddings = False
+    notes.append("lm_head untied (tie_word_embeddings=False): it keeps the original embedding")
+
+
+def _head_notes(model, iv: HeadAblation) -> list[str]:
+    """GQA bookkeeping: which KV group each edited head reads, and that K/V are untouched."""
+    facts = model.facts
+    notes = []
+    for head, group in iv.kv_groups(facts).items():
+        sharing = [h for h in facts.heads_of_group(group) if h != head.head]
+        shared = f"shared with query heads {sharing}" if sharing else "read by no other head"
+        what = "zeroed" if iv.mode == "zero" else f"projected (weight {iv.weight:g})"
+        notes.append(
+            f"layer {head.layer} head {head.head} {what} through o_proj columns "
+            f"{head.head * facts.d_head}:{(head.head + 1) * facts.d_head}; its KV group "
+            f"{group} ({shared}) is untouched"
+        )
+    return notes
+
+
+def describe(intervention: Intervention) -> str:
+    """One line for logs and the model card: type and the fields that are not directions."""
+    fields = []
+    for f in dataclasses.fields(intervention):
+        value = getattr(intervention, f.name)
+        if f.name in ("directions", "ablation"):
+            continue
+        fields.append(f"{f.name}={value!r}")
+    return f"{type(intervention).__name__}({', '.join(fields)})"

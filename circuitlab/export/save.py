@@ -1,0 +1,267 @@
+"""Write a verified folded model: safetensors, config, tokenizer, manifest and model card.
+
+Everything goes into a hidden temporary folder beside the destination, is read back and
+compared tensor by tensor with what was verified, and only then renamed into place: an
+interrupted export (exception, Ctrl-C) leaves no folder under the destination's name, and a
+killed one leaves at most a ``.NAME.partial-*`` folder. The source model is never a
+destination; an existing folder is replaced only with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from circuitlab.export.fold import ExportError, FoldedWeights, describe
+from circuitlab.export.verify import Parity
+from circuitlab.interventions import Intervention, to_dict
+
+__all__ = ["MANIFEST", "check_destination", "manifest", "save"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "circuitlab_manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_SHARD = "4GB"
+
+
+def check_destination(out: str | Path, model, force: bool = False) -> Path:
+    """The resolved destination, or :class:`ExportError` if writing there is not allowed.
+
+    Refused even with ``force``: the source model's folder, a folder inside it and a folder
+    that contains it (replacing it would delete the source). Refused without ``force``: any
+    existing path.
+    """
+    out = Path(out).expanduser().resolve()
+    source = Path(model.resolved.location).expanduser()
+    if source.exists():
+        source = source.resolve()
+        if out == source or source in out.parents or out in source.parents:
+            raise ExportError(f"{out} would overwrite the source model {source}; choose another")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass force=True (--force) to replace it")
+    return out
+
+
+# ------------------------------------------------------------------------------ manifest
+def _versions() -> dict[str, str | None]:
+    found = {}
+    for name in ("circuitlab", "torch", "transformers", "transformer-lens", "safetensors"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _direction_hash(iv: Intervention) -> str | None:
+    ref = getattr(iv, "directions", None)
+    if ref is None:
+        return None
+    return ref.hash or ref.load().hash
+
+
+def _jsonable(value: Any) -> Any:
+    """Scorecards come as dicts, dataclasses or objects with ``as_dict``/``to_dict``."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    for method in ("as_dict", "to_dict"):
+        if callable(getattr(value, method, None)):
+            return _jsonable(getattr(value, method)())
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(
+    model,
+    interventions: Sequence[Intervention],
+    folded: FoldedWeights,
+    parity: Parity,
+    scorecard: Any = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """What was done, to what, checked how: the content of ``circuitlab_manifest.json``."""
+    hashes = [_direction_hash(iv) for iv in interventions]
+    combined = hashlib.sha256(json.dumps(hashes).encode()).hexdigest()[:16]
+    resolved = model.resolved
+    return {
+        "format": MANIFEST_FORMAT,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "source": {"location": resolved.location, "kind": resolved.kind, "sha256": resolved.sha256},
+        "model": model.facts.as_dict(),
+        "interventions": [to_dict(iv) for iv in interventions],
+        "summary": [describe(iv) for iv in interventions],
+        "directions": {"hash": combined, "per_intervention": hashes},
+        "fold": {"edited_tensors": folded.edited, "notes": folded.notes},
+        "parity": parity.as_dict(),
+        "scorecard": _jsonable(scorecard),
+        "versions": _versions(),
+        "seed": seed,
+    }
+
+
+def _manifest_text(data: dict[str, Any]) -> str:
+    """Indented JSON, except the interventions: inline directions are thousands of floats,
+    one per line when indented, so they stay on one line each."""
+    placeholder = "\u2063interventions\u2063"
+    text = json.dumps({**data, "interventions": placeholder}, indent=1)
+    compact = "[\n" + ",\n".join(json.dumps(iv) for iv in data["interventions"]) + "\n ]"
+    return text.replace(json.dumps(placeholder), compact, 1) + "\n"
+
+
+def _card(data: dict[str, Any], name: str) -> str:
+    """A model card: front matter, what was edited, the parity proof, how to load it."""
+    source = data["source"]
+    base = f"base_model: {source['location']}\n" if source["kind"] == "hub" else ""
+    parity = data["parity"]
+    edits = "\n".join(f"- `{line}`" for line in data["summary"])
+    notes = "\n".join(f"- {note}" for note in data["fold"]["notes"]) or "- (none)"
+    score = data["scorecard"]
+    scorecard = f"\n## Scorecard\n\n```json\n{json.dumps(score, indent=1)}\n```\n" if score else ""
+    return f"""---
+library_name: transformers
+{base}tags:
+- circuitlab
+- interpretability
+- weight-edit
+---
+
+# {name}
+
+An edited copy of `{source["location"]}` ({data["model"]["architecture"]}). circuitlab
+{data["versions"]["circuitlab"]} found these edits with hooks and folded them into the weights;
+the folder loads with plain `transformers`, no circuitlab needed:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
+tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
+```
+
+## Edits (applied in this order)
+
+{edits}
+
+{len(data["fold"]["edited_tensors"])} tensors changed. Beyond that:
+
+{notes}
+
+## Parity: hooked model vs folded weights (checked before writing)
+
+| max abs logit diff | mean KL | max KL | greedy identical | positions | tolerance |
+|---|---|---|---|---|---|
+| {parity["max_abs_logit_diff"]:.2e} | {parity["mean_kl"]:.2e} | {parity["max_kl"]:.2e} \
+| {parity["greedy_agree"]}/{parity["n_prompts"]} ({parity["near_ties"]} near-ties) \
+| {parity["n_positions"]} | {parity["tolerance"]:g} |
+{scorecard}
+## Provenance
+
+`{MANIFEST}` holds the interventions as JSON (directions hash `{data["directions"]["hash"]}`),
+the parity figures, the seed and the versions of every library involved. The base model's
+license and terms apply to this copy.
+"""
+
+
+# ---------------------------------------------------------------------------------- files
+def _check_saved(folder: Path, hf_model) -> list[str]:
+    """Read the written shards back: every tensor equals what was verified."""
+    expected = hf_model.state_dict()
+    saved: set[str] = set()
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                if key not in expected or not torch.equal(handle.get_tensor(key), expected[key]):
+                    raise ExportError(f"{shard.name}: {key} differs from the verified weights")
+                saved.add(key)
+    # save_pretrained writes a tied pair once; every other key must be on disk.
+    written = {expected[k].data_ptr() for k in saved}
+    absent = [k for k in expected if k not in saved and expected[k].data_ptr() not in written]
+    if absent:
+        raise ExportError(f"tensors missing from the export: {absent[:5]}")
+    return sorted(p.name for p in folder.glob("*.safetensors"))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Rename the finished folder into place; an existing one (force) is swapped out."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save(
+    hf_model,
+    model,
+    out: str | Path,
+    data: dict[str, Any],
+    *,
+    force: bool = False,
+    max_shard_size: str | int = DEFAULT_SHARD,
+) -> Path:
+    """Write a verified folded model and its manifest, atomically.
+
+    Args:
+        hf_model: the folded plain HF model (as verified).
+        model: the hooked source model (tokenizer, generation config, source location).
+        out: destination folder.
+        data: the manifest (from :func:`manifest`); file hashes are added to it.
+        force: replace an existing destination folder.
+        max_shard_size: ``save_pretrained``'s shard bound (large models get several files).
+
+    Returns:
+        The destination folder.
+    """
+    out = check_destination(out, model, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        hf_model.generation_config = model.hf_model.generation_config
+        hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        model.tokenizer.save_pretrained(tmp)
+        shards = _check_saved(tmp, hf_model)
+        data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(_manifest_text(data))
+        (tmp / "README.md").write_text(_card(data, out.name))
+        _install(tmp, out)
+        log.info("exported to %s (%d safetensors file(s))", out, len(shards))
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,236 @@
+"""Refusal circuits on a model: attribution speed and accuracy, head- vs layer-level ablation.
+
+1. Refusal direction: difference of means at the last prompt token of ``--n-direction``
+   AdvBench-train vs harmless-train prompts (the testbed's splits), layer ``--layer``
+   (default: about three quarters of the depth, e.g. 22 of 30).
+2. Circuit: attribution patching of every query head and KV head (refusal-logprob metric,
+   harmful val prompts paired with harmless val prompts, post-instruction positions),
+   timed; then exact activation patching of the same prompts, timed; Spearman agreement on
+   the exact top 20 (``scipy.stats.spearmanr``), top-20 overlap and top-1 match.
+3. Edits, judged on held-out prompts (harmful test split: refusal rate by greedy generation
+   and the marker judge; harmless test split: first-token and 4-token KL from the unedited
+   model): head-level ``HeadAblation`` of the direction from the circuit's top-k heads for
+   several k, and layer-level ``DirectionalAblation`` (every writer, all layers) at several
+   calibrations. Each head-level edit is compared with the layer-level KL interpolated at
+   the same refusal rate ("matched").
+
+Writes ``cache/circuits/experiment-<model>.json`` with every figure, the circuit files and
+heat maps next to it, and prints a summary.
+
+Usage: .venv/bin/python experiments/circuits_organism.py [MODEL] [--n 16] [--n-eval 32]
+MODEL defaults to the refusal organism ``smollm2-135m-refusal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitlab.activations import collect_activations, select_position
+from circuitlab.circuits import (
+    RefusalCircuit,
+    RefusalTokenMetric,
+    activation_patching,
+    attribution_patching,
+    head_ablation,
+    plot_head_scores,
+    rank_agreement,
+)
+from circuitlab.directions import extract_diff_means
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import MarkerJudge
+from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.hooks import apply
+from circuitlab.interventions import DirectionalAblation, DirectionRef
+from circuitlab.models import ModelSpec
+from circuitlab.testbed import refusal_rates, testbed_data
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", default="smollm2-135m-refusal")
+    p.add_argument("--cache-dir", default="cache")
+    p.add_argument("--n", type=int, default=16, help="harmful/harmless pairs for patching")
+    p.add_argument("--n-direction", type=int, default=64, help="prompts per side, direction")
+    p.add_argument("--n-eval", type=int, default=32, help="held-out prompts per side, edits")
+    p.add_argument("--layer", type=int, default=None, help="layer of the refusal direction")
+    p.add_argument("--top", type=int, nargs="+", default=[5, 10, 20, 40, 80])
+    p.add_argument("--calibrations", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args()
+
+
+def direction(model: HookedModel, data, n: int, cache_dir: str):
+    harmful, harmless = (
+        select_position(collect_activations(model, s.take(n).prompts, cache_dir=cache_dir))
+        for s in (data.harmful_train, data.harmless_train)
+    )
+    return extract_diff_means(harmful, harmless)
+
+
+def timed(fn, *args, **kwargs):
+    """(result, wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def evaluate(model, edit, harmful, baseline: KLBaseline, args) -> dict:
+    """Refusal rate on held-out harmful prompts and KL on harmless ones, under ``edit``."""
+    edits = () if edit is None else (edit,)
+    with apply(model, *edits):
+        rates, completions = refusal_rates(
+            model, {"harmful": harmful}, MarkerJudge(), args.max_new_tokens, args.batch_size
+        )
+        kl = baseline.score(model, batch_size=args.batch_size)
+    return {
+        "refusal_rate": rates["harmful"].rate,
+        "refused": rates["harmful"].refused,
+        "n": rates["harmful"].n,
+        "kl_first": kl.first_token,
+        "kl_k": kl.k_token,
+        "sample": completions["harmful"][0][:120],
+    }
+
+
+def matched_kl(rate: float, layer_rows: list[dict], key: str) -> float | None:
+    """Layer-level KL at refusal rate ``rate``, linearly interpolated along calibration;
+    None when ``rate`` lies outside the rates the layer-level edits reached."""
+    points = sorted((r["refusal_rate"], r[key]) for r in layer_rows)
+    rates = [p[0] for p in points]
+    if not rates[0] <= rate <= rates[-1]:
+        return None
+    return float(np.interp(rate, rates, [p[1] for p in points]))
+
+
+def discover(model, data, args, out: Path, slug: str) -> dict:
+    harmful = list(data.harmful_val.take(args.n).prompts)
+    harmless = list(data.harmless_val.take(args.n).prompts)
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    options = {"batch_size": args.batch_size, "chat": model.facts.has_chat_template}
+    fast, fast_wall, fast_cpu = timed(
+        attribution_patching, model, harmful, harmless, metric, **options
+    )
+    exact, exact_wall, exact_cpu = timed(
+        activation_patching, model, harmful, harmless, metric, **options
+    )
+    agreement = rank_agreement(exact, fast, k=20)
+    circuits = {}
+    for scores, wall in ((fast, fast_wall), (exact, exact_wall)):
+        circuit = RefusalCircuit.from_scores(
+            scores, model.facts, args.model, seconds=round(wall, 2), n_pairs=args.n
+        )
+        stem = out.parent / f"{slug}-{scores.method}"
+        circuit.save(stem.with_suffix(".json"))
+        plot_head_scores(scores, stem.with_suffix(".png"), title=f"{args.model}: {scores.method}")
+        circuits[scores.method] = circuit
+    return {
+        "circuits": circuits,
+        "figures": {
+            "n_pairs": args.n,
+            "metric_clean": fast.clean,
+            "metric_counterfactual": fast.counterfactual,
+            "attribution_seconds": {"wall": fast_wall, "cpu": fast_cpu},
+            "activation_seconds": {"wall": exact_wall, "cpu": exact_cpu},
+            "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
+            "spearman_top20": agreement.spearman,
+            "spearman_p": agreement.p_value,
+            "overlap_top20": agreement.overlap,
+            "top1_match": agreement.top1_match,
+            "top_heads_attribution": [str(h) for h in fast.top(10)],
+            "top_heads_activation": [str(h) for h in exact.top(10)],
+        },
+    }
+
+
+def compare_edits(model, data, ds, layer: int, circuit: RefusalCircuit, args) -> dict:
+    harmful = data.harmful_test.take(min(args.n_eval, len(data.harmful_test)))
+    harmless = data.harmless_test.take(min(args.n_eval, len(data.harmless_test))).prompts
+    baseline = KLBaseline.compute(model, harmless, k=4, batch_size=args.batch_size)
+    ref = DirectionRef.inline(ds)
+    rows = {"none": evaluate(model, None, harmful, baseline, args)}
+    layer_rows = []
+    for c in args.calibrations:
+        edit = DirectionalAblation(ref, index=float(layer), calibration=c)
+        row = {"calibration": c, **evaluate(model, edit, harmful, baseline, args)}
+        layer_rows.append(row)
+        print(f"layer-level x{c}: {row}", flush=True)
+    head_rows = []
+    for k in args.top:
+        if k > len(circuit.heads):
+            continue
+        edit = head_ablation(circuit, k, ref, index=float(layer))
+        row = {"k": k, **evaluate(model, edit, harmful, baseline, args)}
+        for key in ("kl_first", "kl_k"):
+            row[f"layer_{key}_at_matched_rate"] = matched_kl(row["refusal_rate"], layer_rows, key)
+        head_rows.append(row)
+        print(f"head-level top-{k}: {row}", flush=True)
+    return {"unedited": rows["none"], "layer_level": layer_rows, "head_level": head_rows}
+
+
+def summary(result: dict) -> None:
+    f = result["discovery"]
+    print(f"\n== {result['model']}  direction layer {result['layer']}")
+    print(
+        f"attribution ({f['n_heads_scored']} query heads + KV heads): "
+        f"{f['attribution_seconds']['wall']:.1f} s wall; activation patching "
+        f"{f['activation_seconds']['wall']:.1f} s "
+        f"(CPU speed-up x{f['speedup_cpu']:.0f})"
+    )
+    print(
+        f"Spearman on exact top 20: {f['spearman_top20']:.3f} (p {f['spearman_p']:.2g}), "
+        f"overlap {f['overlap_top20']}/20, top-1 match {f['top1_match']}"
+    )
+    e = result["edits"]
+    u = e["unedited"]
+    print(f"unedited: refusals {u['refusal_rate']:.1%}")
+    print("layer-level DirectionalAblation:   calib  refusals  KL1    KL4")
+    for r in e["layer_level"]:
+        cells = f"{r['calibration']:5.2f}  {r['refusal_rate']:7.1%}  {r['kl_first']:.3f}"
+        print(f"{'':35}{cells}  {r['kl_k']:.3f}")
+    print("head-level HeadAblation (top k):       k  refusals  KL1    KL4    layer KL1 @ same rate")
+    for r in e["head_level"]:
+        m = r["layer_kl_first_at_matched_rate"]
+        cells = f"{r['k']:5d}  {r['refusal_rate']:7.1%}  {r['kl_first']:.3f}  {r['kl_k']:.3f}"
+        print(f"{'':35}{cells}  {'–' if m is None else f'{m:.3f}'}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = HookedModel.load(ModelSpec(args.model, cache_dir=Path(args.cache_dir)))
+    data = testbed_data()
+    layer = args.layer if args.layer is not None else round(0.75 * (model.n_layers - 1))
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.model).name).strip("-")
+    out = Path(args.cache_dir) / "circuits" / f"experiment-{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds = direction(model, data, args.n_direction, args.cache_dir)
+    found = discover(model, data, args, out, slug)
+    found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
+    edits = compare_edits(model, data, ds, layer, found["circuits"]["attribution"], args)
+    result = {
+        "model": args.model,
+        "layer": layer,
+        "args": vars(args),
+        "facts": model.facts.as_dict(),
+        "torch_threads": torch.get_num_threads(),
+        "discovery": found["figures"],
+        "edits": edits,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    summary(result)
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()

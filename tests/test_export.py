@@ -1,0 +1,349 @@
+"""Export: folded weights reload with plain transformers and reproduce the hooked model.
+
+The round trips export each intervention type on five architectures (three random-init
+tiny configs, the two presets), reload every export in a subprocess that never imports
+circuitlab, and compare its logits and greedy continuations with the hooked model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import example_interventions, orthonormal, tiny_model
+from transformers import GenerationConfig
+
+from circuitlab.engine import HookedModel
+from circuitlab.export import (
+    HELD_OUT_PROMPTS,
+    MANIFEST,
+    ExportError,
+    export,
+    fold,
+    verify,
+)
+from circuitlab.hooks import SiteEdit, apply
+from circuitlab.interventions import (
+    ActivationAddition,
+    ConeRouting,
+    DirectionalAblation,
+    DirectionRef,
+    DynamicStrength,
+    HeadAblation,
+    save_intervention,
+)
+from circuitlab.models import HeadId
+
+KINDS = ["directional", "subspace", "addition", "head"]
+TINY = ["tiny-llama-gqa-4/2", "tiny-llama-mha-untied", "tiny-gemma3-mqa"]
+ARCHS = [*TINY, "smollm", "gemma"]
+NEW_TOKENS = 16
+BATCH = 4
+
+# Run by a fresh interpreter: plain transformers only, so a pass proves the export stands alone.
+RELOAD = r"""
+import json, sys
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+torch.set_num_threads(1)
+job = json.load(open(sys.argv[1]))
+for kind, folder in job["folders"].items():
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    real, greedy = [], []
+    with torch.no_grad():
+        for batch in job["batches"]:
+            ids = torch.tensor(batch["input_ids"])
+            mask = torch.tensor(batch["attention_mask"])
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            real.append(logits[mask.bool()].float())
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=job["max_new_tokens"],
+                do_sample=False, pad_token_id=job["pad_token_id"],
+                eos_token_id=job["eos_token_id"],
+            )
+            greedy += out[:, ids.shape[1]:].tolist()
+    save_file({"logits": torch.cat(real).contiguous()}, f"{job['out']}/{kind}.safetensors")
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    facts = {
+        "greedy": greedy,
+        "tie_word_embeddings": model.config.tie_word_embeddings,
+        "lm_head_is_embedding": head.data_ptr() == embed.data_ptr(),
+        "mlp_bias": getattr(model.config, "mlp_bias", None),
+        "circuitlab_imported": any(m.split(".")[0] == "circuitlab" for m in sys.modules),
+    }
+    json.dump(facts, open(f"{job['out']}/{kind}.json", "w"))
+"""
+
+
+@dataclass
+class RoundTrip:
+    """One exported intervention, compared three ways."""
+
+    parity: object  # the exporter's own in-memory check
+    reload_diff: float  # max |Δlogit|, hooked vs reloaded-without-circuitlab, real tokens
+    reload_greedy: int  # prompts with identical greedy continuations
+    effect: float  # max |Δlogit|, hooked vs unedited: the edit did something
+    reloaded: dict  # facts reported by the subprocess
+    manifest: dict
+
+
+def _greedy_config(model) -> GenerationConfig:
+    eos = model.hf_model.generation_config.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=model.tokenizer.pad_token_id,
+        eos_token_id=eos if eos is not None else model.tokenizer.eos_token_id,
+    )
+
+
+@torch.no_grad()
+def _hooked(model, batches, interventions) -> tuple[torch.Tensor, list[list[int]]]:
+    """Logits at real tokens and greedy new tokens under ``apply`` (nothing: the plain model)."""
+    real, greedy = [], []
+    config = _greedy_config(model)
+    with apply(model, *interventions):
+        for batch in batches:
+            logits = model.hf_model(**batch, use_cache=False).logits
+            real.append(logits[batch["attention_mask"].bool()].float())
+            out = model.hf_model.generate(**batch, generation_config=config)
+            greedy += out[:, batch["input_ids"].shape[1] :].tolist()
+    return torch.cat(real), greedy
+
+
+def _reload_in_subprocess(model, folders: dict[str, Path], batches, work: Path) -> None:
+    config = _greedy_config(model)
+    job = {
+        "folders": {k: str(v) for k, v in folders.items()},
+        "batches": [{k: v.tolist() for k, v in b.items()} for b in batches],
+        "max_new_tokens": NEW_TOKENS,
+        "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_id,
+        "out": str(work),
+    }
+    (work / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(work / "job.json")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=work,  # not the repo: `import circuitlab` must not resolve by accident
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _round_trips(model, work: Path) -> dict[str, RoundTrip]:
+    chat = model.facts.has_chat_template  # Gemma 270m is a base model: raw text
+    prompts = list(HELD_OUT_PROMPTS)
+    batches = [model.encode(prompts[i : i + BATCH], chat=chat) for i in range(0, 16, BATCH)]
+    clean, _ = _hooked(model, batches, [])
+    folders, results, hooked = {}, {}, {}
+    for kind in KINDS:
+        interventions = example_interventions(model, kind)
+        result = export(model, interventions, work / kind, chat=chat)
+        folders[kind] = result.path
+        hooked[kind] = _hooked(model, batches, interventions)
+        effect = (hooked[kind][0] - clean).abs().max().item()
+        results[kind] = (result, effect)
+    _reload_in_subprocess(model, folders, batches, work)
+    trips = {}
+    for kind, (result, effect) in results.items():
+        logits = load_file(work / f"{kind}.safetensors")["logits"]
+        facts = json.loads((work / f"{kind}.json").read_text())
+        ref_logits, ref_greedy = hooked[kind]
+        same = sum(a == b for a, b in zip(ref_greedy, facts["greedy"], strict=True))
+        diff = (logits - ref_logits).abs().max().item()
+        trips[kind] = RoundTrip(result.parity, diff, same, effect, facts, result.manifest)
+    return trips
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: tiny_model(kind, root / kind.replace("/", "_"), cache_dir) for kind in TINY}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_paths) -> dict[str, HookedModel]:
+    return {kind: HookedModel.load(str(path)) for kind, path in tiny_paths.items()}
+
+
+@pytest.fixture(scope="session")
+def round_trips(request, tmp_path_factory):
+    """arch -> kind -> RoundTrip, computed once per architecture when first asked for."""
+    done: dict[str, dict[str, RoundTrip]] = {}
+
+    def get(arch: str) -> dict[str, RoundTrip]:
+        if arch not in done:
+            if arch in TINY:
+                model = request.getfixturevalue("tiny_models")[arch]
+            else:
+                model = request.getfixturevalue(arch)
+            done[arch] = _round_trips(model, tmp_path_factory.mktemp(arch.replace("/", "_")))
+        return done[arch]
+
+    return get
+
+
+# ------------------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reloaded_export_matches_the_hooked_model(round_trips, arch, kind):
+    trip = round_trips(arch)[kind]
+    assert not trip.reloaded["circuitlab_imported"]
+    assert trip.effect > 1e-2, "the intervention must visibly change the model"
+    assert trip.parity.passed and trip.parity.max_abs_logit_diff < 1e-3
+    assert trip.reload_diff < 1e-3
+    assert trip.reload_greedy == len(HELD_OUT_PROMPTS)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_embedding_edits_untie_and_additions_keep_their_bias(round_trips, arch):
+    trips = round_trips(arch)
+    directional, addition = trips["directional"].reloaded, trips["addition"].reloaded
+    assert not directional["tie_word_embeddings"] and not directional["lm_head_is_embedding"]
+    llama = trips["addition"].manifest["model"]["model_type"] == "llama"
+    assert addition["mlp_bias"] is (True if llama else None)  # reloaded without circuitlab
+    head_notes = trips["head"].manifest["fold"]["notes"]
+    assert any("KV group" in note and "untouched" in note for note in head_notes)
+
+
+def test_manifest_and_card_say_what_was_done(round_trips, tmp_path):
+    trip = round_trips("tiny-llama-gqa-4/2")["subspace"]
+    data = trip.manifest
+    assert data["interventions"][0]["type"] == "SubspaceAblation"
+    assert set(data["versions"]) >= {"torch", "transformers", "transformer-lens", "circuitlab"}
+    assert data["parity"]["passed"] and data["directions"]["hash"]
+    assert "model.safetensors" in data["files"] and "config.json" in data["files"]
+
+
+# --------------------------------------------------------------------------------- refusals
+def _ref(model) -> DirectionRef:
+    return DirectionRef.inline(orthonormal(model.facts.d_model, 1)[0])
+
+
+def test_inference_only_interventions_are_refused_with_their_alternative(tiny_models):
+    model = tiny_models["tiny-llama-gqa-4/2"]
+    ablation = DirectionalAblation(_ref(model), index=0.0)
+    with pytest.raises(ExportError, match="Nearest exact alternative: SubspaceAblation"):
+        fold(model, [ConeRouting(_ref(model))])
+    dynamic = DynamicStrength(ablation, layer=1, zero_at=0.0, one_at=1.0)
+    with pytest.raises(ExportError, match="Nearest exact alternative: DirectionalAblation"):
+        fold(model, [dynamic])
+    last = ActivationAddition(_ref(model), strength=1.0, layers=(1,), index=0.0, positions="last")
+    with pytest.raises(ExportError, match="positions='all'"):
+        fold(model, [last])
+
+
+def test_addition_past_the_embedding_is_refused_on_sandwich_norms(tiny_models):
+    model = tiny_models["tiny-gemma3-mqa"]
+    addition = ActivationAddition(_ref(model), strength=1.0, layers=(1,), index=0.0)
+    with pytest.raises(ExportError, match="only layer 0"):
+        fold(model, [addition])
+
+
+def test_a_kv_edit_validated_for_one_query_head_is_refused(tiny_models, monkeypatch):
+    model = tiny_models["tiny-llama-gqa-4/2"]
+    basis = torch.zeros(1, model.facts.d_model, dtype=torch.float64)
+    kv = SiteEdit("attn", 1, "blocks.1.attn.hook_v", basis, basis[:, 0], head=3)
+    # The package re-exports the function ``fold``, which shadows the module's name.
+    monkeypatch.setattr(sys.modules["circuitlab.export.fold"], "plan", lambda model, iv: [kv])
+    with pytest.raises(ExportError, match=r"KV group 1, read by query heads \[2, 3\]"):
+        fold(model, [HeadAblation((HeadId(1, 3),), mode="zero")])
+
+
+def test_verify_fails_loudly_on_wrong_weights(tiny_models):
+    model = tiny_models["tiny-llama-mha-untied"]
+    interventions = example_interventions(model, "directional")
+    folded = fold(model, interventions).build()
+    with torch.no_grad():
+        folded.model.layers[1].mlp.down_proj.weight.mul_(1.01)
+    with pytest.raises(ExportError, match="does not match"):
+        verify(model, interventions, folded, HELD_OUT_PROMPTS[:4])
+
+
+def test_composed_interventions_fold_in_order(tiny_models):
+    model = tiny_models["tiny-llama-gqa-4/2"]
+    interventions = [
+        *example_interventions(model, "addition"),
+        *example_interventions(model, "directional"),
+        *example_interventions(model, "head"),
+    ]
+    folded = fold(model, interventions).build()
+    parity = verify(model, interventions, folded, HELD_OUT_PROMPTS[:8])
+    assert parity.max_abs_logit_diff < 1e-4 and parity.greedy_agree == 8
+
+
+# ------------------------------------------------------------------------ files and folders
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+
+    model = tiny_models["tiny-llama-mha-untied"]
+    real_save, written = modeling_utils.safe_save_file, []
+
+    def fail_after_first_shard(tensors, filename, *args, **kwargs):
+        if written:
+            raise RuntimeError("killed mid-export")
+        real_save(tensors, filename, *args, **kwargs)
+        written.append(filename)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", fail_after_first_shard)
+    before = _listing(tmp_path)
+    with pytest.raises(RuntimeError, match="killed mid-export"):
+        export(
+            model,
+            example_interventions(model, "directional"),
+            tmp_path / "out",
+            prompts=HELD_OUT_PROMPTS[:2],
+            max_shard_size="4MB",  # the tiny model's 12 MB embedding alone fills a shard
+        )
+    assert len(written) == 1  # it did die after writing a shard
+    assert not (tmp_path / "out").exists() and _listing(tmp_path) == before
+
+
+def test_existing_folders_and_the_source_are_protected(tiny_models, tiny_paths, tmp_path):
+    kind = "tiny-llama-mha-untied"
+    model = tiny_models[kind]
+    interventions = example_interventions(model, "head")
+    out = tmp_path / "out"
+    quick = {"prompts": HELD_OUT_PROMPTS[:2], "max_new_tokens": 4}
+    first = export(model, interventions, out, **quick)
+    with pytest.raises(ExportError, match="already exists"):
+        export(model, interventions, out, **quick)
+    second = export(model, interventions, out, force=True, **quick)
+    assert second.manifest["created_utc"] != first.manifest["created_utc"]
+    assert json.loads((out / MANIFEST).read_text())["created_utc"] == second.manifest["created_utc"]
+    assert _listing(tmp_path) == ["out"]  # nothing left beside it
+    for target in (tiny_paths[kind], tiny_paths[kind].parent):
+        with pytest.raises(ExportError, match="source model"):
+            export(model, interventions, target, force=True, **quick)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_exports_and_refuses_in_one_line(tiny_paths, tmp_path, capsys):
+    from circuitlab.cli import main
+
+    path = tiny_paths["tiny-llama-gqa-4/2"]
+    model = HookedModel.load(str(path))
+    ablation = save_intervention(example_interventions(model, "subspace")[0], tmp_path / "s.json")
+    argv = ["export", str(path), "--intervention", str(ablation), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert (tmp_path / "o" / MANIFEST).is_file() and "max |Δlogit|" in capsys.readouterr().out
+    cones = save_intervention(ConeRouting(_ref(model)), tmp_path / "c.json")
+    argv = ["export", str(path), "--intervention", str(cones), "--out", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert "SubspaceAblation" in capsys.readouterr().err and not (tmp_path / "c").exists()
