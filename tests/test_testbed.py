@@ -26,7 +26,12 @@ def keys(prompt_set):
 
 
 def test_evaluation_sets_never_reach_training(data):
-    train = keys(data.harmful_train) | keys(data.harmless_train)
+    train = (
+        keys(data.harmful_train)
+        | keys(data.harmless_train)
+        | keys(data.harmful_extra)
+        | keys(data.harmless_extra)
+    )
     for held_out in (data.jailbreakbench, data.strongreject, data.harmful_test, data.harmless_test):
         assert not train & keys(held_out), held_out.name
 
