@@ -211,6 +211,13 @@ def _plan_heads(model: HookedModel, iv: HeadAblation) -> list[SiteEdit]:
 def plan(model: HookedModel, intervention: Intervention) -> list[SiteEdit]:
     """The exact per-writer edits of a foldable intervention (what hooks and export apply).
 
+    Args:
+        model: the model the edits are for (norm placement, post-norm gains, sizes).
+        intervention: a DirectionalAblation, SubspaceAblation or HeadAblation.
+
+    Returns:
+        One :class:`SiteEdit` per edited writer (writers of weight 0 are left out), float64.
+
     Raises:
         InterventionError: for interventions that cannot be folded (with the reason).
     """
@@ -516,7 +523,11 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
 
     Hooks are built first (directions loaded and checked) and registered all at once, so a
     bad intervention leaves nothing behind; everything is removed on exit, exception or not.
-    Composition is sequential: at a shared hook, the first intervention edits first.
+    Composition is sequential: at a shared hook, the first intervention edits first. On
+    sandwich-norm models two ablations of orthogonal directions are not orthogonal before
+    the post-norm (``u = normalize(g * r)``): ablate them together as a SubspaceAblation.
+    Pass routed and dynamic interventions in one call: their clean pass reads the model
+    with every edit of *this* block off, but an enclosing block's edits stay on.
 
     Args:
         model: the hooked model; forward passes and ``generate`` both see the edits.
