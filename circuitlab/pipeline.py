@@ -47,12 +47,13 @@ class ClassicResult:
 
 
 def _refusals(model, sets, judge, max_new_tokens, batch_size) -> tuple[dict, dict]:
+    from circuitlab.evaluate.refusals import judged_generate
+
     counts, texts = {}, {}
     for name, prompts in sets.items():
-        prompts = list(prompts)
-        out = model.generate(prompts, max_new_tokens, batch_size, stop=judge.decided)
-        counts[name] = (int(sum(judge.judge(prompts, out).is_refusal)), len(prompts))
-        texts[name] = out
+        judged = judged_generate(model, list(prompts), judge, max_new_tokens, batch_size=batch_size)
+        counts[name] = (judged.refusals, len(prompts))
+        texts[name] = list(judged.responses)
     return counts, texts
 
 

@@ -432,19 +432,15 @@ def refusal_rates(
     Returns:
         The rates per set and the completions per set (for reading samples).
     """
+    from circuitlab.evaluate.refusals import judged_generate
     from circuitlab.evaluate.stats import wilson_interval
 
     rates, completions = {}, {}
     for name, prompts in sets.items():
-        texts = model.generate(
-            list(prompts),
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stop=judge.decided,
-            progress=progress,
+        judged = judged_generate(
+            model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
         )
-        refused = int(sum(judge.judge(list(prompts), texts).is_refusal))
-        low, high = wilson_interval(refused, len(prompts))
-        rates[name] = RefusalRate(name, refused, len(prompts), low, high)
-        completions[name] = texts
+        low, high = wilson_interval(judged.refusals, len(prompts))
+        rates[name] = RefusalRate(name, judged.refusals, len(prompts), low, high)
+        completions[name] = list(judged.responses)
     return rates, completions

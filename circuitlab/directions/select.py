@@ -100,8 +100,11 @@ def layer_ablation(directions: DirectionSet, layer: int):
 
 
 def _judged_rate(model, prompts, judge, max_new_tokens, batch_size) -> float:
-    texts = model.generate(prompts, max_new_tokens, batch_size, stop=judge.decided)
-    return sum(judge.judge(prompts, texts).is_refusal) / len(prompts)
+    from circuitlab.evaluate.refusals import judged_generate
+
+    return judged_generate(
+        model, prompts, judge, max_new_tokens, batch_size=batch_size
+    ).refusals / len(prompts)
 
 
 def select_layer(
