@@ -156,6 +156,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.extract",
     "circuitlab.commands.steer",
     "circuitlab.commands.evaluate",
+    "circuitlab.commands.discover",
+    "circuitlab.commands.search",
 )
 
 

@@ -11,8 +11,8 @@
    and the marker judge; harmless test split: first-token and 4-token KL from the unedited
    model): head-level ``HeadAblation`` of the direction from the circuit's top-k heads for
    several k, and layer-level ``DirectionalAblation`` (every writer, all layers) at several
-   calibrations. Each head-level edit is compared with the layer-level KL interpolated at
-   the same refusal rate ("matched").
+   calibrations. Each head-level edit is compared with the KL of the weakest layer-level
+   edit that reaches the same refusal rate, interpolated along calibration ("matched").
 
 Writes ``cache/circuits/experiment-<model>.json`` with every figure, the circuit files and
 heat maps next to it, and prints a summary.
@@ -30,7 +30,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from circuitlab.activations import collect_activations, select_position
@@ -48,7 +47,7 @@ from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.hooks import apply
-from circuitlab.interventions import DirectionalAblation, DirectionRef
+from circuitlab.interventions import DirectionalAblation, DirectionRef, LayerKernel
 from circuitlab.models import ModelSpec
 from circuitlab.testbed import refusal_rates, testbed_data
 
@@ -63,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layer", type=int, default=None, help="layer of the refusal direction")
     p.add_argument("--top", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--calibrations", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--metric", choices=["logprob", "logodds"], default="logprob")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -102,20 +102,28 @@ def evaluate(model, edit, harmful, baseline: KLBaseline, args) -> dict:
     }
 
 
-def matched_kl(rate: float, layer_rows: list[dict], key: str) -> float | None:
-    """Layer-level KL at refusal rate ``rate``, linearly interpolated along calibration;
-    None when ``rate`` lies outside the rates the layer-level edits reached."""
-    points = sorted((r["refusal_rate"], r[key]) for r in layer_rows)
-    rates = [p[0] for p in points]
-    if not rates[0] <= rate <= rates[-1]:
-        return None
-    return float(np.interp(rate, rates, [p[1] for p in points]))
+def matched_kl(rate: float, unedited: dict, layer_rows: list[dict], key: str) -> float | None:
+    """KL of the weakest layer-level ablation that brings refusals down to ``rate``.
+
+    Walks up the calibrations (the unedited model is calibration 0) to the first at which
+    the layer-level refusal rate is at most ``rate`` and interpolates linearly between it
+    and the one before. None when no calibration gets that low.
+    """
+    points = [(0.0, unedited["refusal_rate"], 0.0)] + sorted(
+        (r["calibration"], r["refusal_rate"], r[key]) for r in layer_rows
+    )
+    if points[0][1] <= rate:
+        return 0.0
+    for (_, r0, k0), (_, r1, k1) in zip(points, points[1:], strict=False):
+        if r1 <= rate:
+            return k0 + (r0 - rate) / (r0 - r1) * (k1 - k0)
+    return None
 
 
 def discover(model, data, args, out: Path, slug: str) -> dict:
     harmful = list(data.harmful_val.take(args.n).prompts)
     harmless = list(data.harmless_val.take(args.n).prompts)
-    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    metric = RefusalTokenMetric.from_openings(model.tokenizer, log_odds=args.metric == "logodds")
     options = {"batch_size": args.batch_size, "chat": model.facts.has_chat_template}
     fast, fast_wall, fast_cpu = timed(
         attribution_patching, model, harmful, harmless, metric, **options
@@ -157,13 +165,20 @@ def compare_edits(model, data, ds, layer: int, circuit: RefusalCircuit, args) ->
     harmless = data.harmless_test.take(min(args.n_eval, len(data.harmless_test))).prompts
     baseline = KLBaseline.compute(model, harmless, k=4, batch_size=args.batch_size)
     ref = DirectionRef.inline(ds)
-    rows = {"none": evaluate(model, None, harmful, baseline, args)}
+    unedited = evaluate(model, None, harmful, baseline, args)
     layer_rows = []
     for c in args.calibrations:
         edit = DirectionalAblation(ref, index=float(layer), calibration=c)
         row = {"calibration": c, **evaluate(model, edit, harmful, baseline, args)}
         layer_rows.append(row)
         print(f"layer-level x{c}: {row}", flush=True)
+    # Which writers carry the direction: attention outputs only, MLP outputs only.
+    off = LayerKernel.off()
+    writers = {}
+    for name, kernels in (("attention", {"mlp": off}), ("mlp", {"attn": off})):
+        edit = DirectionalAblation(ref, index=float(layer), embed=0.0, **kernels)
+        writers[name] = evaluate(model, edit, harmful, baseline, args)
+        print(f"{name} outputs only: {writers[name]}", flush=True)
     head_rows = []
     for k in args.top:
         if k > len(circuit.heads):
@@ -171,10 +186,16 @@ def compare_edits(model, data, ds, layer: int, circuit: RefusalCircuit, args) ->
         edit = head_ablation(circuit, k, ref, index=float(layer))
         row = {"k": k, **evaluate(model, edit, harmful, baseline, args)}
         for key in ("kl_first", "kl_k"):
-            row[f"layer_{key}_at_matched_rate"] = matched_kl(row["refusal_rate"], layer_rows, key)
+            matched = matched_kl(row["refusal_rate"], unedited, layer_rows, key)
+            row[f"layer_{key}_at_matched_rate"] = matched
         head_rows.append(row)
         print(f"head-level top-{k}: {row}", flush=True)
-    return {"unedited": rows["none"], "layer_level": layer_rows, "head_level": head_rows}
+    return {
+        "unedited": unedited,
+        "layer_level": layer_rows,
+        "writers_only": writers,
+        "head_level": head_rows,
+    }
 
 
 def summary(result: dict) -> None:
@@ -197,6 +218,10 @@ def summary(result: dict) -> None:
     for r in e["layer_level"]:
         cells = f"{r['calibration']:5.2f}  {r['refusal_rate']:7.1%}  {r['kl_first']:.3f}"
         print(f"{'':35}{cells}  {r['kl_k']:.3f}")
+    for name, r in e["writers_only"].items():
+        print(
+            f"{name} outputs only (x1): refusals {r['refusal_rate']:.1%}, KL1 {r['kl_first']:.3f}"
+        )
     print("head-level HeadAblation (top k):       k  refusals  KL1    KL4    layer KL1 @ same rate")
     for r in e["head_level"]:
         m = r["layer_kl_first_at_matched_rate"]

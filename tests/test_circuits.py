@@ -137,6 +137,12 @@ def test_refusal_token_metric_is_log_probability_of_the_openings(gqa):
         value = metric(model, model.encode(HARMFUL))
     expected = model.next_token_logprobs(HARMFUL)[:, list(metric.token_ids)].logsumexp(-1)
     assert value.shape == (4,) and torch.allclose(value, expected, atol=1e-5)
+    odds = RefusalTokenMetric(metric.token_ids, log_odds=True)
+    with torch.no_grad():
+        log_odds = odds(model, model.encode(HARMFUL)).double()
+    p = expected.double().exp()
+    assert odds.name == "refusal-logodds"
+    assert torch.allclose(log_odds, (p / (1 - p)).log(), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- planted head
@@ -169,6 +175,18 @@ def test_attribution_is_exact_when_the_metric_is_linear_in_the_heads(gqa):
     assert torch.allclose(approx.effect[1], exact.effect[1], atol=1e-5)
     assert exact.effect[1].abs().max() > 0.1
     assert exact.effect[2].abs().max() == 0 and approx.effect[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("kind", ["tokens", "projection"])
+def test_rerunning_only_the_patched_positions_changes_nothing(gqa, kind, caplog):
+    model, u = gqa
+    metric = metric_of(kind, model, u)
+    fast = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4)
+    assert "full passes" not in caplog.text  # the shortcut was taken, not the fallback
+    full = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, reuse_prefix=False)
+    assert torch.allclose(fast.effect, full.effect, atol=1e-5)
+    assert torch.allclose(fast.kv_effect, full.kv_effect, atol=1e-5)
+    assert full.effect.abs().max() > 1e-2
 
 
 def test_patching_every_head_reproduces_the_counterfactual_run(gqa):
@@ -327,3 +345,14 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     circuit = RefusalCircuit.load(out)
     assert circuit.top(1)[0].id == PLANTED and circuit.metadata["harmful"]["n"] == 6
     assert out.with_suffix(".png").is_file()
+
+
+def test_head_scores_annotations_check_shapes():
+    beartype = pytest.importorskip("beartype").beartype
+    from jaxtyping import TypeCheckError, jaxtyped
+
+    # A subclass: jaxtyped patches a dataclass's __init__ in place.
+    checked = jaxtyped(typechecker=beartype)(type("CheckedScores", (HeadScores,), {}))
+    checked("activation", "m", torch.zeros(3, 4), torch.zeros(3, 2), 0.0, 0.0, 1, 5)
+    with pytest.raises(TypeCheckError):
+        checked("activation", "m", torch.zeros(3, 4), torch.zeros(2, 2), 0.0, 0.0, 1, 5)

@@ -14,21 +14,20 @@ from circuitlab.circuits.metrics import (
     RefusalTokenMetric,
     opening_token_ids,
 )
-from circuitlab.circuits.patching import (
-    Counterfactual,
-    PatchSource,
-    activation_patching,
-    attribution_patching,
-    patch_hooks,
-    patched_positions,
-    record_source,
-)
+from circuitlab.circuits.patching import activation_patching, attribution_patching
 from circuitlab.circuits.scores import (
     HeadScores,
     KVHeadId,
     RankAgreement,
     plot_head_scores,
     rank_agreement,
+)
+from circuitlab.circuits.sources import (
+    Counterfactual,
+    PatchSource,
+    patch_hooks,
+    patched_positions,
+    record_source,
 )
 
 __all__ = [

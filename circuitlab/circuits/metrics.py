@@ -3,9 +3,9 @@
 A metric runs the forward pass itself (under whatever hooks are active, with or without
 gradients), so patching only has to attach hooks and call it. Two are provided:
 
-* :class:`RefusalTokenMetric` -- log-probability that the first generated token opens a
-  refusal ("I", "Sorry", "As", ...). It measures behaviour, needs no direction, and is what
-  the refusal judges see first.
+* :class:`RefusalTokenMetric` -- log-probability (or log-odds) that the first generated
+  token opens a refusal ("I", "Sorry", "As", ...). It measures behaviour, needs no
+  direction, and is what the refusal judges see first.
 * :class:`DirectionMetric` -- the last prompt token's residual projected on a refusal
   direction, read at one layer (the final one by default). It measures the mechanism the
   directions work found; it stops the forward pass at that layer, so it is cheap.
@@ -76,31 +76,46 @@ def opening_token_ids(tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENI
 class RefusalTokenMetric:
     """``log P(first generated token in token_ids)``: log-sum-exp of their log-probabilities.
 
+    On a model that already refuses almost surely the log-probability saturates near 0 and
+    a single head's patch barely moves it; ``log_odds=True`` scores ``log p - log(1 - p)``
+    instead, which keeps growing (names: ``refusal-logprob``, ``refusal-logodds``).
     Build it with :meth:`from_openings` to pass refusal-opening strings instead of ids.
     """
 
     token_ids: tuple[int, ...]
-    name: ClassVar[str] = "refusal-logprob"
+    log_odds: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token_ids", tuple(int(i) for i in self.token_ids))
         if not self.token_ids:
             raise ValueError("RefusalTokenMetric needs at least one token id")
 
+    @property
+    def name(self) -> str:
+        return "refusal-logodds" if self.log_odds else "refusal-logprob"
+
     @classmethod
     def from_openings(
-        cls, tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS
+        cls,
+        tokenizer,
+        openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS,
+        log_odds: bool = False,
     ) -> RefusalTokenMetric:
         """The metric over the first tokens of ``openings`` (see :func:`opening_token_ids`)."""
-        return cls(tuple(opening_token_ids(tokenizer, openings)))
+        return cls(tuple(opening_token_ids(tokenizer, openings)), log_odds)
 
     def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]:
         # logits_to_keep=1: only the last position is unembedded (a 262k vocabulary would
         # otherwise dominate the cost of every patched pass).
         logits = model.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        ids = torch.tensor(self.token_ids, device=logprobs.device)
-        return logprobs[:, ids].logsumexp(dim=-1)
+        refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
+        refusal[list(self.token_ids)] = True
+        value = logprobs[:, refusal].logsumexp(dim=-1)
+        if self.log_odds:
+            # log(1 - p) as the log-sum-exp of every other token: exact even when p -> 1.
+            value = value - logprobs[:, ~refusal].logsumexp(dim=-1)
+        return value
 
 
 class _MetricRead(Exception):

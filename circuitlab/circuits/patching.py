@@ -28,13 +28,12 @@ from circuitlab.circuits.scores import HeadScores, KVHeadId
 from circuitlab.circuits.sources import (
     Counterfactual,
     Hooks,
+    PatchRun,
     PatchSource,
-    _prepare,
-    _Run,
-    _sites,
-    _tail,
+    all_sites,
     patch_hooks,
     suffix_runner,
+    tail,
 )
 from circuitlab.progress import progress_bar
 
@@ -46,15 +45,23 @@ __all__ = ["activation_patching", "attribution_patching"]
 log = logging.getLogger(__name__)
 
 
-def _scores(method, run: _Run, effect: Tensor, kv_effect: Tensor | None, sums: list[float]):
+def _scores(method, run: PatchRun, effect: Tensor, kv_effect: Tensor | None, sums: list[float]):
     n = len(run.harmful)
+    clean, counterfactual = sums[0] / n, sums[1] / n
+    log.info(
+        "%s patching of %d prompts: metric %.4f clean, %.4f counterfactual",
+        method,
+        n,
+        clean,
+        counterfactual,
+    )
     return HeadScores(
         method=method,
         metric=run.metric.name,
         effect=(effect / n).float(),
         kv_effect=None if kv_effect is None else (kv_effect / n).float(),
-        clean=sums[0] / n,
-        counterfactual=sums[1] / n,
+        clean=clean,
+        counterfactual=counterfactual,
         n_prompts=n,
         n_positions=run.n_positions,
     )
@@ -71,6 +78,7 @@ def activation_patching(
     batch_size: int = 8,
     chat: bool = True,
     progress: bool = False,
+    reuse_prefix: bool = True,
 ) -> HeadScores:
     """Exact effect on ``metric`` of patching each head from the counterfactual run.
 
@@ -88,26 +96,30 @@ def activation_patching(
         batch_size: prompts per forward pass.
         chat: chat-format the prompts.
         progress: draw a progress bar.
+        reuse_prefix: run each patched pass on the clean prefix's KV cache (see
+            :func:`~circuitlab.circuits.sources.suffix_runner`); False runs every pass in full.
 
     Returns:
         HeadScores with ``method="activation"``.
     """
-    run = _prepare(model, harmful, counterfactual, metric, positions, kv, chat)
+    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat)
     f = model.facts
     effect = torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64)
     kv_effect = torch.zeros(f.n_layers, f.n_kv_heads, dtype=torch.float64) if kv else None
-    sites, sums = _sites(model, kv), [0.0, 0.0]
+    sites, sums = all_sites(model, kv), [0.0, 0.0]
     total = len(sites) * len(run.harmful)
     with torch.no_grad(), progress_bar(total, "activation patching", progress) as advance:
         for rows, batch, source in run.batches(batch_size):
             clean = metric(model, batch).float().cpu()
             sums[0] += clean.sum().item()
             sums[1] += source.metric.sum().item()
+            n = run.n_positions if reuse_prefix else None
+            patched = suffix_runner(model, batch, metric, n, clean)
             for site in sites:
                 hooks = patch_hooks(site, source)
                 if hooks:
                     with model.hooks(hooks):
-                        delta = (metric(model, batch).float().cpu() - clean).sum().item()
+                        delta = (patched().float().cpu() - clean).sum().item()
                     if isinstance(site, KVHeadId):
                         kv_effect[site.layer, site.group] += delta
                     else:
@@ -116,7 +128,7 @@ def activation_patching(
     return _scores("activation", run, effect, kv_effect, sums)
 
 
-def _attribution_hooks(run: _Run, clean: dict, deltas: dict) -> Hooks:
+def _attribution_hooks(run: PatchRun, clean: dict, deltas: dict) -> Hooks:
     """Read each head activation and add a zero leaf to it, whose gradient is the metric's
     gradient at that activation (the activation itself is not a leaf: the bridge reshapes
     it, and detaching it would cut the paths through later layers)."""
@@ -124,7 +136,7 @@ def _attribution_hooks(run: _Run, clean: dict, deltas: dict) -> Hooks:
 
     def make(key: tuple[str, int]) -> HookFn:
         def fn(x: Tensor, hook: Any) -> Tensor:
-            clean[key] = _tail(x, n).detach().float()
+            clean[key] = tail(x, n).detach().float()
             zero = torch.zeros_like(clean[key], dtype=x.dtype, requires_grad=True)
             deltas[key] = zero
             pad = x.new_zeros((x.shape[0], x.shape[1] - zero.shape[1], *x.shape[2:]))
@@ -175,7 +187,7 @@ def attribution_patching(
     Returns:
         HeadScores with ``method="attribution"``.
     """
-    run = _prepare(model, harmful, counterfactual, metric, positions, kv, chat)
+    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat)
     f = model.facts
     effect = torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64)
     kv_effect = torch.zeros(f.n_layers, f.n_kv_heads, dtype=torch.float64) if kv else None
@@ -186,7 +198,8 @@ def attribution_patching(
             deltas: dict[tuple[str, int], Tensor] = {}
             with torch.enable_grad(), model.hooks(_attribution_hooks(run, clean, deltas)):
                 value = metric(model, batch)
-                value.sum().backward()  # prompts are independent: the sum keeps per-row grads
+                if value.requires_grad:  # not when the metric is read before any head
+                    value.sum().backward()  # rows are independent: the sum keeps per-row grads
             sums[0] += value.detach().sum().item()
             sums[1] += source.metric.sum().item()
             _accumulate(run, source, clean, deltas, effect, kv_effect)
@@ -194,7 +207,7 @@ def attribution_patching(
     return _scores("attribution", run, effect, kv_effect, sums)
 
 
-def _accumulate(run: _Run, source, clean, deltas, effect: Tensor, kv_effect) -> None:
+def _accumulate(run: PatchRun, source, clean, deltas, effect: Tensor, kv_effect) -> None:
     for layer in range(run.model.n_layers):
         z = _attribute("z", source, clean, deltas, layer)
         if z is not None:

@@ -61,7 +61,7 @@ def patched_positions(model: HookedModel, positions: Positions | Literal["all"])
     )
 
 
-def _tail(x: Tensor, n: int | None) -> Tensor:
+def tail(x: Tensor, n: int | None) -> Tensor:
     """The last ``n`` positions of ``[batch, pos, ...]`` (all of them for None)."""
     return x if n is None else x[:, -n:]
 
@@ -117,7 +117,7 @@ def record_source(
 
     def keep(store: dict[int, Tensor], layer: int) -> HookFn:
         def fn(x: Tensor, hook: Any) -> None:
-            store[layer] = _tail(x, n_positions).detach().clone()
+            store[layer] = tail(x, n_positions).detach().clone()
 
         return fn
 
@@ -135,7 +135,7 @@ def record_source(
 
 def _replace(source: Tensor, index: int) -> HookFn:
     def patch(x: Tensor, hook: Any) -> Tensor:
-        x = x.clone()  # the bridge may hand the same storage to later hooks
+        x = x.clone()  # never in place: other holders of this tensor must not see the patch
         n = source.shape[1]
         x[:, -n:, index] = source[:, :, index].to(device=x.device, dtype=x.dtype)
         return x
@@ -168,7 +168,8 @@ def patch_hooks(site: Site, source: PatchSource) -> Hooks:
     return [(f"{prefix}.hook_z", _replace(source.z[site.layer], site.head))]
 
 
-def _sites(model: HookedModel, kv: bool) -> list[Site]:
+def all_sites(model: HookedModel, kv: bool) -> list[Site]:
+    """Every query head, then (with ``kv``) every KV head, layer by layer."""
     f = model.facts
     sites: list[Site] = [HeadId(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
     if kv:
@@ -176,9 +177,46 @@ def _sites(model: HookedModel, kv: bool) -> list[Site]:
     return sites
 
 
+def suffix_runner(
+    model: HookedModel, batch: Batch, metric: Metric, n_positions: int | None, clean: Tensor
+) -> Callable[[], Tensor]:
+    """``metric(model, batch)`` under the active hooks, re-running only the patched positions.
+
+    A patch at the last ``n`` positions cannot change the positions before them (causal
+    attention), so their keys and values are computed once, clean, and each patched pass
+    runs ``n`` tokens on a copy of that cache instead of the whole prompt (2-4x less work
+    on SmolLM2). The shortcut is checked once against ``clean`` (the full clean pass); where
+    it disagrees (a model or metric that ignores the cache) every pass runs in full.
+
+    Returns:
+        A function of no arguments giving the metric per prompt.
+    """
+
+    def full() -> Tensor:
+        return metric(model, batch)
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if n_positions is None or n_positions >= ids.shape[1]:
+        return full
+    with torch.no_grad():
+        prefix = model.hf_model.model(
+            input_ids=ids[:, :-n_positions], attention_mask=mask[:, :-n_positions], use_cache=True
+        ).past_key_values
+
+    def suffix() -> Tensor:
+        # A fresh copy each pass: the forward appends the suffix's keys and values to it.
+        tokens = {"input_ids": ids[:, -n_positions:], "attention_mask": mask}
+        return metric(model, {**tokens, "past_key_values": copy.deepcopy(prefix)})
+
+    if prefix is None or not torch.allclose(suffix().float().cpu(), clean, rtol=1e-4, atol=1e-4):
+        log.warning("re-running only the patched positions changed the metric; using full passes")
+        return full
+    return suffix
+
+
 @dataclass
-class _Run:
-    """What one patching call shares across its batches."""
+class PatchRun:
+    """What one patching call shares across its batches (built by :meth:`prepare`)."""
 
     model: HookedModel
     harmful: list[str]
@@ -188,6 +226,30 @@ class _Run:
     n_positions: int | None
     kv: bool
     chat: bool
+
+    @classmethod
+    def prepare(
+        cls,
+        model: HookedModel,
+        harmful: Sequence[str],
+        counterfactual: Counterfactual,
+        metric: Metric,
+        positions: Positions | Literal["all"],
+        kv: bool,
+        chat: bool,
+    ) -> PatchRun:
+        """Check the arguments of a patching call and resolve its positions."""
+        harmful = list(harmful)
+        if not harmful:
+            raise ValueError("no harmful prompts to patch")
+        paired, interventions = _split(counterfactual, len(harmful))
+        n = patched_positions(model, positions)
+        if n is None and paired is not None:
+            raise ValueError(
+                "positions='all' needs the same tokens in both runs: paired prompts differ in "
+                "length, so patch the last positions or use an intervention as counterfactual"
+            )
+        return cls(model, harmful, paired, interventions, metric, n, kv, chat)
 
     def batches(self, batch_size: int) -> Iterator[tuple[range, Batch, PatchSource]]:
         """Per batch of rows: the encoded harmful batch and its counterfactual source."""
@@ -201,25 +263,3 @@ class _Run:
                 self.model, cf_batch, self.metric, self.n_positions, self.interventions, self.kv
             )
             yield rows, batch, source
-
-
-def _prepare(
-    model: HookedModel,
-    harmful: Sequence[str],
-    counterfactual: Counterfactual,
-    metric: Metric,
-    positions: Positions,
-    kv: bool,
-    chat: bool,
-) -> _Run:
-    harmful = list(harmful)
-    if not harmful:
-        raise ValueError("no harmful prompts to patch")
-    paired, interventions = _split(counterfactual, len(harmful))
-    n = patched_positions(model, positions)
-    if n is None and paired is not None:
-        raise ValueError(
-            "positions='all' needs the same tokens in both runs: paired prompts differ in "
-            "length, so patch the last positions or use an intervention as counterfactual"
-        )
-    return _Run(model, harmful, paired, interventions, metric, n, kv, chat)

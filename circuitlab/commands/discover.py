@@ -21,7 +21,7 @@ from rich.table import Table
 from circuitlab.config import Settings
 
 METHODS = ("attribution", "activation")
-METRICS = ("refusal-logprob", "refusal-projection")
+METRICS = ("refusal-logprob", "refusal-logodds", "refusal-projection")
 COUNTERFACTUALS = ("harmless", "ablated")
 # Where the refusal direction is taken when no layer is given: about three quarters of the
 # depth (layers 21-23 of 30 worked on the SmolLM2 organism, see DESIGN.md).
@@ -42,15 +42,26 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         nargs="+",
         default=None,
         metavar="TEXT",
-        help="refusal openings whose first tokens refusal-logprob scores (default: I, Sorry, "
-        "I'm, As, Unfortunately, No)",
+        help="refusal openings whose first tokens refusal-logprob/-logodds score (default: I, "
+        "Sorry, I'm, As, Unfortunately, No)",
     )
     p.add_argument(
         "--counterfactual", choices=COUNTERFACTUALS, default="harmless", help="source run"
     )
-    p.add_argument("--directions", default=None, metavar="DIR", help="saved DirectionSet")
     p.add_argument(
-        "--direction-layer", type=int, default=None, metavar="L", help="layer of the direction"
+        "--directions",
+        default=None,
+        metavar="DIR",
+        help="saved DirectionSet for refusal-projection and ablated (default: difference of "
+        "means of the same prompts)",
+    )
+    p.add_argument(
+        "--direction-layer",
+        type=int,
+        default=None,
+        metavar="L",
+        help="layer whose direction is used (default: about 3/4 of the depth); the "
+        "projection is read at the final layer",
     )
     p.add_argument(
         "--positions",
@@ -89,7 +100,7 @@ def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings:
 
 def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """(metric, counterfactual, provenance) for the command's options."""
-    from circuitlab.circuits import DirectionMetric, RefusalTokenMetric
+    from circuitlab.circuits import DEFAULT_REFUSAL_OPENINGS, DirectionMetric, RefusalTokenMetric
     from circuitlab.directions.base import interpolate_direction
     from circuitlab.interventions import DirectionalAblation, DirectionRef
 
@@ -103,11 +114,10 @@ def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Setting
         info["direction"] = {"source": args.directions or "diff-means", "layer": layer}
     if args.metric == "refusal-projection":
         metric = DirectionMetric(interpolate_direction(ds.directions[:, 0], float(layer)))
-    elif args.openings:
-        metric = RefusalTokenMetric.from_openings(model.tokenizer, args.openings)
     else:
-        metric = RefusalTokenMetric.from_openings(model.tokenizer)
-    if args.metric == "refusal-logprob":
+        openings = args.openings or DEFAULT_REFUSAL_OPENINGS
+        log_odds = args.metric == "refusal-logodds"
+        metric = RefusalTokenMetric.from_openings(model.tokenizer, openings, log_odds)
         info["token_ids"] = list(metric.token_ids)
     if args.counterfactual == "ablated":
         ref = DirectionRef.from_folder(args.directions) if args.directions else None
@@ -160,23 +170,28 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     harmful, harmless = harmful.take(n), harmless.take(n)
     metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)
     run = activation_patching if args.method == "activation" else attribution_patching
+    chat, positions = model.facts.has_chat_template, _positions(args.positions)
+    if not chat and positions == "post_instruction":
+        # Raw text has no template tokens after the prompt: only the last token is shared.
+        positions = "last"
+        cli.err.print("no chat template: patching the last position only")
     started = time.perf_counter()
     scores = run(
         model,
         harmful.prompts,
         counterfactual,
         metric,
-        positions=_positions(args.positions),
+        positions=positions,
         kv=not args.no_kv,
         batch_size=settings.batch_size,
-        chat=model.facts.has_chat_template,
+        chat=chat,
         progress=True,
     )
     seconds = time.perf_counter() - started
     provenance = {
         "harmful": {"source": args.harmful, "n": n, "hash": harmful.hash},
         "harmless": {"source": args.harmless, "n": n, "hash": harmless.hash},
-        "positions": args.positions,
+        "positions": positions,
         "seed": settings.seed,
         **info,
     }
@@ -188,6 +203,6 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     circuit.save(path)
     png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
     cli.out.print(circuit_table(circuit, args.top))
-    cli.out.print(f"{args.method} patching of {2 * n} prompts took {seconds:.1f} s")
+    cli.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
     cli.out.print(f"saved: {path}\nheat map: {png}")
     return 0
