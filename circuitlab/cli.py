@@ -158,6 +158,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.evaluate",
     "circuitlab.commands.discover",
     "circuitlab.commands.search",
+    "circuitlab.commands.export",
 )
 
 

@@ -1,0 +1,222 @@
+"""``circuitlab search``, ``circuitlab abliterate`` and ``circuitlab profiles learn``.
+
+``search MODEL --study NAME`` runs (or resumes, or joins: start it in several shells) the
+trials of a study until ``--trials`` are done, then prints the Pareto front.
+``abliterate MODEL`` does everything: search, choice, test-split scorecard, export.
+``profiles learn STUDY`` writes a warm-start profile from a finished study's best trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.table import Table
+
+from circuitlab.config import Settings
+
+
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL or journal file (default: CACHE/studies/STUDY.journal)",
+    )
+    p.add_argument("--trials", type=int, default=50, help="trial budget of the study")
+    p.add_argument(
+        "--methods",
+        default="diff-means,pca,cones",
+        help="direction methods, comma-separated (diff-means, pca, cones, probe, ensemble)",
+    )
+    p.add_argument(
+        "--profile",
+        default="auto",
+        help="warm start: auto (by config.model_type), none, a family or a JSON file",
+    )
+    p.add_argument("--family", help="model family for --profile auto (default: detected)")
+    p.add_argument("--n-train", type=int, default=64, help="prompts per side for directions")
+    p.add_argument("--n-search", type=int, default=30, help="harmful prompts judged per trial")
+    p.add_argument("--n-kl", type=int, default=30, help="harmless prompts for the KL objective")
+    p.add_argument("--no-prune", action="store_true", help="generate for every trial")
+    p.add_argument(
+        "--addition-max",
+        type=float,
+        default=0.0,
+        help="largest activation-addition strength searched (0: off; not exportable)",
+    )
+    p.add_argument(
+        "--fail-running",
+        action="store_true",
+        help="also fail RUNNING trials of workers on other hosts when resuming",
+    )
+
+
+def _choice_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kl-target", type=float, default=0.2, help="KL budget of the choice rule")
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("search", cmd_search, "Run or resume an Optuna study of refusal edits.")
+    p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
+    p.add_argument("--study", required=True, metavar="NAME", help="study name")
+    _study_flags(p)
+    _choice_flags(p)
+
+    p = command("abliterate", cmd_abliterate, "Search, choose, evaluate on the test split, export.")
+    p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
+    p.add_argument("--study", metavar="NAME", help="study name (default: from the model)")
+    p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/...)")
+    p.add_argument("--no-export", action="store_true", help="stop after the scorecard")
+    p.add_argument("--force", action="store_true", help="replace the export folder")
+    p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
+    _study_flags(p)
+    _choice_flags(p)
+
+    p = command("profiles", cmd_profiles, "Warm-start profiles: learn one from a study.")
+    p.add_argument("action", choices=("learn",), help="learn: write a profile from a study")
+    p.add_argument("study", metavar="STUDY", help="study name")
+    p.add_argument("--storage", metavar="URL", help="as for search")
+    p.add_argument("--out", metavar="FILE", help="default: CACHE/profiles/FAMILY.json")
+    p.add_argument("--top", type=int, default=4, help="trials to keep")
+    p.add_argument("--family", help="family (default: the study's)")
+    _choice_flags(p)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _configs(args: argparse.Namespace, settings: Settings):
+    from circuitlab.search import ObjectiveConfig, SearchSpace
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    space = SearchSpace(methods=methods, addition_max=args.addition_max)
+    prune = {"prune_kl": None, "prune_min_drop": None} if args.no_prune else {}
+    objective = ObjectiveConfig(
+        max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, **prune
+    )
+    return space, objective
+
+
+def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
+    from circuitlab.search import SearchPrompts
+
+    return SearchPrompts.from_testbed(
+        args.n_train, args.n_search, args.n_kl, n_test, split_seed=settings.seed
+    )
+
+
+def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
+    space, objective = _configs(args, settings)
+    return {
+        "storage": args.storage,
+        "space": space,
+        "objective": objective,
+        "seed": settings.seed,
+        "profile": None if args.profile == "none" else args.profile,
+        "family": args.family,
+        "cache_dir": settings.cache_dir,
+        "progress": True,
+    }
+
+
+def front_table(front, chosen=None, title: str = "Pareto front") -> Table:
+    """The front, one row per trial; the chosen one marked."""
+    table = Table(title=title, caption="refusals on the search split; KL first token, nats")
+    for column in ("trial", "refusals", "KL", "method", "direction", "attn tent", "mlp tent"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for p in front:
+        k = p.params
+
+        def tent(w: str, k=k) -> str:
+            return f"{k[f'{w}_max_weight']:.2f}@{k[f'{w}_max_position']:.2f}"
+
+        mark = "*" if chosen is not None and p.number == chosen.number else ""
+        table.add_row(
+            f"{mark}{p.number}",
+            f"{100 * p.refusal_rate:.1f}%",
+            f"{p.kl:.3f}",
+            k.get("method", "?"),
+            f"{k.get('direction', float('nan')):.2f}",
+            tent("attn"),
+            tent("mlp"),
+        )
+    return table
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import load_model, out
+    from circuitlab.search import choose, pareto_front, run_search
+
+    _quiet_optuna()
+    prompts = _prompts(args, settings)
+    model = load_model(args.model, settings)
+    study = run_search(model, prompts, args.study, args.trials, **_search_options(args, settings))
+    front = pareto_front(study)
+    chosen = choose(front, args.kl_target) if front else None
+    out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
+    if chosen is not None:
+        out.print(f"chosen (fewest refusals with KL <= {args.kl_target}): trial {chosen.number}")
+    return 0
+
+
+def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import load_model, out
+    from circuitlab.evaluate.scorecard import scorecard_table
+    from circuitlab.search import abliterate
+
+    _quiet_optuna()
+    study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
+    destination = None
+    if not args.no_export:
+        destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
+    prompts = _prompts(args, settings, args.n_test)
+    model = load_model(args.model, settings)
+    done = abliterate(
+        model,
+        prompts,
+        study,
+        args.trials,
+        out=destination,
+        force=args.force,
+        kl_target=args.kl_target,
+        **_search_options(args, settings),
+    )
+    result = done.result
+    out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
+    out.print(scorecard_table(result.base, result.edited, title="test split (never searched)"))
+    if done.export is not None:
+        out.print(f"exported to {done.export.path}: {done.export.parity.summary()}")
+    else:
+        out.print(f"not exported: {done.export_note}")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import out
+    from circuitlab.search import learn_profile, open_store, save_profile
+
+    _quiet_optuna()
+    store = open_store(args.study, args.storage, settings.cache_dir)
+    profile = learn_profile(store.load(), args.top, args.kl_target, args.family)
+    path = args.out or Path(settings.cache_dir) / "profiles" / f"{profile.family}.json"
+    save_profile(profile, path)
+    table = Table(title=f"profile {profile.family} → {path}", caption=profile.source)
+    for column in ("#", "method", "direction", "refusals", "KL"):
+        table.add_column(column, justify="right")
+    for i, (params, (rate, kl)) in enumerate(zip(profile.trials, profile.scores, strict=True)):
+        direction = f"{params.get('direction', float('nan')):.2f}"
+        table.add_row(str(i), params.get("method", "?"), direction, f"{rate:.1%}", f"{kl:.3f}")
+    out.print(table)
+    return 0
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; the progress bar and tables say it better."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,133 @@
+"""The whole job in one call: search → choose → test-split evaluation → export.
+
+Export goes through :mod:`circuitlab.export` (fold, verify against the hooks, save). Only
+foldable edits are exported; with the default search space every trial is (the activation
+addition, which is not, is off unless ``SearchSpace.addition_max > 0``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import Judge, MarkerJudge
+from circuitlab.search.assets import SearchPrompts
+from circuitlab.search.front import (
+    DEFAULT_KL_TARGET,
+    Rule,
+    SearchResult,
+    choose,
+    evaluate_choice,
+    pareto_front,
+)
+from circuitlab.search.objective import ObjectiveConfig
+from circuitlab.search.space import SearchSpace
+from circuitlab.search.study import run_search
+
+__all__ = ["Abliteration", "abliterate", "export_choice"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Abliteration:
+    """What :func:`abliterate` did.
+
+    Attributes:
+        result: the chosen edit, the front and the test-split scorecards.
+        export: the export result (``circuitlab.export.ExportResult``), or None.
+        export_note: why nothing was exported, when nothing was.
+    """
+
+    result: SearchResult
+    export: Any = None
+    export_note: str | None = None
+
+
+def export_choice(
+    model: HookedModel,
+    result: SearchResult,
+    out: str | Path,
+    force: bool = False,
+    **options: Any,
+):
+    """Fold the chosen edit into the weights, verify it against the hooks and save it.
+
+    Args:
+        options: passed to ``circuitlab.export.export`` (``prompts``, ``tolerance``, ...).
+
+    Returns:
+        ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
+    """
+    try:
+        from circuitlab.export import export
+    except ImportError:  # the exporter ships separately in some builds
+        return None, "circuitlab.export is not available"
+    chosen = result.chosen
+    if not chosen.foldable:
+        notes = "; ".join(iv.fold_note for iv in chosen.interventions if not iv.foldable)
+        return None, f"trial {chosen.number} cannot be folded into weights: {notes}"
+    done = export(model, list(chosen.interventions), out, force=force, scorecard=result.as_dict())
+    return done, None
+
+
+def abliterate(
+    model: HookedModel,
+    prompts: SearchPrompts,
+    study_name: str,
+    n_trials: int,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    storage: str | None = None,
+    space: SearchSpace | None = None,
+    objective: ObjectiveConfig | None = None,
+    judge: Judge | None = None,
+    kl_target: float = DEFAULT_KL_TARGET,
+    rule: Rule | None = None,
+    seed: int = 0,
+    profile: str | Path | None = "auto",
+    family: str | None = None,
+    cache_dir: str | Path = "cache",
+    progress: bool = False,
+    export_options: dict[str, Any] | None = None,
+) -> Abliteration:
+    """Search (or resume) a study, choose a trial, score it on the test split, export it.
+
+    Args:
+        model: the base model.
+        prompts: all splits, including the test split.
+        study_name, n_trials, storage, space, objective, seed, profile, family, cache_dir,
+            progress: as for :func:`circuitlab.search.run_search`.
+        out: export folder; None: do not export.
+        force: replace ``out`` if it exists.
+        judge: refusal judge for search and test (default ``MarkerJudge``).
+        kl_target, rule: the choice (see :func:`circuitlab.search.choose`).
+        export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts).
+
+    Returns:
+        The :class:`Abliteration`.
+    """
+    judge = judge or MarkerJudge()
+    study = run_search(
+        model, prompts, study_name, n_trials, storage=storage, space=space,
+        objective=objective, judge=judge, seed=seed, profile=profile, family=family,
+        cache_dir=cache_dir, progress=progress,
+    )  # fmt: skip
+    front = pareto_front(study)
+    chosen = choose(front, kl_target, rule)
+    objective = ObjectiveConfig(**study.user_attrs["setup"]["objective"])
+    base, edited = evaluate_choice(
+        model, chosen, prompts.harmful_test, prompts.harmless_test, judge,
+        max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
+    )  # fmt: skip
+    rule_name = "custom" if rule is not None else f"fewest refusals with KL <= {kl_target}"
+    result = SearchResult(study_name, rule_name, chosen, tuple(front), base, edited)
+    if out is None:
+        return Abliteration(result, None, "no output folder given")
+    options = {"seed": seed, **(export_options or {})}
+    exported, note = export_choice(model, result, out, force, **options)
+    return Abliteration(result, exported, note)

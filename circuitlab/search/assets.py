@@ -1,0 +1,276 @@
+"""What a study computes once and every trial reuses: prompts, directions, KL baseline.
+
+Directions are extracted once per *study* (by the first worker, under the study lock),
+saved next to the study and referred to by folder and content hash, so every trial's
+intervention JSON stays small and every worker edits along exactly the same vectors. The
+KL baseline, refusal-token ids and calibrations are recomputed per *worker* process: they
+are cheap, deterministic, and not worth a file format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitlab.directions import DirectionSet
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.interventions import DirectionRef
+
+__all__ = [
+    "SUPERVISED",
+    "SearchPrompts",
+    "StudyAssets",
+    "extract_directions",
+    "save_directions",
+    "prepare_assets",
+]
+
+log = logging.getLogger(__name__)
+
+SUPERVISED = frozenset({"probe", "ensemble"})
+KNOWN_METHODS = frozenset({"diff-means", "pca", "cones", *SUPERVISED})
+# KMeans with silhouette selection needs a few prompts per cone to mean anything.
+MIN_CONE_PROMPTS = 10
+
+
+@dataclass(frozen=True)
+class SearchPrompts:
+    """The splits a search uses; the test split is only read after the search.
+
+    Attributes:
+        harmful_train, harmless_train: directions are extracted from these.
+        harmful_search: the refusal objective (the search tunes on it).
+        harmless_search: the KL objective.
+        harmful_test, harmless_test: the final evaluation, never seen by the search.
+    """
+
+    harmful_train: tuple[str, ...]
+    harmless_train: tuple[str, ...]
+    harmful_search: tuple[str, ...]
+    harmless_search: tuple[str, ...]
+    harmful_test: tuple[str, ...] = ()
+    harmless_test: tuple[str, ...] = ()
+
+    @classmethod
+    def from_testbed(
+        cls,
+        n_train: int = 64,
+        n_search: int = 30,
+        n_kl: int = 30,
+        n_test: int = 64,
+        split_seed: int = 0,
+    ) -> SearchPrompts:
+        """AdvBench and our harmless set, split as the refusal organism's data (train / val /
+        test): directions from train, search on val, report on test."""
+        from circuitlab.testbed import testbed_data
+
+        data = testbed_data(split_seed)
+
+        def take(prompts, n: int) -> tuple[str, ...]:
+            return tuple(prompts)[:n]
+
+        return cls(
+            take(data.harmful_train, n_train),
+            take(data.harmless_train, n_train),
+            take(data.harmful_val, n_search),
+            take(data.harmless_val, n_kl),
+            take(data.harmful_test, n_test),
+            take(data.harmless_test, n_test),
+        )
+
+    def search_hashes(self) -> dict[str, str]:
+        """Hashes of every split the search reads (a resumed study must see the same)."""
+        from circuitlab.activations import prompts_hash
+
+        names = ("harmful_train", "harmless_train", "harmful_search", "harmless_search")
+        return {name: prompts_hash(getattr(self, name)) for name in names}
+
+
+def _train_activations(model, prompts: SearchPrompts, cache_dir, batch_size, progress):
+    from circuitlab.activations import collect_activations, select_position
+
+    return tuple(
+        select_position(
+            collect_activations(
+                model, list(p), batch_size=batch_size, cache_dir=cache_dir, progress=progress
+            )
+        )
+        for p in (prompts.harmful_train, prompts.harmless_train)
+    )
+
+
+def _labels(model, prompts: SearchPrompts, cache_dir, batch_size) -> tuple[list, list]:
+    from circuitlab.activations import response_labels
+    from circuitlab.evaluate.judges import MarkerJudge
+
+    judge = MarkerJudge().judge
+    options = {"batch_size": batch_size, "cache_dir": cache_dir}
+    return (
+        response_labels(model, list(prompts.harmful_train), judge, **options),
+        response_labels(model, list(prompts.harmless_train), judge, **options),
+    )
+
+
+def usable_methods(methods: Sequence[str], n_harmful_train: int) -> tuple[str, ...]:
+    """The methods that can run on this many prompts (cones need enough to cluster)."""
+    unknown = sorted(set(methods) - KNOWN_METHODS)
+    if unknown:
+        raise ValueError(f"unknown direction method(s) {unknown}; known: {sorted(KNOWN_METHODS)}")
+    kept = tuple(m for m in methods if m != "cones" or n_harmful_train >= MIN_CONE_PROMPTS)
+    if len(kept) < len(methods):
+        log.info(
+            "cones left out: %d harmful train prompts (< %d)", n_harmful_train, MIN_CONE_PROMPTS
+        )
+    if not kept:
+        raise ValueError("no direction method left to search")
+    return kept
+
+
+def extract_directions(
+    model: HookedModel,
+    prompts: SearchPrompts,
+    methods: Sequence[str],
+    *,
+    pca_k: int = 3,
+    seed: int = 0,
+    batch_size: int = 16,
+    cache_dir: str | Path | None = "cache",
+    progress: bool = False,
+) -> dict[str, DirectionSet]:
+    """One DirectionSet per method from the train split (plus diff-means, always).
+
+    Diff-means is always extracted: its mean-difference norms scale activation additions and
+    its signs orient the directions of sign-free methods (PCA, cones).
+
+    Args:
+        methods: from ``diff-means``, ``pca``, ``cones``, ``probe``, ``ensemble``; the last two
+            label prompts by the model's own judged greedy answers (generation, cached).
+
+    Returns:
+        The sets by method name.
+    """
+    from circuitlab import directions as d
+
+    harmful, harmless = _train_activations(model, prompts, cache_dir, batch_size, progress)
+    sets = {"diff-means": d.extract_diff_means(harmful, harmless)}
+    labels = _labels(model, prompts, cache_dir, batch_size) if SUPERVISED & set(methods) else None
+    for method in methods:
+        if method == "pca":
+            sets[method] = d.extract_pca(harmful, harmless, k=pca_k)
+        elif method == "cones":
+            sets[method] = d.extract_cones(harmful, harmless, seed=seed)
+        elif method == "probe":
+            sets[method] = d.extract_probe(harmful, harmless, *labels, seed=seed)
+        elif method == "ensemble":
+            sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
+    return sets
+
+
+def save_directions(sets: dict[str, DirectionSet], folder: Path) -> dict[str, dict[str, str]]:
+    """Save each set under ``folder/<method>``; returns ``{method: {folder, hash}}``."""
+    refs = {}
+    for method, ds in sets.items():
+        path = ds.save(folder / method)
+        refs[method] = {"folder": str(path.resolve()), "hash": ds.hash}
+    return refs
+
+
+@dataclass
+class StudyAssets:
+    """Per-worker precomputation shared by every trial (nothing here changes per trial).
+
+    Attributes:
+        n_layers: the model's layers.
+        refs: each method's saved directions, as interventions refer to them.
+        sets: the same sets, loaded.
+        baseline: the base model's log-probs on the harmless search prompts.
+        refusal_tokens: first tokens of refusal openings (the cheap refusal score).
+        base_refusal_mass: mean first-token probability of those tokens on the harmful
+            search prompts, unedited.
+        harmful_train: harmful train activations (for calibration), read lazily.
+    """
+
+    n_layers: int
+    refs: dict[str, DirectionRef]
+    sets: dict[str, DirectionSet]
+    baseline: KLBaseline
+    refusal_tokens: list[int]
+    base_refusal_mass: float
+    harmful_train: Float[Tensor, "n layer d_model"] | None = None
+    _calibrations: dict[tuple[str, int, int], float] = field(default_factory=dict, repr=False)
+
+    def oriented(self, method: str, layer: int, component: int) -> Float[Tensor, " d_model"]:
+        """The unit direction at ``layer``, signed to point the way diff-means does."""
+        vector = self.sets[method].direction(layer, component).double()
+        reference = self.sets["diff-means"].direction(layer, 0).double()
+        return vector if float(vector @ reference) >= 0 else -vector
+
+    def calibration(self, method: str, layer: int, component: int) -> float:
+        """The calibrated weight multiplier of a direction (computed once, then cached)."""
+        from circuitlab.directions import calibrate_weight
+
+        key = (method, layer, component)
+        if key not in self._calibrations:
+            if self.harmful_train is None:
+                raise ValueError("calibration needs the harmful train activations")
+            vector = self.oriented(method, layer, component).float()
+            found = calibrate_weight(self.harmful_train, vector, layer)
+            self._calibrations[key] = found.multiplier
+        return self._calibrations[key]
+
+    def addition_scale(self, method: str, layer: int, component: int) -> float:
+        """Mean-difference norm at ``layer``, signed so that ``+scale * direction`` points
+        towards refusal (an addition against refusal uses a negative strength)."""
+        norm = float(self.sets["diff-means"].scores[layer, 0])
+        vector = self.sets[method].direction(layer, component).double()
+        reference = self.sets["diff-means"].direction(layer, 0).double()
+        return norm if float(vector @ reference) >= 0 else -norm
+
+
+def prepare_assets(
+    model: HookedModel,
+    prompts: SearchPrompts,
+    refs: dict[str, DirectionRef],
+    *,
+    kl_k: int = 4,
+    batch_size: int = 16,
+    cache_dir: str | Path | None = "cache",
+    calibrate: bool = True,
+) -> StudyAssets:
+    """Load the study's directions and compute this worker's baselines (call unedited).
+
+    Args:
+        refs: the study's saved directions by method.
+        kl_k: tokens of the base's greedy continuation for the k-token KL.
+        calibrate: read the harmful train activations (from the cache) for calibration.
+
+    Returns:
+        The assets every trial of this worker uses.
+    """
+    from circuitlab.directions.select import refusal_score, refusal_token_ids
+    from circuitlab.evaluate.kl import greedy_continuation
+    from circuitlab.search.decode import prefill, teacher_forced
+
+    if model.n_active_hooks():
+        raise RuntimeError("prepare_assets needs the unedited model: hooks are attached")
+    sets = {method: ref.load() for method, ref in refs.items()}
+    harmless = list(prompts.harmless_search)
+    continuation = greedy_continuation(model, harmless, kl_k, batch_size)
+    # The trials' KL pass uses the search's prefix-sharing teacher forcing; the base side
+    # must come from the same function, or an unedited model would not score exactly 0.
+    along = teacher_forced(model, harmless, continuation, batch_size)
+    baseline = KLBaseline(tuple(harmless), True, along[:, 0], continuation, along)
+    tokens = refusal_token_ids(model.tokenizer)
+    first = prefill(model, list(prompts.harmful_search), batch_size).first_logprobs
+    mass = refusal_score(first, tokens).exp().mean().item()
+    harmful = None
+    if calibrate:
+        harmful = _train_activations(model, prompts, cache_dir, batch_size, False)[0]
+    log.info("base first-token refusal mass on the search prompts: %.3f", mass)
+    return StudyAssets(model.n_layers, refs, sets, baseline, tokens, mass, harmful)

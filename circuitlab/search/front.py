@@ -1,0 +1,222 @@
+"""The Pareto front of a study, the choice of one trial, and its test-split evaluation.
+
+The default rule (:func:`choose`): the fewest refusals among trials whose KL is at most
+``kl_target`` (ties: lower KL); if no trial is under the target, the lowest KL among the
+trials with the fewest refusals. A literal "lowest KL" or "KL < 0.1" rule picked useless
+edits in our first experiment; refusals first, within a KL budget, is what users ask for.
+
+The chosen trial is then scored on the test split, which the search never read: refusal
+rate with a Wilson interval, over-refusals, and KL against the base on harmless test
+prompts. Numbers from the search split are optimistic by construction (they were tuned on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import Judge
+from circuitlab.evaluate.scorecard import Scorecard
+from circuitlab.interventions import Intervention, from_dict
+
+__all__ = [
+    "FrontPoint",
+    "SearchResult",
+    "choose",
+    "evaluate_choice",
+    "pareto_front",
+    "rank_key",
+    "trial_interventions",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KL_TARGET = 0.2
+
+
+def trial_interventions(trial: optuna.trial.FrozenTrial) -> tuple[Intervention, ...]:
+    """The interventions a trial applied, rebuilt from its user attributes."""
+    return tuple(from_dict(data) for data in trial.user_attrs["interventions"])
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One complete trial: its objectives, parameters and edit.
+
+    Attributes:
+        number: the trial number.
+        refusal_rate: judged refusals on the search split.
+        kl: first-token KL on the harmless search prompts.
+        params: the suggested parameters.
+        interventions: the edit, as applied.
+        score: the stored trial score (k-token KL, refusal mass, tokens, seconds).
+    """
+
+    number: int
+    refusal_rate: float
+    kl: float
+    params: dict[str, Any]
+    interventions: tuple[Intervention, ...] = field(repr=False)
+    score: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontPoint:
+        return cls(
+            trial.number,
+            trial.values[0],
+            trial.values[1],
+            dict(trial.params),
+            trial_interventions(trial),
+            dict(trial.user_attrs.get("score", {})),
+        )
+
+    @property
+    def foldable(self) -> bool:
+        return all(iv.foldable for iv in self.interventions)
+
+
+def pareto_front(study: optuna.Study) -> list[FrontPoint]:
+    """The non-dominated complete trials, fewest refusals first."""
+    points = [FrontPoint.from_trial(t) for t in study.best_trials]
+    return sorted(points, key=lambda p: (p.refusal_rate, p.kl, p.number))
+
+
+def rank_key(refusal_rate: float, kl: float, kl_target: float) -> tuple[bool, float, float]:
+    """Sort key of the default rule: under the KL target first, then refusals, then KL."""
+    return (kl > kl_target, refusal_rate, kl)
+
+
+Rule = Callable[[Sequence[FrontPoint]], FrontPoint]
+
+
+def choose(
+    front: Sequence[FrontPoint],
+    kl_target: float = DEFAULT_KL_TARGET,
+    rule: Rule | None = None,
+    trial: int | None = None,
+) -> FrontPoint:
+    """Pick one point of the front.
+
+    Args:
+        front: from :func:`pareto_front` (any list of points works).
+        kl_target: the KL budget of the default rule.
+        rule: a function of the front that returns the point to use, replacing the default.
+        trial: take this trial number (it must be on the front).
+
+    Returns:
+        The chosen point.
+    """
+    from circuitlab.search.storage import SearchError
+
+    if not front:
+        raise SearchError("the Pareto front is empty: no trial completed (all pruned or failed?)")
+    if trial is not None:
+        matches = [p for p in front if p.number == trial]
+        if not matches:
+            raise SearchError(f"trial {trial} is not on the front {[p.number for p in front]}")
+        return matches[0]
+    if rule is not None:
+        return rule(front)
+    return min(front, key=lambda p: (*rank_key(p.refusal_rate, p.kl, kl_target), p.number))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The chosen edit and what it did on the test split.
+
+    Attributes:
+        study: the study name.
+        rule: how the point was chosen.
+        chosen: the chosen front point.
+        front: the whole front.
+        base, edited: test-split scorecards of the base model and of the edit.
+    """
+
+    study: str
+    rule: str
+    chosen: FrontPoint
+    front: tuple[FrontPoint, ...]
+    base: Scorecard
+    edited: Scorecard
+
+    @property
+    def refusal_rate(self) -> float:
+        return self.edited.refusal_rate
+
+    @property
+    def refusal_ci(self) -> tuple[float, float]:
+        return self.edited.refusal_ci
+
+    @property
+    def kl(self) -> float | None:
+        return self.edited.kl_first
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what the export manifest records as its scorecard)."""
+
+        def point(p: FrontPoint) -> dict[str, Any]:
+            return {"trial": p.number, "refusal_rate": p.refusal_rate, "kl": p.kl}
+
+        return {
+            "study": self.study,
+            "rule": self.rule,
+            "chosen": {**point(self.chosen), "params": self.chosen.params},
+            "front": [point(p) for p in self.front],
+            "test": {
+                "base": json.loads(self.base.to_json()),
+                "edited": json.loads(self.edited.to_json()),
+            },
+        }
+
+
+def evaluate_choice(
+    model: HookedModel,
+    chosen: FrontPoint,
+    harmful_test: Sequence[str],
+    harmless_test: Sequence[str],
+    judge: Judge,
+    *,
+    max_new_tokens: int = 100,
+    batch_size: int = 16,
+    kl_k: int = 4,
+) -> tuple[Scorecard, Scorecard]:
+    """Score the base model and the chosen edit on the test split.
+
+    Args:
+        harmful_test: harmful prompts the search never saw.
+        harmless_test: harmless prompts for over-refusals and KL (also unseen).
+
+    Returns:
+        ``(base, edited)`` scorecards; the edit's KL is against the base on these prompts.
+    """
+    from circuitlab.evaluate.kl import KLBaseline
+    from circuitlab.evaluate.scorecard import score_model
+    from circuitlab.hooks import apply
+
+    if not harmful_test or not harmless_test:
+        raise ValueError("the test evaluation needs harmful and harmless test prompts")
+    baseline = KLBaseline.compute(model, list(harmless_test), kl_k, batch_size)
+    options = {
+        "harmful": list(harmful_test),
+        "harmless": list(harmless_test),
+        "judge": judge,
+        "split": "test",
+        "kl_baseline": baseline,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
+    base, _ = score_model(model, "base", **options)
+    with apply(model, *chosen.interventions):
+        edited, _ = score_model(model, f"trial {chosen.number}", base=base, **options)
+    return base, edited
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

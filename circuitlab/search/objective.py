@@ -1,0 +1,235 @@
+"""Score one trial: (refusal rate on the search split, first-token KL on harmless prompts).
+
+Cheapest first. One teacher-forced pass over the harmless prompts gives both the first-token
+KL and the k-token KL (position 0 of the base's continuation *is* the first generated token).
+Then the harmful prompts are prefilled once (:mod:`circuitlab.search.decode`): the
+prefill's logits give the first-token refusal mass and, if the trial is not hopeless,
+decoding goes on from the same KV cache, each row leaving the batch as soon as its *refusal
+verdict* is final. With the marker judge that is when the answer's opening (its first
+sentences) is complete, refusal or not: the judge looks for refusals only there, so what
+follows may turn a compliant label into degenerate but never into a refusal
+(:class:`OpeningDecides`). The rate the search optimises is unchanged by stopping; the
+test-split scorecard generates in full.
+
+A trial is hopeless (pruned, nothing generated) when its KL already exceeds ``prune_kl``
+(the edit broke the model; whatever it says will not be chosen) or, on a model that does
+put mass on refusal openings, the edit removed less than ``prune_min_drop`` of that mass
+(it will not remove refusals either).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import Judge, Judgements, MarkerJudge
+from circuitlab.evaluate.kl import kl_divergence
+from circuitlab.hooks import apply
+from circuitlab.interventions import Intervention
+from circuitlab.search.assets import StudyAssets
+
+__all__ = [
+    "ObjectiveConfig",
+    "OpeningDecides",
+    "TrialScore",
+    "kl_pass",
+    "prune_reason",
+    "refusal_stopper",
+    "score_trial",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """How a trial is scored.
+
+    Attributes:
+        max_new_tokens: generation budget per harmful prompt (early stopping ends most
+            refusals far sooner).
+        batch_size: prompts per forward pass or generation batch.
+        check_every: tokens between early-stopping checks (a check is a text decode of
+            the live rows, cheap next to a decode step, so every token by default).
+        prune_kl: first-token KL above which a trial is pruned; None: never.
+        prune_min_drop: prune when the edit removes less than this share of the base's
+            first-token refusal mass; None: never.
+        min_base_mass: the mass rule applies only when the base model's refusal mass is at
+            least this (a model that does not refuse has no mass to remove).
+    """
+
+    max_new_tokens: int = 100
+    batch_size: int = 16
+    check_every: int = 1
+    prune_kl: float | None = 2.0
+    prune_min_drop: float | None = 0.1
+    min_base_mass: float = 0.1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialScore:
+    """What one trial measured (values only; stored in the trial's user attributes).
+
+    Attributes:
+        refusals: judged refusals on the harmful search prompts; None when pruned.
+        n: harmful search prompts.
+        kl_first: mean first-token KL(base ‖ edited) on the harmless search prompts.
+        kl_k: the same along the base's first k greedy tokens.
+        refusal_mass: mean first-token probability of refusal openings (harmful prompts);
+            None when the trial was pruned on KL before it was measured.
+        pruned: why generation was skipped, or None.
+        tokens: tokens generated in all.
+        seconds: wall time of the whole trial.
+    """
+
+    refusals: int | None
+    n: int
+    kl_first: float
+    kl_k: float
+    refusal_mass: float | None
+    pruned: str | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def refusal_rate(self) -> float | None:
+        return None if self.refusals is None else self.refusals / self.n
+
+    def values(self) -> tuple[float, float]:
+        """The two objectives (both minimised)."""
+        if self.refusal_rate is None:
+            raise ValueError("a pruned trial has no objective values")
+        return self.refusal_rate, self.kl_first
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OpeningDecides:
+    """A marker judge whose ``decided`` stops a row once its *refusal* verdict is final.
+
+    ``MarkerJudge.decided`` waits for the judge's whole span (~100 tokens) before it calls a
+    compliant answer decided, because later text could still make it ``degenerate``. For a
+    refusal rate that does not matter: refusals are looked for in the opening only, so an
+    answer whose opening is complete (and whose reasoning block, if any, is closed) is a
+    refusal or not for good. Labels other than refusal may differ from a full generation.
+    """
+
+    inner: MarkerJudge
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> Judgements:
+        return self.inner.judge(prompts, responses)
+
+    def decided(self, partial_responses: Sequence[str]) -> list[bool]:
+        from circuitlab.evaluate.text import opening, split_thinking
+
+        out = []
+        for text, done in zip(
+            partial_responses, self.inner.decided(partial_responses), strict=True
+        ):
+            answer, finished = split_thinking(text)
+            answer = answer.lstrip()[: self.inner.span_chars]
+            head = opening(answer, self.inner.n_sentences, self.inner.opening_chars)
+            out.append(done or (finished and head.complete))
+        return out
+
+
+def refusal_stopper(judge: Judge) -> Judge:
+    """The judge to generate with during a search: :class:`OpeningDecides` for a marker
+    judge, the judge itself otherwise (its own ``decided``, if any)."""
+    return OpeningDecides(judge) if isinstance(judge, MarkerJudge) else judge
+
+
+def kl_pass(model: HookedModel, assets: StudyAssets, batch_size: int) -> tuple[float, float]:
+    """KL(base ‖ edited) on the harmless prompts, first token and k tokens, in one pass
+    under whatever hooks are active."""
+    from circuitlab.search.decode import teacher_forced
+
+    base = assets.baseline
+    along = teacher_forced(model, base.prompts, base.continuation, batch_size, base.chat)
+    # The base side was computed by the same function (prepare_assets), so an unedited
+    # model scores exactly 0.
+    kl_first = kl_divergence(base.along[:, 0], along[:, 0]).mean().item()
+    kl_k = kl_divergence(base.along, along).mean().item()
+    return kl_first, kl_k
+
+
+def prune_reason(
+    kl_first: float, mass: float | None, base_mass: float, config: ObjectiveConfig
+) -> str | None:
+    """Why a trial is hopeless before generating, or None if it is worth judging.
+
+    Args:
+        kl_first: the trial's first-token KL.
+        mass: its mean first-token refusal mass; None before it is measured (the KL rules
+            alone are checked, so a broken model is not even prefilled).
+        base_mass: the unedited model's refusal mass.
+        config: the thresholds.
+    """
+    if not math.isfinite(kl_first):
+        return "non-finite KL"
+    if config.prune_kl is not None and kl_first > config.prune_kl:
+        return f"KL {kl_first:.2f} > {config.prune_kl}"
+    if (
+        mass is not None
+        and config.prune_min_drop is not None
+        and base_mass >= config.min_base_mass
+        and mass > (1 - config.prune_min_drop) * base_mass
+    ):
+        return f"refusal mass {mass:.3f} vs base {base_mass:.3f}"
+    return None
+
+
+def score_trial(
+    model: HookedModel,
+    interventions: Sequence[Intervention],
+    assets: StudyAssets,
+    harmful: Sequence[str],
+    judge: Judge,
+    config: ObjectiveConfig,
+) -> TrialScore:
+    """Apply the interventions as hooks, score them, and remove the hooks.
+
+    Args:
+        model: the base model (never copied or reloaded: hooks carry the edit).
+        interventions: the trial's edit.
+        assets: the study's precomputation.
+        harmful: the harmful search prompts.
+        judge: refusal judge; generation stops rows once their refusal verdict is final
+            (:func:`refusal_stopper`).
+        config: generation and pruning settings.
+
+    Returns:
+        The trial's score (``refusals`` None when pruned).
+    """
+    from circuitlab.directions.select import refusal_score
+    from circuitlab.search.decode import decode, prefill
+
+    start, n = time.perf_counter(), len(harmful)
+    with apply(model, *interventions):
+        kl_first, kl_k = kl_pass(model, assets, config.batch_size)
+        reason = prune_reason(kl_first, None, assets.base_refusal_mass, config)
+        if reason is not None:
+            return TrialScore(None, n, kl_first, kl_k, None, reason, 0, time.perf_counter() - start)
+        state = prefill(model, list(harmful), config.batch_size)
+        mass = refusal_score(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
+        reason = prune_reason(kl_first, mass, assets.base_refusal_mass, config)
+        if reason is not None:
+            return TrialScore(None, n, kl_first, kl_k, mass, reason, 0, time.perf_counter() - start)
+        stop = getattr(refusal_stopper(judge), "decided", None)
+        texts = decode(model, state, config.max_new_tokens, stop, config.check_every)
+    refusals = sum(judge.judge(list(harmful), texts).is_refusal)
+    tokens = sum(len(model.tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+    return TrialScore(refusals, n, kl_first, kl_k, mass, None, tokens, time.perf_counter() - start)

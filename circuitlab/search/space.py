@@ -1,0 +1,183 @@
+"""The search space: every parameter suggested on every trial, in model-independent units.
+
+Positions and distances are fractions of depth (``0`` = the first layer, ``1`` = the last),
+so a profile learned on one model of a family transfers to another with more layers. No
+parameter is conditional: TPE models the joint density of all of them, and a parameter
+that does not apply to a trial (the PCA component of a diff-means trial, the strength of an
+addition that is off) is suggested and ignored. Conditional gaps would split the history
+into groups TPE models separately, which wastes the few trials a search has.
+
+A trial's parameters become interventions (:func:`build_interventions`): one ablation
+(``DirectionalAblation``, or ``SubspaceAblation`` of every cone direction for ``cones``),
+plus an ``ActivationAddition`` when the addition strength is above zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from circuitlab.interventions import (
+    ActivationAddition,
+    DirectionalAblation,
+    Intervention,
+    LayerKernel,
+    SubspaceAblation,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from circuitlab.search.assets import StudyAssets
+
+__all__ = ["SearchSpace", "suggest", "build_interventions", "clamp_params", "KERNEL_PARAMS"]
+
+log = logging.getLogger(__name__)
+
+Range = tuple[float, float]
+# Per writer (attn, mlp): the four numbers of Heretic's tent kernel, in depth fractions.
+KERNEL_PARAMS = ("max_weight", "max_position", "min_weight", "min_distance")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges of every parameter (fractions of depth for positions and distances).
+
+    Attributes:
+        methods: direction methods to choose between (``diff-means``, ``pca``, ``cones``,
+            ``probe``, ``ensemble``); the study keeps the list it was created with.
+        pca_k: PCA components per layer; ``component`` ranges over them (pca only).
+        direction: where the direction is read, as a fraction of depth (fractional layer
+            index; ``cones`` rounds it to a layer).
+        max_weight: a writer's weight at the top of its tent.
+        max_position: where the tent peaks, as a fraction of depth.
+        min_weight: the weight at the tent's edges, as a fraction of ``max_weight`` (a
+            fraction keeps the range fixed instead of depending on another parameter).
+        min_distance: half-width of the tent, as a fraction of depth; beyond it, weight 0.
+        addition_max: largest activation-addition strength, in units of the mean-difference
+            norm at the direction's layer, applied *against* the refusal direction. 0 (the
+            default) keeps the addition off: it cannot be folded into weights.
+        addition_snap: strengths below this are 0 (off), so TPE can switch it off.
+        calibrate: offer calibrated weights (``calibrate_weight``) as a choice.
+    """
+
+    methods: tuple[str, ...] = ("diff-means", "pca", "cones")
+    pca_k: int = 3
+    direction: Range = (0.3, 0.95)
+    max_weight: Range = (0.0, 1.5)
+    max_position: Range = (0.3, 1.0)
+    min_weight: Range = (0.0, 1.0)
+    min_distance: Range = (0.05, 0.7)
+    addition_max: float = 0.0
+    addition_snap: float = 0.05
+    calibrate: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**tuples)
+
+    def ranges(self) -> dict[str, Range]:
+        """Every continuous parameter's name and range (what profiles are clamped to)."""
+        out = {"direction": self.direction, "addition_strength": (0.0, self.addition_max)}
+        for writer in ("attn", "mlp"):
+            for name in KERNEL_PARAMS:
+                out[f"{writer}_{name}"] = getattr(self, name)
+        return out
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Suggest every parameter of ``space`` on ``trial`` (always all of them).
+
+    Returns:
+        The parameters by name, as plain values (what :func:`build_interventions` reads).
+    """
+    params: dict[str, Any] = {"method": trial.suggest_categorical("method", list(space.methods))}
+    params["component"] = trial.suggest_int("component", 0, max(space.pca_k - 1, 0))
+    for name, (low, high) in space.ranges().items():
+        params[name] = trial.suggest_float(name, low, high)
+    params["calibrate"] = trial.suggest_categorical(
+        "calibrate", [False, True] if space.calibrate else [False]
+    )
+    return params
+
+
+def clamp_params(params: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """Fit profile parameters into the space: clamp floats, drop unknown names and methods.
+
+    Optuna would warn about a fixed value outside a distribution and still use it; a profile
+    written for another space must not steer the search outside its own.
+    """
+    ranges = space.ranges()
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in ranges:
+            low, high = ranges[name]
+            out[name] = min(max(float(value), low), high)
+        elif name == "method":
+            if value in space.methods:
+                out[name] = value
+        elif name == "component":
+            out[name] = min(max(int(value), 0), max(space.pca_k - 1, 0))
+        elif name == "calibrate":
+            out[name] = bool(value) and space.calibrate
+    return out
+
+
+def _kernel(params: Mapping[str, Any], writer: str, depth: int) -> LayerKernel:
+    peak = params[f"{writer}_max_weight"]
+    return LayerKernel(
+        max_weight=peak,
+        max_weight_position=params[f"{writer}_max_position"] * depth,
+        min_weight=params[f"{writer}_min_weight"] * peak,
+        # depth is >= 1 for any real model and the range starts above 0.
+        min_weight_distance=max(params[f"{writer}_min_distance"] * depth, 1e-3),
+    )
+
+
+def build_interventions(
+    params: Mapping[str, Any], assets: StudyAssets, space: SearchSpace
+) -> tuple[Intervention, ...]:
+    """Turn one trial's parameters into interventions (plain data, applied as hooks).
+
+    The embedding is never edited (``embed=0``): like Heretic, the tents decide which layers
+    are edited, and a direction read at 30 %+ depth is mostly absent from token embeddings.
+
+    Args:
+        params: as returned by :func:`suggest`.
+        assets: the study's directions and calibration.
+        space: the study's space (for the addition snap).
+
+    Returns:
+        The ablation, followed by an activation addition when its strength is not 0.
+    """
+    depth = assets.n_layers - 1
+    method = params["method"]
+    index = params["direction"] * depth
+    layer = round(index)
+    ref = assets.refs[method]
+    component = int(params["component"]) if method == "pca" else 0
+    calibration = assets.calibration(method, layer, component) if params.get("calibrate") else 1.0
+    common: dict[str, Any] = {
+        "attn": _kernel(params, "attn", depth),
+        "mlp": _kernel(params, "mlp", depth),
+        "embed": 0.0,
+        "calibration": calibration,
+    }
+    if method == "cones":
+        ablation: Intervention = SubspaceAblation(ref, layer=layer, **common)
+    else:
+        ablation = DirectionalAblation(ref, index=index, component=component, **common)
+    strength = params.get("addition_strength", 0.0)
+    if strength < space.addition_snap:
+        return (ablation,)
+    scale = assets.addition_scale(method, layer, component)
+    addition = ActivationAddition(
+        ref, -strength * scale, (layer,), index=index, component=component
+    )
+    return ablation, addition

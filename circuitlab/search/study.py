@@ -1,0 +1,293 @@
+"""Run (or resume, or join) a study: setup once, then ask → suggest → hooks → score → tell.
+
+The first worker to take the study's lock extracts the directions, saves them beside the
+study, records everything the study depends on in ``study.user_attrs["setup"]`` and
+enqueues the warm-start trials. Later workers (and resumed runs) check that they have the
+same model and prompts, load the saved directions and join in. The study's own search space
+and objective settings win over the caller's (a warning says so): the trials of one study
+must be comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import Judge, MarkerJudge
+from circuitlab.interventions import DirectionRef, to_dict
+from circuitlab.progress import progress_bar
+from circuitlab.search.assets import (
+    SearchPrompts,
+    StudyAssets,
+    extract_directions,
+    prepare_assets,
+    save_directions,
+    usable_methods,
+)
+from circuitlab.search.objective import ObjectiveConfig, TrialScore, score_trial
+from circuitlab.search.profiles import detect_family, enqueue_profile, resolve_profile
+from circuitlab.search.space import SearchSpace, build_interventions, suggest
+from circuitlab.search.storage import (
+    COUNTED,
+    SearchError,
+    StudyStore,
+    counted,
+    open_store,
+    recover_stale,
+    tpe_sampler,
+    worker_id,
+)
+
+__all__ = ["run_search", "ensure_setup", "SETUP_VERSION"]
+
+log = logging.getLogger(__name__)
+
+SETUP_VERSION = 1
+# Consecutive failing trials after which the worker stops (FAIL is not counted in the
+# budget, so a trial that always raises would otherwise loop forever).
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective) -> None:
+    if setup.get("version") != SETUP_VERSION:
+        raise SearchError(f"study setup version {setup.get('version')}, expected {SETUP_VERSION}")
+    if setup["model"] != fingerprint:
+        raise SearchError(
+            f"the study was run on model {setup['model']}, this is {fingerprint}; "
+            "use another study name"
+        )
+    if setup["prompts"] != hashes:
+        raise SearchError("the study was run on other prompts (sizes or seed); use another name")
+    # Through JSON, as the stored setup went: tuples come back as lists.
+    asked = json.loads(json.dumps({"space": space.as_dict(), "objective": objective.as_dict()}))
+    if setup["space"] != asked["space"] or setup["objective"] != asked["objective"]:
+        log.warning("resuming with the study's own search space and objective settings")
+
+
+def ensure_setup(
+    study: optuna.Study,
+    store: StudyStore,
+    model: HookedModel,
+    prompts: SearchPrompts,
+    space: SearchSpace,
+    objective: ObjectiveConfig,
+    *,
+    seed: int,
+    profile: str | Path | None,
+    family: str | None,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The study's setup: checked if it exists, else created (call under the store's lock).
+
+    Returns:
+        ``study.user_attrs["setup"]``: model fingerprint and type, prompt hashes, space,
+        objective settings, saved directions and the warm-start profile used.
+    """
+    from circuitlab.activations import model_fingerprint
+
+    fingerprint, hashes = model_fingerprint(model), prompts.search_hashes()
+    space = replace(space, methods=usable_methods(space.methods, len(prompts.harmful_train)))
+    setup = study.user_attrs.get("setup")
+    if setup is not None:
+        _check_setup(setup, fingerprint, hashes, space, objective)
+        return setup
+    sets = extract_directions(
+        model,
+        prompts,
+        space.methods,
+        pca_k=space.pca_k,
+        seed=seed,
+        batch_size=objective.batch_size,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    refs = save_directions(sets, store.assets_dir / "directions")
+    model_type = model.hf_model.config.model_type
+    learned = None if cache_dir is None else Path(cache_dir) / "profiles"
+    chosen = resolve_profile(profile, model_type, family, learned)
+    setup = {
+        "version": SETUP_VERSION,
+        "model": fingerprint,
+        "model_name": str(model.resolved.location),
+        "model_type": model_type,
+        "n_layers": model.n_layers,
+        "prompts": hashes,
+        "space": space.as_dict(),
+        "objective": objective.as_dict(),
+        "directions": refs,
+        "seed": seed,
+        "profile": None if chosen is None else chosen.name,
+        "family": family or detect_family(model_type),
+    }
+    study.set_user_attr("setup", setup)
+    if chosen is not None:
+        enqueue_profile(study, chosen, space)
+    return setup
+
+
+def _ask(store: StudyStore, budget: int, seed: int, n_startup: int):
+    """The next trial of this worker, or None once the budget is used up."""
+    with store.lock():
+        trials = store.load().get_trials(deepcopy=False)
+        if sum(t.state in COUNTED for t in trials) >= budget:
+            return None
+        # Seeded per trial number: one worker replays exactly; parallel workers, which
+        # ask at different numbers, do not draw the same random start-up points.
+        study = store.load(tpe_sampler(seed + len(trials), n_startup))
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
+    if store.lock_path is None:
+        ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        if sum(t.state in COUNTED for t in ahead) >= budget:
+            trial.set_user_attr("over_budget", True)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+    return study, trial
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """Everything one worker process needs to run trials of a study."""
+
+    store: StudyStore
+    model: HookedModel
+    assets: StudyAssets
+    space: SearchSpace
+    objective: ObjectiveConfig
+    harmful: tuple[str, ...]
+    judge: Judge
+    seed: int
+    n_startup: int
+
+    def run(self, study: optuna.Study, trial: optuna.Trial) -> TrialScore:
+        params = suggest(trial, self.space)
+        interventions = build_interventions(params, self.assets, self.space)
+        # Plain data: what `circuitlab export` and `evaluate --intervention` can read back.
+        trial.set_user_attr("interventions", [to_dict(iv) for iv in interventions])
+        score = score_trial(
+            self.model, interventions, self.assets, self.harmful, self.judge, self.objective
+        )
+        trial.set_user_attr("score", score.as_dict())
+        if score.pruned is not None:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, score.values())
+        log.info("trial %d: %s", trial.number, score)
+        return score
+
+
+def _refs(setup: dict) -> dict[str, DirectionRef]:
+    """The saved directions, pinned to the hashes the study recorded (a changed file fails)."""
+    return {
+        method: DirectionRef(folder=ref["folder"], hash=ref["hash"])
+        for method, ref in setup["directions"].items()
+    }
+
+
+def run_search(
+    model: HookedModel,
+    prompts: SearchPrompts,
+    study_name: str,
+    n_trials: int,
+    *,
+    storage: str | None = None,
+    space: SearchSpace | None = None,
+    objective: ObjectiveConfig | None = None,
+    judge: Judge | None = None,
+    seed: int = 0,
+    profile: str | Path | None = "auto",
+    family: str | None = None,
+    n_startup_trials: int = 10,
+    fail_unknown: bool = False,
+    cache_dir: str | Path = "cache",
+    progress: bool = False,
+    on_trial: Callable[[int, TrialScore], None] | None = None,
+) -> optuna.Study:
+    """Run trials of a study until ``n_trials`` are COMPLETE, PRUNED or RUNNING.
+
+    Start it in several processes on one storage to search in parallel; start it again
+    after a crash (or ``kill -9``) to resume. Nothing is copied or reloaded between trials:
+    each trial's edit is hooks on the one loaded model.
+
+    Args:
+        model: the base model.
+        prompts: train / search splits (the test split is not read).
+        study_name: the study's name in the storage.
+        n_trials: the budget, over all workers and runs.
+        storage: see :func:`circuitlab.search.storage.open_store`.
+        space, objective: for a new study (an existing study keeps its own).
+        judge: refusal judge (default ``MarkerJudge``).
+        seed: sampler seed (per trial: ``seed + trial number``) and extraction seed.
+        profile: warm-start profile: ``auto`` (by ``config.model_type``), a family name, a
+            JSON file, or None.
+        family: override the detected family for ``auto``.
+        n_startup_trials: random trials before TPE models the history (warm starts count).
+        fail_unknown: fail RUNNING trials of workers on other hosts too.
+        cache_dir: cache root (default storage, activations, learned profiles).
+        progress: draw a progress bar.
+        on_trial: called after each of this worker's trials with its number and score.
+
+    Returns:
+        The study, reloaded after the last trial.
+    """
+    store = open_store(study_name, storage, cache_dir)
+    with store.lock():
+        study = store.create()
+        setup = ensure_setup(
+            study, store, model, prompts, space or SearchSpace(), objective or ObjectiveConfig(),
+            seed=seed, profile=profile, family=family, cache_dir=cache_dir, progress=progress,
+        )  # fmt: skip
+        recover_stale(study, locked=store.lock_path is not None, fail_unknown=fail_unknown)
+    if counted(store.load()) >= n_trials:
+        return store.load()  # nothing left to run: skip this worker's baselines
+    space = SearchSpace.from_dict(setup["space"])
+    objective = ObjectiveConfig(**setup["objective"])
+    assets = prepare_assets(
+        model, prompts, _refs(setup), batch_size=objective.batch_size, cache_dir=cache_dir,
+        calibrate=space.calibrate,
+    )  # fmt: skip
+    worker = _Worker(
+        store, model, assets, space, objective, tuple(prompts.harmful_search),
+        judge or MarkerJudge(), seed, n_startup_trials,
+    )  # fmt: skip
+    _loop(worker, n_trials, progress, on_trial)
+    return store.load()
+
+
+def _loop(worker: _Worker, budget: int, progress: bool, on_trial) -> None:
+    """Ask, run and tell until the budget is used up (by this and any other worker)."""
+    failures = 0
+    with progress_bar(budget, f"trials of {worker.store.name}", progress) as advance:
+        shown = min(counted(worker.store.load()), budget)
+        advance(shown)
+        while (asked := _ask(worker.store, budget, worker.seed, worker.n_startup)) is not None:
+            study, trial = asked
+            try:
+                score = worker.run(study, trial)
+                failures = 0
+            except Exception as exc:
+                log.exception("trial %d failed", trial.number)
+                trial.set_user_attr("error", repr(exc))
+                study.tell(trial, state=TrialState.FAIL)
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise SearchError(f"{failures} trials in a row failed; last: {exc!r}") from exc
+                continue
+            except BaseException:
+                # Interrupted: close the trial so it does not linger as RUNNING.
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            if on_trial is not None:
+                on_trial(trial.number, score)
+            now = min(counted(study), budget)
+            advance(max(now - shown, 0))
+            shown = max(now, shown)

@@ -1,0 +1,332 @@
+"""The search: rules and bookkeeping without a model, then real tiny studies on smollm2-135m.
+
+smollm2-135m does not refuse, so refusal rates here are 0 and only the machinery is tested:
+a 3-trial study producing a front, its choice scored on the test split and exported with
+verified parity, two worker processes sharing one journal, and a SIGKILLed worker resumed.
+Prompt counts and token budgets are tiny on purpose (shared 2-core machines).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from circuitlab.cli import main
+from circuitlab.interventions import DirectionalAblation, from_json, to_json
+from circuitlab.search import (
+    FrontPoint,
+    ObjectiveConfig,
+    SearchError,
+    SearchPrompts,
+    SearchSpace,
+    abliterate,
+    choose,
+    detect_family,
+    learn_profile,
+    load_profile,
+    open_store,
+    pareto_front,
+    run_search,
+    trial_interventions,
+)
+from circuitlab.search.objective import prune_reason
+from circuitlab.search.profiles import FAMILIES, resolve_profile
+from circuitlab.search.space import clamp_params
+from circuitlab.search.storage import recover_stale, worker_id
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"n_train": 8, "n_search": 4, "n_kl": 4}
+NO_PRUNE = ObjectiveConfig(max_new_tokens=8, batch_size=8, prune_kl=None, prune_min_drop=None)
+
+
+def point(number: int, refusal: float, kl: float) -> FrontPoint:
+    return FrontPoint(number, refusal, kl, {}, ())
+
+
+# ------------------------------------------------------------------------ no model needed
+def test_choice_rule_prefers_fewest_refusals_under_the_kl_target():
+    front = [point(0, 0.0, 0.9), point(1, 0.1, 0.15), point(2, 0.3, 0.05), point(3, 0.1, 0.1)]
+    assert choose(front, kl_target=0.2).number == 3  # tie on refusals: lower KL
+    assert choose(front, kl_target=1.0).number == 0
+    # Nothing under the target: the lowest KL among the fewest refusals.
+    assert choose(front, kl_target=0.01).number == 0
+    assert choose(front, trial=2).number == 2
+    assert choose(front, rule=lambda f: max(f, key=lambda p: p.kl)).number == 0
+    with pytest.raises(SearchError):
+        choose([])
+    with pytest.raises(SearchError):
+        choose(front, trial=9)
+
+
+def test_prune_reasons():
+    config = ObjectiveConfig(prune_kl=2.0, prune_min_drop=0.1, min_base_mass=0.1)
+    assert prune_reason(0.1, 0.1, 0.5, config) is None
+    assert "KL" in prune_reason(3.0, 0.1, 0.5, config)
+    assert "mass" in prune_reason(0.1, 0.48, 0.5, config)
+    assert prune_reason(0.1, 0.05, 0.05, config) is None  # the base hardly refuses: no rule
+    assert prune_reason(float("nan"), 0.1, 0.5, config) == "non-finite KL"
+    off = ObjectiveConfig(prune_kl=None, prune_min_drop=None)
+    assert prune_reason(50.0, 0.5, 0.5, off) is None
+
+
+def test_opening_stop_keeps_every_refusal_verdict():
+    """Stopping a row once its opening is complete never changes refused / not refused."""
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.evaluate.labelled import load_labelled
+    from circuitlab.search.objective import OpeningDecides
+
+    data, marker = load_labelled(), MarkerJudge()
+    stopper = OpeningDecides(marker)
+    early = 0
+    for prompt, full in zip(data.prompts, data.responses, strict=True):
+        final = marker.judge([prompt], [full]).is_refusal[0]
+        cuts = range(0, len(full), 7)
+        prefixes = [full[:i] for i in cuts if stopper.decided([full[:i]])[0]]
+        assert all(marker.judge([prompt], [p]).is_refusal[0] == final for p in prefixes)
+        early += bool(prefixes) and not marker.decided([prefixes[0]])[0]
+    assert early > len(data) // 4  # it does stop rows the plain decider would not
+
+
+def test_space_round_trip_and_profiles_fit_it():
+    space = SearchSpace(methods=("diff-means", "pca"))
+    assert SearchSpace.from_dict(space.as_dict()) == space
+    for family in FAMILIES:
+        profile = load_profile(family)
+        assert profile.family == family and profile.trials
+        assert "guess" in profile.source  # honest until learned
+        for trial in profile.trials:
+            clamped = clamp_params(trial, SearchSpace())
+            assert clamped == {k: v for k, v in trial.items() if k in clamped}, family
+    out_of_range = clamp_params({"direction": 2.0, "method": "cones", "junk": 1}, space)
+    assert out_of_range == {"direction": 0.95}
+
+
+def test_family_comes_from_model_type():
+    assert detect_family("llama") == "llama"
+    assert detect_family("qwen3") == "qwen" and detect_family("gemma3_text") == "gemma"
+    assert detect_family("gpt2") is None
+    assert resolve_profile("auto", "gpt2") is None
+    assert resolve_profile("auto", "gpt2", family="mistral").family == "mistral"
+    assert resolve_profile("none", "llama") is None
+
+
+def test_stale_trials_of_dead_workers_are_failed_and_retried(tmp_path):
+    store = open_store("stale", str(tmp_path / "stale.journal"))
+    study = store.create()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    workers = {
+        "dead": {**worker_id(), "pid": dead.pid},
+        "alive": worker_id(),
+        "elsewhere": {"host": "another-host", "pid": 1, "start": None},
+    }
+    for name, worker in workers.items():
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("name", name)
+    with store.lock():
+        failed = recover_stale(study, locked=True)
+    states = {t.user_attrs["name"]: t.state for t in study.trials if "name" in t.user_attrs}
+    assert failed == [0] and states["dead"] == TrialState.FAIL
+    assert states["alive"] == states["elsewhere"] == TrialState.RUNNING
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+    assert recover_stale(study, locked=True, fail_unknown=True) == [2]
+
+
+# -------------------------------------------------------------------------- real studies
+@pytest.fixture(scope="module")
+def tiny_prompts() -> SearchPrompts:
+    return SearchPrompts.from_testbed(**TINY, n_test=4)
+
+
+@pytest.fixture(scope="module")
+def study_3(smollm, tiny_prompts, tmp_path_factory):
+    """A real 3-trial study (one warm start, two TPE start-up trials)."""
+    journal = tmp_path_factory.mktemp("study") / "three.journal"
+    started = time.perf_counter()
+    study = run_search(
+        smollm,
+        tiny_prompts,
+        "three",
+        3,
+        storage=str(journal),
+        space=SearchSpace(methods=("diff-means", "pca")),
+        objective=NO_PRUNE,
+        seed=1,
+    )
+    return study, journal, time.perf_counter() - started
+
+
+def test_search_decoding_matches_generate_under_hooks(smollm, tiny_prompts, study_3):
+    """Shared prefill + dropping finished rows gives generate's greedy text, edited or not."""
+    from circuitlab.evaluate import kl
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.hooks import apply
+    from circuitlab.search.decode import decode, prefill, teacher_forced
+    from circuitlab.search.objective import OpeningDecides
+
+    prompts = [*tiny_prompts.harmful_search, *tiny_prompts.harmless_search[:2]]
+    stop = OpeningDecides(MarkerJudge()).decided
+    edit = trial_interventions(study_3[0].trials[1])
+    for interventions in ((), edit):
+        with apply(smollm, *interventions):
+            expected = smollm.generate(prompts, max_new_tokens=12, batch_size=4, stop=stop)
+            state = prefill(smollm, prompts, batch_size=4)
+            assert decode(smollm, state, 12, stop) == expected
+            first = smollm.next_token_logprobs(prompts)
+            continuation = torch.tensor([[11, 12]] * len(prompts))
+            shared = teacher_forced(smollm, prompts, continuation, batch_size=4)
+            plain = kl.teacher_forced(smollm, prompts, continuation, batch_size=4)
+        assert (state.first_logprobs - first).abs().max() < 1e-3
+        assert kl.kl_divergence(plain, shared).max() < 1e-5
+
+
+def test_three_trial_study_has_a_front_of_plain_data(smollm, study_3):
+    study, _, seconds = study_3
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3, seconds
+    assert complete[0].user_attrs["warm_start"] == "llama#0"
+    front = pareto_front(study)
+    assert front and all(p.refusal_rate == 0.0 for p in front)  # smollm does not refuse
+    assert front == sorted(front, key=lambda p: (p.refusal_rate, p.kl, p.number))
+    for trial in complete:
+        ivs = trial_interventions(trial)
+        assert isinstance(ivs[0], DirectionalAblation)
+        assert from_json(to_json(ivs[0])) == ivs[0]
+        assert trial.user_attrs["score"]["kl_first"] == pytest.approx(trial.values[1])
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == 3
+
+
+def test_rerun_of_a_finished_study_adds_no_trial(smollm, tiny_prompts, study_3):
+    _, journal, _ = study_3
+    study = run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), seed=1)
+    assert len(study.trials) == len(study_3[0].trials)
+
+
+def test_study_refuses_other_prompts(smollm, study_3):
+    _, journal, _ = study_3
+    other = SearchPrompts.from_testbed(n_train=8, n_search=5, n_kl=4)
+    with pytest.raises(SearchError, match="other prompts"):
+        run_search(smollm, other, "three", 3, storage=str(journal))
+
+
+def test_abliterate_evaluates_on_test_split_and_exports(smollm, tiny_prompts, study_3, tmp_path):
+    _, journal, _ = study_3
+    done = abliterate(
+        smollm,
+        tiny_prompts,
+        "three",
+        3,
+        storage=str(journal),
+        out=tmp_path / "export",
+        export_options={"prompts": list(tiny_prompts.harmless_test[:2]), "max_new_tokens": 4},
+    )
+    result = done.result
+    assert result.chosen.number in {p.number for p in result.front}
+    assert result.edited.n_harmful == 4 and result.edited.split == "test"
+    low, high = result.refusal_ci
+    assert low <= result.refusal_rate <= high and result.kl >= 0
+    assert done.export is not None, done.export_note
+    assert done.export.parity.passed and (tmp_path / "export" / "config.json").is_file()
+
+
+def test_profiles_learn_writes_a_loadable_profile(study_3, tmp_path, cache_dir):
+    _, journal, _ = study_3
+    out = tmp_path / "llama.json"
+    args = ["profiles", "learn", "three", "--storage", str(journal), "--out", str(out)]
+    assert main([*args, "--top", "2", "--cache-dir", str(cache_dir)]) == 0
+    profile = load_profile(out)
+    assert profile.family == "llama" and len(profile.trials) == 2
+    assert "learned from study 'three'" in profile.source
+    direct = learn_profile(study_3[0], top=2)
+    assert direct.trials == profile.trials
+
+
+# ----------------------------------------------------------------- several processes
+def _cli(journal: Path, trials: int, cache_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "circuitlab.cli", "search", "smollm2-135m",
+        "--study", "shared", "--storage", str(journal), "--trials", str(trials),
+        "--methods", "diff-means", "--no-prune", "--n-train", "8", "--n-search", "4",
+        "--n-kl", "4", "--max-new-tokens", "8", "--threads", "1",
+        "--cache-dir", str(cache_dir), *extra,
+    ]  # fmt: skip
+
+
+def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    return open_store("shared", str(journal)).load().get_trials()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tmp_path, cache_dir):
+    journal = tmp_path / "shared.journal"
+    procs = [
+        subprocess.Popen(
+            _cli(journal, 4, cache_dir, "--profile", "none"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trials = _trials(journal)
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    params = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(params) == 4  # workers did not draw the same points
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert pids <= {p.pid for p in procs}
+
+
+def _wait_for_running_after_complete(journal: Path, proc, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if journal.exists():
+            trials = _trials(journal)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if done and running and "worker" in running[0].user_attrs:
+                return
+        time.sleep(0.5)
+    raise AssertionError("the worker never got to its second trial")
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_to_full_budget(tmp_path, cache_dir):
+    journal = tmp_path / "shared.journal"
+    # No warm starts: enqueued points would sit ahead of the retry in Optuna's FIFO queue.
+    command = _cli(journal, 3, cache_dir, "--profile", "none")
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_running_after_complete(journal, worker)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    killed = [t for t in _trials(journal) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(journal)
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    assert TrialState.RUNNING not in states
+    stale = trials[killed[0].number]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retry) == 1 and retry[0].params == stale.params
+    assert retry[0].state == TrialState.COMPLETE
+    assert "Pareto front" in resumed.stdout
