@@ -178,7 +178,8 @@ def example_interventions(model, kind: str, seed: int = 0) -> list:
     """Foldable interventions of one ``kind`` that visibly change the model.
 
     ``directional`` (a tent kernel with partial weights, embedding included: lm_head must
-    be untied), ``subspace`` (three per-layer directions, eigenvalue-weighted), ``addition``
+    be untied), ``subspace`` (a middle layer's three directions, eigenvalue-weighted, at
+    every writer; ``subspace-per-layer``: each layer's own three), ``addition``
     (all positions; the embedding stream and, where a bias can carry it, a middle layer)
     and ``head`` (a projection out of two heads of one KV group, and a zeroed head).
     """
@@ -199,11 +200,14 @@ def example_interventions(model, kind: str, seed: int = 0) -> list:
     if kind == "directional":
         tent = LayerKernel(0.9, float(mid), 0.3, float(max(n // 2, 1)))
         return [DirectionalAblation(r, index=0.0, attn=tent, mlp=LayerKernel(0.8), embed=1.0)]
-    if kind == "subspace":
+    if kind in ("subspace", "subspace-per-layer"):
         vectors = torch.stack([orthonormal(facts.d_model, 3, seed + 1 + i) for i in range(n)])
         scores = torch.tensor([3.0, 2.0, 1.0]).expand(n, -1).clone()
-        ds = DirectionSet("pca", vectors, scores)
-        return [SubspaceAblation(DirectionRef.inline(ds), weighting="eigenvalue")]
+        ds = DirectionRef.inline(DirectionSet("pca", vectors, scores))
+        # One layer's subspace everywhere (as when every concept-cone direction is ablated);
+        # per layer, three random directions at every writer break a model outright.
+        layer = None if kind == "subspace-per-layer" else mid
+        return [SubspaceAblation(ds, layer=layer, weighting="eigenvalue")]
     if kind == "addition":
         sandwich = facts.norm_placement == "sandwich"
         layers = (0,) if sandwich else (0, mid)

@@ -2,8 +2,9 @@
 
 ``export(model, interventions, out)`` runs the three stages; each is usable alone:
 :func:`fold` (interventions -> :class:`FoldedWeights`), :func:`verify` (hooked vs folded on
-held-out prompts -> :class:`Parity`, raising over tolerance) and :func:`save` (atomic write
-of safetensors, config, tokenizer, ``circuitlab_manifest.json`` and a model card).
+held-out prompts -> :class:`Parity`, raising over tolerance; built from :func:`reference`,
+:func:`run_plain` and :func:`compare`) and :func:`save` (atomic write of safetensors,
+config, tokenizer, ``circuitlab_manifest.json`` and a model card).
 
 Example:
     >>> result = export(model, [ablation], "cache/exports/smollm-ablated")
@@ -24,11 +25,18 @@ from circuitlab.export.fold import (
     Family,
     FoldedWeights,
     check_foldable,
-    describe,
     fold,
 )
-from circuitlab.export.save import MANIFEST, check_destination, manifest, save
-from circuitlab.export.verify import HELD_OUT_PROMPTS, Parity, verify
+from circuitlab.export.save import MANIFEST, check_destination, describe, manifest, save
+from circuitlab.export.verify import (
+    HELD_OUT_PROMPTS,
+    Parity,
+    Reference,
+    compare,
+    reference,
+    run_plain,
+    verify,
+)
 from circuitlab.interventions import Intervention
 
 __all__ = [
@@ -40,12 +48,16 @@ __all__ = [
     "Family",
     "FoldedWeights",
     "Parity",
+    "Reference",
     "check_destination",
     "check_foldable",
+    "compare",
     "describe",
     "export",
     "fold",
     "manifest",
+    "reference",
+    "run_plain",
     "save",
     "verify",
 ]

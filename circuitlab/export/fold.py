@@ -23,7 +23,6 @@ matrix), or the unembedding would change too.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ __all__ = [
     "Family",
     "FoldedWeights",
     "check_foldable",
-    "describe",
     "fold",
 ]
 
@@ -210,7 +208,8 @@ class _Folder:
         self.edited: set[str] = set()
 
     def get(self, key: str) -> Float[Tensor, "..."]:
-        return self.weights[key].double()
+        # Always a copy: a float64 source tensor must never be edited in place.
+        return self.weights[key].detach().to(torch.float64, copy=True)
 
     def put(self, key: str, value: Tensor) -> None:
         dtype = self.source[key].dtype if key in self.source else self.weights[key].dtype
@@ -226,7 +225,7 @@ class _Folder:
         if edit.hook != expected:
             _refuse_unknown_site(self.model, edit)
         if edit.writer == "embed":
-            self.embed_rows(lambda rows: _project_rows(rows, edit.basis, edit.weights))
+            self.embed_rows(lambda rows: _project_rows(rows, edit))
         elif edit.head is not None:
             self.head(edit)
         else:
@@ -247,8 +246,8 @@ class _Folder:
             # The hook reads the head's share through the columns as loaded (before any
             # edit), so composition with other edits of this layer matches the hooks.
             original = self.source[key].double()[:, cols]
-            scaled = edit.basis.double() * edit.weights.double()[:, None]
-            weight[:, cols] -= scaled.T @ (edit.basis.double() @ original)
+            basis, scaled = _basis(edit, weight.device)
+            weight[:, cols] -= scaled.T @ (basis @ original)
         self.put(key, weight)
 
     def embed_rows(self, fn) -> None:
@@ -262,15 +261,22 @@ class _Folder:
         self.edited.add(key)
 
 
+def _basis(edit: SiteEdit, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The edit's orthonormal rows ``U`` and ``diag(w) U``, float64, where the weights are."""
+    basis = edit.basis.to(device=device, dtype=torch.float64)
+    return basis, basis * edit.weights.to(device=device, dtype=torch.float64)[:, None]
+
+
 def _project(weight: Float[Tensor, "d_model n"], edit: SiteEdit) -> Float[Tensor, "d_model n"]:
-    basis = edit.basis.double()
-    scaled = basis * edit.weights.double()[:, None]
+    """``W - U^T diag(w) U W``: the writer's output loses ``w_i`` of its ``u_i`` component."""
+    basis, scaled = _basis(edit, weight.device)
     return weight - scaled.T @ (basis @ weight)
 
 
-def _project_rows(rows: Tensor, basis: Tensor, weights: Tensor) -> Tensor:
-    basis = basis.double()
-    return rows - (rows @ basis.T) @ (basis * weights.double()[:, None])
+def _project_rows(rows: Float[Tensor, "n d_model"], edit: SiteEdit) -> Float[Tensor, "n d_model"]:
+    """``E - E U^T diag(w) U``: the same edit for row vectors (embedding rows)."""
+    basis, scaled = _basis(edit, rows.device)
+    return rows - (rows @ basis.T) @ scaled
 
 
 def _refuse_unknown_site(model, edit: SiteEdit) -> None:
@@ -291,6 +297,8 @@ def _refuse_unknown_site(model, edit: SiteEdit) -> None:
 def _addition_vectors(model, iv: ActivationAddition) -> dict[int, Tensor]:
     """Layer -> float64 vector added at ``blocks.{layer}.hook_resid_pre``."""
     ds = iv.directions.load()
+    if ds.d_model != model.facts.d_model:
+        raise ExportError(f"directions have d_model {ds.d_model}, model {model.facts.d_model}")
     if not all(0 <= layer < model.n_layers for layer in iv.layers):
         raise ExportError(f"layers {iv.layers} out of range [0, {model.n_layers})")
     vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers) * iv.strength
@@ -313,14 +321,15 @@ def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: li
         embed = _original(folder.model.hf_model.get_input_embeddings())
         # Gemma multiplies the looked-up rows by sqrt(d_model) (cast to the weight dtype).
         scale = float(getattr(embed, "embed_scale", torch.tensor(1.0)).to(embed.weight.dtype))
-        vector = added[0] / scale
+        vector = (added[0] / scale).to(folder.weights[family.embed].device)
         folder.embed_rows(lambda rows: rows + vector)
         notes.append("addition at layer 0 folded into every embedding row")
     if later:
         _enable_bias(folder, config, notes)
         for layer in later:
             key = f"{family.down_proj.format(layer=layer - 1)}.bias"
-            folder.put(key, folder.get(key) + added[layer])
+            bias = folder.get(key)
+            folder.put(key, bias + added[layer].to(bias.device))
         notes.append(f"additions at layers {later} folded into down_proj.bias of the layer before")
 
 
@@ -334,8 +343,8 @@ def _enable_bias(folder: _Folder, config, notes: list[str]) -> None:
         if key not in folder.weights:
             if not key.endswith(".bias"):
                 raise ExportError(f"{flag}=True adds {key}, which is not a bias")
-            dtype = folder.model.hf_model.dtype
-            folder.weights[key] = torch.zeros(shape, dtype=dtype)
+            model = folder.model.hf_model
+            folder.weights[key] = torch.zeros(shape, dtype=model.dtype, device=model.device)
     if f"{folder.family.down_proj.format(layer=0)}.bias" not in folder.weights:
         raise ExportError(f"{flag}=True gives down_proj no bias in this transformers version")
     notes.append(f"config.{flag}=True: every bias it adds is zero except the folded additions")
@@ -405,14 +414,3 @@ def _head_notes(model, iv: HeadAblation) -> list[str]:
             f"{group} ({shared}) is untouched"
         )
     return notes
-
-
-def describe(intervention: Intervention) -> str:
-    """One line for logs and the model card: type and the fields that are not directions."""
-    fields = []
-    for f in dataclasses.fields(intervention):
-        value = getattr(intervention, f.name)
-        if f.name in ("directions", "ablation"):
-            continue
-        fields.append(f"{f.name}={value!r}")
-    return f"{type(intervention).__name__}({', '.join(fields)})"

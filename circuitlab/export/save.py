@@ -9,6 +9,8 @@ destination; an existing folder is replaced only with ``force=True``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -24,11 +26,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from circuitlab.export.fold import ExportError, FoldedWeights, describe
+from circuitlab.export.fold import ExportError, FoldedWeights
 from circuitlab.export.verify import Parity
 from circuitlab.interventions import Intervention, to_dict
 
-__all__ = ["MANIFEST", "check_destination", "manifest", "save"]
+__all__ = ["MANIFEST", "check_destination", "describe", "manifest", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,17 @@ def check_destination(out: str | Path, model, force: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------------------ manifest
+def describe(intervention: Intervention) -> str:
+    """One line for logs and the model card: type and the fields that are not directions."""
+    fields = []
+    for f in dataclasses.fields(intervention):
+        value = getattr(intervention, f.name)
+        if f.name in ("directions", "ablation"):
+            continue
+        fields.append(f"{f.name}={value!r}")
+    return f"{type(intervention).__name__}({', '.join(fields)})"
+
+
 def _versions() -> dict[str, str | None]:
     found = {}
     for name in ("circuitlab", "torch", "transformers", "transformer-lens", "safetensors"):
@@ -201,7 +214,9 @@ def _check_saved(folder: Path, hf_model) -> list[str]:
     for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(shard, framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                if key not in expected or not torch.equal(handle.get_tensor(key), expected[key]):
+                if key not in expected or not torch.equal(
+                    handle.get_tensor(key), expected[key].detach().cpu()
+                ):
                     raise ExportError(f"{shard.name}: {key} differs from the verified weights")
                 saved.add(key)
     # save_pretrained writes a tied pair once; every other key must be on disk.
@@ -253,7 +268,7 @@ def save(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        hf_model.generation_config = model.hf_model.generation_config
+        hf_model.generation_config = copy.deepcopy(model.hf_model.generation_config)
         hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
         model.tokenizer.save_pretrained(tmp)
         shards = _check_saved(tmp, hf_model)
