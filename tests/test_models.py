@@ -84,3 +84,8 @@ def test_conversion_is_cached_and_reused(smollm, cache_dir):
     assert str(folder) == smollm.resolved.location
     assert sha == PRESETS["smollm2-135m"].sha256
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # not rewritten
+
+
+def test_cache_dir_may_be_a_string(tmp_path):
+    spec = ModelSpec("smollm2-135m", cache_dir=str(tmp_path))
+    assert spec.cache_dir == tmp_path

@@ -46,6 +46,9 @@ class ModelSpec:
     cache_dir: Path = Path("cache")
     trust_remote_code: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))  # accept str paths too
+
     @property
     def torch_device(self) -> str:
         if self.device == "auto":
