@@ -78,24 +78,12 @@ def _positions(text: str):
 
 def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """The refusal directions: a saved set, or difference of means of these prompts."""
-    from circuitlab.activations import collect_activations, select_position
+    from circuitlab.commands.extract import last_token_activations
     from circuitlab.directions import DirectionSet, extract_diff_means
 
     if args.directions:
         return DirectionSet.load(args.directions)
-    acts = [
-        select_position(
-            collect_activations(
-                model,
-                s.prompts,
-                batch_size=settings.batch_size,
-                chat=model.facts.has_chat_template,
-                cache_dir=settings.cache_dir,
-            )
-        )
-        for s in (harmful, harmless)
-    ]
-    return extract_diff_means(*acts)
+    return extract_diff_means(*last_token_activations(model, (harmful, harmless), settings))
 
 
 def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
@@ -162,10 +150,10 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         attribution_patching,
         plot_head_scores,
     )
-    from circuitlab.commands.extract import _prompt_sets
+    from circuitlab.commands.extract import prompt_sets
 
     model = cli.load_model(args.model, settings)
-    harmful, harmless = _prompt_sets(args, settings)
+    harmful, harmless = prompt_sets(args, settings)
     n = min(len(harmful), len(harmless))  # counterfactual prompts pair one-to-one
     harmful, harmless = harmful.take(n), harmless.take(n)
     metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)

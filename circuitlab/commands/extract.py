@@ -59,7 +59,7 @@ def _train_prompts(source: str, n: int, seed: int, holdout: tuple = ()):
     return train.take(min(n, len(train)))
 
 
-def _prompt_sets(args: argparse.Namespace, settings: Settings):
+def prompt_sets(args: argparse.Namespace, settings: Settings):
     from circuitlab.prompts import load_prompts
 
     holdout = ()
@@ -159,26 +159,32 @@ def _default_out(settings: Settings, model_name: str, method: str, key: dict) ->
     return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
 
 
-def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab import cli
-    from circuitlab.activations import collect_activations, model_fingerprint, select_position
+def last_token_activations(model, sets, settings: Settings, progress: bool = False) -> list:
+    """Cached last-token residuals [prompt, layer, d_model] of each prompt set, in order."""
+    from circuitlab.activations import collect_activations, select_position
 
-    model = cli.load_model(args.model, settings)
-    harmful, harmless = _prompt_sets(args, settings)
-    chat = model.facts.has_chat_template
-    acts = [
+    return [
         select_position(
             collect_activations(
                 model,
                 s.prompts,
                 batch_size=settings.batch_size,
-                chat=chat,
+                chat=model.facts.has_chat_template,
                 cache_dir=settings.cache_dir,
-                progress=True,
+                progress=progress,
             )
         )
-        for s in (harmful, harmless)
+        for s in sets
     ]
+
+
+def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab import cli
+    from circuitlab.activations import model_fingerprint
+
+    model = cli.load_model(args.model, settings)
+    harmful, harmless = prompt_sets(args, settings)
+    acts = last_token_activations(model, (harmful, harmless), settings, progress=True)
     labels = _labels(model, harmful, harmless, settings) if args.method in SUPERVISED else None
     ds = run_method(args.method, *acts, labels, args, settings.seed)
     provenance = {
