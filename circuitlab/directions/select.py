@@ -61,9 +61,10 @@ REFUSAL_OPENINGS: tuple[str, ...] = (
 
 
 def refusal_token_ids(tokenizer, openings: Sequence[str] = REFUSAL_OPENINGS) -> list[int]:
-    """First token of each opening as the tokenizer splits it at the start of a turn."""
-    ids = {tokenizer(text, add_special_tokens=False).input_ids[0] for text in openings}
-    return sorted(ids)
+    """First token of each opening at the start of a turn (sorted; the longer list above)."""
+    from circuitlab.circuits.metrics import opening_token_ids
+
+    return sorted(opening_token_ids(tokenizer, openings))
 
 
 def refusal_score(
