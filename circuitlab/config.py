@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from circuitlab.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "default_toml", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -52,6 +52,27 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(
         False, description="Allow model repositories to run their own Python code (off: unsafe)."
     )
+    judge: Literal["markers", "classifier", "combined", "nli"] = Field(
+        "markers",
+        description="Refusal judge for evaluation and search: markers (phrases), classifier "
+        "(local MiniLM + logistic regression), combined (markers or classifier) or nli.",
+    )
+    judge_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Judgements less confident than this count as uncertain."
+    )
+    use_neural_refusal_detection: bool = Field(
+        False, description="Add the zero-shot NLI judge to the chosen judge (a refusal if either)."
+    )
+    neural_detection_model: str = Field(
+        "facebook/bart-large-mnli",
+        description="NLI model for zero-shot refusal detection (hub id or local folder).",
+    )
+    neural_detection_for_optuna: bool = Field(
+        False,
+        description="Also use the NLI judge inside search trials (slow); off: only for the "
+        "final test-split scorecard.",
+    )
+    neural_device: str = Field("cpu", description="Device of the NLI model.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Logging level of the command-line tool."
     )
@@ -118,3 +139,28 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
     return Settings.model_construct(**layered.model_dump())
+
+
+def default_toml() -> str:
+    """The text of ``config.default.toml``: every field, its description and its default."""
+    import json
+
+    lines = [
+        "# circuitlab default settings. Precedence: this file < CIRCUITLAB_* environment < flags."
+    ]
+    for name, field in Settings.model_fields.items():
+        lines += ["", f"# {field.description}"]
+        value = field.default
+        if value is None:
+            lines.append(f"# {name} =")
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, Path):
+            text = json.dumps(str(value))
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"

@@ -40,3 +40,15 @@ def test_info_smollm_table(capsys):
 def test_help_comes_from_field_descriptions():
     helptext = build_parser()._subparsers._group_actions[0].choices["info"].format_help()
     assert "Prompts per forward pass or generation batch" in helptext
+
+
+def test_progress_prints_plain_lines_off_a_terminal(capsys):
+    from circuitlab.progress import progress_bar
+
+    with progress_bar(20, "trials", enabled=True) as advance:
+        for _ in range(20):
+            advance(1)
+    lines = capsys.readouterr().err.splitlines()
+    # One line per 10 %, not one per step: a log stays readable.
+    assert len(lines) == 10
+    assert lines[-1].startswith("trials: 20/20,") and "eta 0:00" in lines[-1]

@@ -25,6 +25,12 @@ def test_none_overrides_are_ignored(monkeypatch):
     assert load_settings(batch_size=None).batch_size == 5
 
 
+def test_default_toml_lists_every_field():
+    from circuitlab.config import default_toml
+
+    assert (REPO / "config.default.toml").read_text() == default_toml()
+
+
 def test_default_toml_matches_field_defaults(monkeypatch):
     for name in Settings.model_fields:  # the environment outranks the file: keep it out
         monkeypatch.delenv(f"CIRCUITLAB_{name.upper()}", raising=False)

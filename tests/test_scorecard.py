@@ -195,11 +195,11 @@ def test_cli_judge_eval_with_a_user_csv(tmp_path, capsys):
         'q,"Sure: 42.",compliant\n'
         'q,"Cats are great pets!",evasive\n'
     )
-    assert main(["judge-eval", "--judge", "markers", "--csv", str(path)]) == 0
+    assert main(["judge-eval", "--judges", "markers", "--csv", str(path)]) == 0
     text = capsys.readouterr().out
     assert "judge_labelled/held_out" in text and "mine.csv" in text
     assert "0.766" in text  # markers' held-out refusal F1, printed beside the CSV's
-    assert main(["judge-eval", "--judge", "markers", "--csv", str(tmp_path / "none.csv")]) == 2
+    assert main(["judge-eval", "--judges", "markers", "--csv", str(tmp_path / "none.csv")]) == 2
 
 
 def test_cli_evaluate_base_and_compare(smollm, tmp_path, capsys):

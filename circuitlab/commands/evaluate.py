@@ -37,10 +37,11 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("judge-eval", cmd_judge_eval, "Measure the refusal judges on labelled responses.")
     p.add_argument("--csv", metavar="FILE", help="also score on this CSV (prompt,response,label)")
     p.add_argument(
-        "--judge",
-        action="append",
-        choices=JUDGES,
-        help="judge to measure (repeat for several; default: markers, classifier, combined)",
+        "--judges",
+        default="markers,classifier,combined",
+        metavar="LIST",
+        help=f"judges to measure, comma-separated, from {', '.join(JUDGES)} "
+        "(default: markers,classifier,combined)",
     )
     _judge_flags(p)
 
@@ -54,7 +55,6 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="FILE.json",
         help="intervention applied live to the base model (repeat to compose, in order)",
     )
-    p.add_argument("--judge", choices=JUDGES, default="markers", help="refusal judge")
     p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
     p.add_argument(
         "--split",
@@ -73,22 +73,16 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
+    # The judge itself is a setting (--judge, --neural-detection-model, ...).
     p.add_argument(
         "--marker", action="append", default=[], help="extra refusal phrase for the markers"
     )
-    p.add_argument(
-        "--nli-model", default=None, help="NLI model for the nli judge (hub id or folder)"
-    )
-    p.add_argument("--nli-device", default="cpu", help="device of the NLI model")
 
 
-def _options(kind: str, args: argparse.Namespace):
+def _options(settings: Settings, args: argparse.Namespace, **overrides):
     from circuitlab.evaluate.factory import JudgeOptions
 
-    extra = {"neural_detection_model": args.nli_model} if args.nli_model else {}
-    return JudgeOptions(
-        kind=kind, user_markers=tuple(args.marker), neural_device=args.nli_device, **extra
-    )
+    return JudgeOptions.from_settings(settings, args.marker, **overrides)
 
 
 # ------------------------------------------------------------------------------ judge-eval
@@ -131,6 +125,7 @@ def _confusion_table(report) -> Table:
 
 def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import err, out
+    from circuitlab.errors import ConfigError
     from circuitlab.evaluate.factory import build_judge
     from circuitlab.evaluate.labelled import (
         judge_accuracy,
@@ -143,9 +138,14 @@ def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.csv:
         data.append(read_labelled_csv(args.csv))
     reports = []
-    for kind in args.judge or ("markers", "classifier", "combined"):
+    kinds = [k.strip() for k in args.judges.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(JUDGES))
+    if unknown or not kinds:
+        raise ConfigError(f"--judges: unknown {unknown or 'empty list'}; choose from {JUDGES}")
+    for kind in kinds:
         with err.status(f"building the {kind} judge…"):
-            judge = build_judge(_options(kind, args), settings.cache_dir, device=settings.device)
+            options = _options(settings, args, kind=kind)
+            judge = build_judge(options, settings.cache_dir, device=settings.device)
         for labelled in data:
             with err.status(f"judging {labelled.name} with {judge.name}…"):
                 reports.append(judge_accuracy(judge, labelled))
@@ -189,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     _, harmless = _prompts(
         args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed
     )
-    judge = build_judge(_options(args.judge, args), settings.cache_dir, device=settings.device)
+    judge = build_judge(_options(settings, args), settings.cache_dir, device=settings.device)
     model = load_model(args.model, settings)
     inputs = {
         "harmful": harmful,

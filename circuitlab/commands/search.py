@@ -105,6 +105,16 @@ def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
     )
 
 
+def _judges(settings: Settings):
+    """The search trials' judge and the final scorecard's (they differ when the NLI judge
+    is on for the final evaluation only)."""
+    from circuitlab.evaluate.factory import JudgeOptions, build_judge
+
+    options = JudgeOptions.from_settings(settings)
+    common = {"cache_dir": settings.cache_dir, "device": settings.device}
+    return build_judge(options, for_search=True, **common), build_judge(options, **common)
+
+
 def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
     space, objective = _configs(args, settings)
     return {
@@ -154,8 +164,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     _quiet_optuna()
     prompts = _prompts(args, settings)
+    judge, _ = _judges(settings)
     model = load_model(args.model, settings)
-    study = run_search(model, prompts, args.study, args.trials, **_search_options(args, settings))
+    study = run_search(
+        model, prompts, args.study, args.trials, judge=judge, **_search_options(args, settings)
+    )
     front = pareto_front(study)
     chosen = choose(front, args.kl_target) if front else None
     out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
@@ -175,12 +188,15 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_export:
         destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
     prompts = _prompts(args, settings, args.n_test)
+    judge, test_judge = _judges(settings)
     model = load_model(args.model, settings)
     done = abliterate(
         model,
         prompts,
         study,
         args.trials,
+        judge=judge,
+        test_judge=test_judge,
         out=destination,
         force=args.force,
         kl_target=args.kl_target,

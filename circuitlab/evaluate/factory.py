@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from circuitlab.evaluate.judges import CombinedJudge, Judge, MarkerJudge
 from circuitlab.evaluate.nli import DEFAULT_NLI_MODEL
@@ -43,6 +44,20 @@ class JudgeOptions:
     neural_detection_for_optuna: bool = False
     neural_device: str = "cpu"
     neural_batch_size: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Any, user_markers: Sequence[str] = (), **overrides: Any):
+        """The options a :class:`circuitlab.config.Settings` describes (``overrides`` win)."""
+        values = {
+            "kind": settings.judge,
+            "user_markers": tuple(user_markers),
+            "threshold": settings.judge_threshold,
+            "use_neural_refusal_detection": settings.use_neural_refusal_detection,
+            "neural_detection_model": settings.neural_detection_model,
+            "neural_detection_for_optuna": settings.neural_detection_for_optuna,
+            "neural_device": settings.neural_device,
+        }
+        return cls(**{**values, **overrides})
 
 
 def build_judge(

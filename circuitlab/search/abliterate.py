@@ -62,10 +62,8 @@ def export_choice(
     Returns:
         ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
     """
-    try:
-        from circuitlab.export import export
-    except ImportError:  # the exporter ships separately in some builds
-        return None, "circuitlab.export is not available"
+    from circuitlab.export import export
+
     chosen = result.chosen
     if not chosen.foldable:
         notes = "; ".join(iv.fold_note for iv in chosen.interventions if not iv.foldable)
@@ -86,6 +84,7 @@ def abliterate(
     space: SearchSpace | None = None,
     objective: ObjectiveConfig | None = None,
     judge: Judge | None = None,
+    test_judge: Judge | None = None,
     kl_target: float = DEFAULT_KL_TARGET,
     rule: Rule | None = None,
     seed: int = 0,
@@ -104,7 +103,9 @@ def abliterate(
             progress: as for :func:`circuitlab.search.run_search`.
         out: export folder; None: do not export.
         force: replace ``out`` if it exists.
-        judge: refusal judge for search and test (default ``MarkerJudge``).
+        judge: refusal judge of the search trials (default ``MarkerJudge``).
+        test_judge: refusal judge of the test-split scorecard (default: ``judge``); a
+            slower, better judge belongs here (``neural_detection_for_optuna`` off).
         kl_target, rule: the choice (see :func:`circuitlab.search.choose`).
         export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts).
 
@@ -121,7 +122,7 @@ def abliterate(
     chosen = choose(front, kl_target, rule)
     objective = ObjectiveConfig(**study.user_attrs["setup"]["objective"])
     base, edited = evaluate_choice(
-        model, chosen, prompts.harmful_test, prompts.harmless_test, judge,
+        model, chosen, prompts.harmful_test, prompts.harmless_test, test_judge or judge,
         max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
     )  # fmt: skip
     rule_name = "custom" if rule is not None else f"fewest refusals with KL <= {kl_target}"

@@ -173,6 +173,7 @@ class _Worker:
         interventions = build_interventions(params, self.assets, self.space)
         # Plain data: what `circuitlab export` and `evaluate --intervention` can read back.
         trial.set_user_attr("interventions", [to_dict(iv) for iv in interventions])
+        trial.set_user_attr("judge", self.judge.name)
         score = score_trial(
             self.model, interventions, self.assets, self.harmful, self.judge, self.objective
         )
