@@ -19,6 +19,7 @@ from circuitlab.circuits.scores import (
     HeadScores,
     KVHeadId,
     RankAgreement,
+    head_scores_figure,
     plot_head_scores,
     rank_agreement,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "activation_patching",
     "attribution_patching",
     "head_ablation",
+    "head_scores_figure",
     "opening_token_ids",
     "patch_hooks",
     "patched_positions",

@@ -12,7 +12,14 @@ from torch import Tensor
 
 from circuitlab.models.facts import HeadId
 
-__all__ = ["HeadScores", "KVHeadId", "RankAgreement", "plot_head_scores", "rank_agreement"]
+__all__ = [
+    "HeadScores",
+    "KVHeadId",
+    "RankAgreement",
+    "head_scores_figure",
+    "plot_head_scores",
+    "rank_agreement",
+]
 
 Method = Literal["activation", "attribution"]
 
@@ -181,8 +188,33 @@ def _panel(fig, ax, values: Tensor, title: str, xlabel: str) -> None:
     fig.colorbar(image, ax=ax, shrink=0.8, label="importance")
 
 
-def plot_head_scores(scores: HeadScores, path: str | Path, title: str | None = None) -> Path:
+def head_scores_figure(scores: HeadScores, title: str | None = None):
     """Heat map of importance, layer x query head (and layer x KV head when measured).
+
+    Args:
+        scores: the scores to draw.
+        title: figure title (default: method and metric).
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (built without pyplot: nothing global to close).
+    """
+    from matplotlib.figure import Figure
+
+    panels = [(scores.importance, "query heads (hook_z)", "head")]
+    if scores.kv_importance is not None:
+        panels.append((scores.kv_importance, "KV heads (hook_k + hook_v)", "KV head"))
+    widths = [p[0].shape[1] + 4 for p in panels]
+    height = 1.5 + 0.22 * scores.n_layers
+    fig = Figure(figsize=(0.35 * sum(widths) + 2, height), layout="tight")
+    axes = fig.subplots(1, len(panels), width_ratios=widths, squeeze=False)
+    for ax, (values, name, xlabel) in zip(axes[0], panels, strict=True):
+        _panel(fig, ax, values.detach().float().cpu(), name, xlabel)
+    fig.suptitle(title or f"{scores.method} patching of {scores.metric}")
+    return fig
+
+
+def plot_head_scores(scores: HeadScores, path: str | Path, title: str | None = None) -> Path:
+    """Write :func:`head_scores_figure` as a PNG.
 
     Args:
         scores: the scores to draw.
@@ -192,25 +224,7 @@ def plot_head_scores(scores: HeadScores, path: str | Path, title: str | None = N
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; the CLI only writes files
-    import matplotlib.pyplot as plt
-
-    panels = [(scores.importance, "query heads (hook_z)", "head")]
-    if scores.kv_importance is not None:
-        panels.append((scores.kv_importance, "KV heads (hook_k + hook_v)", "KV head"))
-    widths = [p[0].shape[1] + 4 for p in panels]
-    height = 1.5 + 0.22 * scores.n_layers
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(0.35 * sum(widths) + 2, height), width_ratios=widths, squeeze=False
-    )
-    for ax, (values, name, xlabel) in zip(axes[0], panels, strict=True):
-        _panel(fig, ax, values.detach().float().cpu(), name, xlabel)
-    fig.suptitle(title or f"{scores.method} patching of {scores.metric}")
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    head_scores_figure(scores, title).savefig(path, dpi=120)
     return path

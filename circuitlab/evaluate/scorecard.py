@@ -20,7 +20,7 @@ from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.refusals import judged_generate
 from circuitlab.evaluate.stats import wilson_interval
 
-__all__ = ["Scorecard", "score_model", "scorecard_table", "prompts_hash"]
+__all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompts_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -194,19 +194,13 @@ def _num(value: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
-    """A rich table with one column per scorecard (base first, then the edits).
+def scorecard_rows(*cards: Scorecard) -> dict[str, list[str]]:
+    """The scorecards as text, one row per figure and one column per card (base first).
 
-    Returns:
-        ``rich.table.Table``; print it with a rich console.
+    Rates carry their 95 % Wilson intervals; :func:`scorecard_table` and the HTML run
+    report both show these rows.
     """
-    from rich.table import Table
-
-    table = Table(title=title, caption="rates with 95% Wilson intervals; KL in nats")
-    table.add_column("", style="bold")
-    for card in cards:
-        table.add_column(card.model, justify="right")
-    rows = {
+    return {
         f"refusals ({cards[0].split or 'harmful'})": [
             f"{_pct(c.refusal_rate, c.refusal_ci)} of {c.n_harmful}" for c in cards
         ],
@@ -227,6 +221,20 @@ def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
         "prompts hash": [c.prompts_hash for c in cards],
         "tokens saved (early stop)": [str(c.tokens_saved) for c in cards],
     }
-    for label, values in rows.items():
+
+
+def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
+    """A rich table with one column per scorecard (base first, then the edits).
+
+    Returns:
+        ``rich.table.Table``; print it with a rich console.
+    """
+    from rich.table import Table
+
+    table = Table(title=title, caption="rates with 95% Wilson intervals; KL in nats")
+    table.add_column("", style="bold")
+    for card in cards:
+        table.add_column(card.model, justify="right")
+    for label, values in scorecard_rows(*cards).items():
         table.add_row(label, *values)
     return table
