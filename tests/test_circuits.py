@@ -345,6 +345,9 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     circuit = RefusalCircuit.load(out)
     assert circuit.top(1)[0].id == PLANTED and circuit.metadata["harmful"]["n"] == 6
     assert out.with_suffix(".png").is_file()
+    page = out.with_suffix(".html").read_text()  # the run report, beside the circuit
+    assert "report:" in text and page.count("data:image/png;base64,") == 1
+    assert f"<tr><td>1</td><td>{PLANTED.layer}</td><td>{PLANTED.head}</td>" in page  # rank 1
 
 
 def test_head_scores_annotations_check_shapes():

@@ -449,3 +449,6 @@ def test_cli_extract_cones_writes_table_and_plot(extract_cli, tmp_path, capsys):
     assert folder.name.startswith("smollm2-135m-cones-")
     assert (folder / "curves.png").stat().st_size > 1000
     assert DirectionSet.load(folder).method == "cones"
+    page = (folder / "report.html").read_text()
+    assert "report:" in text
+    assert "silhouette" in page and "circuitlab extract smollm2-135m --method cones" in page

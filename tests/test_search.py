@@ -19,9 +19,11 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from rendering import assert_not_blank, browser_or_skip
 
 from circuitlab.cli import main
 from circuitlab.interventions import DirectionalAblation, from_json, to_json
+from circuitlab.report import abliteration_report, render_check
 from circuitlab.search import (
     FrontPoint,
     ObjectiveConfig,
@@ -224,6 +226,7 @@ def test_study_refuses_other_prompts(smollm, study_3):
 
 def test_abliterate_evaluates_on_test_split_and_exports(smollm, tiny_prompts, study_3, tmp_path):
     _, journal, _ = study_3
+    started = time.perf_counter()
     done = abliterate(
         smollm,
         tiny_prompts,
@@ -240,6 +243,41 @@ def test_abliterate_evaluates_on_test_split_and_exports(smollm, tiny_prompts, st
     assert low <= result.refusal_rate <= high and result.kl >= 0
     assert done.export is not None, done.export_note
     assert done.export.parity.passed and (tmp_path / "export" / "config.json").is_file()
+
+    # Its run report, from these real pieces, rendered in a headless browser.
+    seconds = {"abliterate": time.perf_counter() - started}
+    report = abliteration_report(
+        done, smollm, tiny_prompts, max_new_tokens=8, batch_size=8, storage=str(journal),
+        kl_target=0.2, timings=seconds,
+    )  # fmt: skip
+    page = report.html()
+    for heading in ("Pareto front", "Scorecards (test split)", "Sample completions", "Export"):
+        assert f">{heading}</h2>" in page
+    assert "export parity" not in page  # figure titles live inside the PNGs
+    assert "diff-means" in page and "pca" in page and "Seed: 1." in page  # the study's seed
+    assert page.count("<tr><td>") >= 8 + len(result.front)  # 4 + 4 samples, the front
+    path = report.write(tmp_path / "report.html")
+    browser_or_skip()
+    check = render_check(path, screenshot=tmp_path / "report.png")
+    assert check.ok and check.n_images == page.count("data:image/png;base64,") >= 5
+    assert_not_blank(check.screenshot)
+
+
+def test_abliterate_command_writes_its_report(smollm, study_3, tmp_path, monkeypatch, capsys):
+    """The command resumes the finished 3-trial study and writes report.html beside it."""
+    from circuitlab import cli
+
+    _, journal, _ = study_3
+    monkeypatch.setattr(cli, "load_model", lambda source, settings: smollm)
+    args = ["abliterate", "smollm2-135m", "--study", "three", "--storage", str(journal)]
+    args += ["--trials", "3", "--methods", "diff-means,pca", "--no-prune", "--no-export"]
+    args += ["--n-train", "8", "--n-search", "4", "--n-kl", "4", "--n-test", "4"]
+    args += ["--max-new-tokens", "8", "--batch-size", "8", "--seed", "0"]
+    assert main([*args, "--threads", "1", "--cache-dir", str(tmp_path)]) == 0
+    assert "report:" in capsys.readouterr().out
+    page = (journal.with_name(journal.name + ".assets") / "report.html").read_text()
+    assert "Not exported: no output folder given" in page
+    assert "circuitlab abliterate smollm2-135m --study three" in page
 
 
 def test_profiles_learn_writes_a_loadable_profile(study_3, tmp_path, cache_dir):

@@ -3,7 +3,7 @@
 Harmful prompts (train split) are the clean run; the counterfactual is the paired harmless
 prompts (default) or the harmful prompts with the refusal direction ablated. Every query
 head and KV head is scored; the ranked circuit is saved as JSON under ``cache/circuits/``
-with a heat map next to it, and the top heads are printed.
+with a heat map and an HTML run report next to it, and the top heads are printed.
 """
 
 from __future__ import annotations
@@ -69,7 +69,12 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="patched positions: post_instruction, last, all (ablated only) or a number",
     )
     p.add_argument("--no-kv", action="store_true", help="skip the KV heads")
-    p.add_argument("--out", default=None, metavar="JSON", help="circuit file (PNG beside it)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="JSON",
+        help="circuit file (heat map PNG and HTML report beside it)",
+    )
 
 
 def _positions(text: str):
@@ -123,22 +128,18 @@ def _default_out(settings: Settings, model_name: str, method: str, key: dict) ->
 
 def circuit_table(circuit, k: int) -> Table:
     """The top ``k`` query heads, and the top KV heads when they were patched."""
-    gap = circuit.clean - circuit.counterfactual
+    from circuitlab.report.tables import circuit_rows
+
     table = Table(
         title=f"{circuit.model}: top {k} heads by {circuit.method} patching of {circuit.metric}",
         caption=f"metric {circuit.clean:.3f} on harmful prompts, {circuit.counterfactual:.3f} "
         "on the counterfactual; importance = drop of the metric when the head is patched",
     )
-    for column in ("rank", "layer", "head", "KV group", "importance", "of gap"):
+    columns, rows = circuit_rows(circuit, k)
+    for column in columns:
         table.add_column(column, justify="right")
-    for rank, head in enumerate(circuit.top(min(k, len(circuit.heads))), 1):
-        share = f"{head.importance / gap:.1%}" if abs(gap) > 1e-9 else "–"
-        row = (rank, head.layer, head.head, head.kv_group, f"{head.importance:.4f}", share)
-        table.add_row(*map(str, row))
-    for rank, group in enumerate(circuit.kv_heads[: min(k, 3)], 1):
-        heads = "[" + ",".join(map(str, group.heads)) + "]"
-        row = (f"KV {rank}", group.layer, heads, group.kv_group, f"{group.importance:.4f}", "")
-        table.add_row(*map(str, row))
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -151,6 +152,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         plot_head_scores,
     )
     from circuitlab.commands.extract import prompt_sets
+    from circuitlab.report import circuit_report, command_line
 
     model = cli.load_model(args.model, settings)
     harmful, harmless = prompt_sets(args, settings)
@@ -193,4 +195,9 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     cli.out.print(circuit_table(circuit, args.top))
     cli.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
     cli.out.print(f"saved: {path}\nheat map: {png}")
+    report = circuit_report(
+        circuit, scores, top=args.top, command=command_line(args), seed=settings.seed,
+        timings={f"{args.method} patching": seconds},
+    )  # fmt: skip
+    cli.out.print(f"report: {report.write(path.with_suffix('.html'))}")
     return 0

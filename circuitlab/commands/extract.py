@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
@@ -24,16 +23,6 @@ from circuitlab.config import Settings
 METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
 SUPERVISED = {"probe", "ensemble", "compliance"}
 EVALUATION_SETS = ("jailbreakbench", "strongreject")
-
-# Per-layer metadata columns, in display order, with their headers.
-COLUMNS = {
-    "mean_diff_norm": "‖Δμ‖",
-    "explained_variance": "expl. var",
-    "cv_accuracy": "probe acc",
-    "silhouette": "silhouette",
-    "compliance_norm": "‖μ_comply − μ_refuse‖",
-    "refusal_cosine": "cos(refusal)",
-}
 
 
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -107,49 +96,25 @@ def run_method(method: str, harmful, harmless, labels, args: argparse.Namespace,
 
 def layer_table(ds, title: str) -> Table:
     """Layer by layer: every per-layer curve the extractor recorded."""
-    per_layer: dict[str, list[Any]] = ds.metadata.get("per_layer", {})
-    shown = [name for name in COLUMNS if name in per_layer]
-    caption = None
-    if ds.method == "cones":
-        silhouette = ds.metadata["silhouette"]
-        caption = (
-            f"{ds.metadata['n_cones']} cone(s) of sizes {ds.metadata['cone_sizes']} at layer "
-            f"{ds.metadata['cone_layer']}, silhouette "
-            + ("–" if silhouette is None else f"{silhouette:.3f}")
-        )
-    table = Table(title=title, caption=caption)
-    table.add_column("layer", justify="right")
-    for name in shown:
-        table.add_column(COLUMNS[name], justify="right")
-    sources = ds.metadata.get("direction_source")
-    if sources:
-        table.add_column("source")
-    for layer in range(ds.n_layers):
-        cells = [per_layer[name][layer] for name in shown]
-        row = [str(layer), *("–" if v is None else f"{v:.3f}" for v in cells)]
-        table.add_row(*row, *([sources[layer]] if sources else []))
+    from circuitlab.report.tables import cone_caption, layer_rows
+
+    columns, rows = layer_rows(ds)
+    table = Table(title=title, caption=cone_caption(ds))
+    for name in columns:
+        table.add_column(name, justify="left" if name == "source" else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
 def plot_curves(ds, path: Path) -> Path:
-    """One panel per per-layer curve, written as a PNG (matplotlib, Agg backend)."""
-    import matplotlib
+    """The per-layer curves (:func:`circuitlab.report.plots.direction_curves`) as a PNG."""
+    from circuitlab.report.plots import direction_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = {n: v for n, v in ds.metadata.get("per_layer", {}).items() if n in COLUMNS}
-    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.2 * len(curves)), squeeze=False)
-    for ax, (name, values) in zip(axes[:, 0], curves.items(), strict=True):
-        ys = [float("nan") if v is None else v for v in values]
-        ax.plot(range(len(ys)), ys, marker="o", markersize=3)
-        ax.set_ylabel(COLUMNS[name])
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("layer")
-    fig.suptitle(f"{ds.method} directions")
-    fig.tight_layout()
+    fig = direction_curves(ds)
+    if fig is None:
+        raise ValueError(f"{ds.method} directions recorded no per-layer curve to plot")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -181,12 +146,19 @@ def last_token_activations(model, sets, settings: Settings, progress: bool = Fal
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab import cli
     from circuitlab.activations import model_fingerprint
+    from circuitlab.report import Clock, command_line, directions_report
 
+    clock = Clock()
     model = cli.load_model(args.model, settings)
     harmful, harmless = prompt_sets(args, settings)
+    clock.lap("load model and prompts")
     acts = last_token_activations(model, (harmful, harmless), settings, progress=True)
+    clock.lap("activations")
     labels = _labels(model, harmful, harmless, settings) if args.method in SUPERVISED else None
+    if labels is not None:
+        clock.lap("labels (generate and judge)")
     ds = run_method(args.method, *acts, labels, args, settings.seed)
+    clock.lap(f"extract ({args.method})")
     provenance = {
         "model": args.model,
         "model_fingerprint": model_fingerprint(model),
@@ -211,4 +183,9 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     if args.plot:
         cli.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
     cli.out.print(f"saved: {folder}")
+    report = directions_report(
+        ds, title, labels=labels, command=command_line(args), seed=settings.seed,
+        timings=clock.laps,
+    )  # fmt: skip
+    cli.out.print(f"report: {report.write(folder / 'report.html')}")
     return 0

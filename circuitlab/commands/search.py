@@ -131,25 +131,14 @@ def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
 
 def front_table(front, chosen=None, title: str = "Pareto front") -> Table:
     """The front, one row per trial; the chosen one marked."""
+    from circuitlab.report.tables import front_rows
+
     table = Table(title=title, caption="refusals on the search split; KL first token, nats")
-    for column in ("trial", "refusals", "KL", "method", "direction", "attn tent", "mlp tent"):
+    columns, rows = front_rows(front, chosen)
+    for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
-    for p in front:
-        k = p.params
-
-        def tent(w: str, k=k) -> str:
-            return f"{k[f'{w}_max_weight']:.2f}@{k[f'{w}_max_position']:.2f}"
-
-        mark = "*" if chosen is not None and p.number == chosen.number else ""
-        table.add_row(
-            f"{mark}{p.number}",
-            f"{100 * p.refusal_rate:.1f}%",
-            f"{p.kl:.3f}",
-            k.get("method", "?"),
-            f"{k.get('direction', float('nan')):.2f}",
-            tent("attn"),
-            tent("mlp"),
-        )
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -180,9 +169,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.evaluate.scorecard import scorecard_table
+    from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import abliterate
 
     _quiet_optuna()
+    clock = Clock()
     study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
     destination = None
     if not args.no_export:
@@ -190,6 +181,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     prompts = _prompts(args, settings, args.n_test)
     judge, test_judge = _judges(settings)
     model = load_model(args.model, settings)
+    clock.lap("load model and prompts")
     done = abliterate(
         model,
         prompts,
@@ -202,6 +194,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
         kl_target=args.kl_target,
         **_search_options(args, settings),
     )
+    clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
     out.print(scorecard_table(result.base, result.edited, title="test split (never searched)"))
@@ -209,7 +202,22 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"exported to {done.export.path}: {done.export.parity.summary()}")
     else:
         out.print(f"not exported: {done.export_note}")
+    report = abliteration_report(
+        done, model, prompts, max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size, storage=args.storage, cache_dir=settings.cache_dir,
+        kl_target=args.kl_target, command=command_line(args), seed=settings.seed,
+        timings=clock.laps, settings=settings.model_dump(mode="json"),
+    )  # fmt: skip
+    out.print(f"report: {report.write(_report_path(study, args, settings))}")
     return 0
+
+
+def _report_path(study: str, args: argparse.Namespace, settings: Settings) -> Path:
+    """``report.html`` in the study's folder (beside its saved directions), not in the
+    export folder, whose manifest lists every file it holds."""
+    from circuitlab.search import open_store
+
+    return open_store(study, args.storage, settings.cache_dir).assets_dir / "report.html"
 
 
 def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
