@@ -8,6 +8,7 @@ Prompt counts and token budgets are tiny on purpose (shared 2-core machines).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ from circuitlab.search import (
 )
 from circuitlab.search.objective import prune_reason
 from circuitlab.search.profiles import FAMILIES, resolve_profile
-from circuitlab.search.space import clamp_params
+from circuitlab.search.space import build_interventions, clamp_params, suggest
 from circuitlab.search.storage import recover_stale, worker_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +111,46 @@ def test_space_round_trip_and_profiles_fit_it():
             assert clamped == {k: v for k, v in trial.items() if k in clamped}, family
     out_of_range = clamp_params({"direction": 2.0, "method": "cones", "junk": 1}, space)
     assert out_of_range == {"direction": 0.95}
+
+
+OLD_PARAMS = {
+    "method", "component", "direction", "addition_strength", "calibrate",
+    *(f"{w}_{n}" for w in ("attn", "mlp") for n in ("max_weight", "max_position", "min_weight",
+                                                  "min_distance")),
+}  # fmt: skip
+
+
+def _params(space: SearchSpace) -> dict:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    return suggest(study.ask(), space)
+
+
+def test_head_space_adds_head_weight_and_a_head_ablation():
+    from types import SimpleNamespace
+
+    from circuitlab.interventions import DirectionRef, HeadAblation
+    from circuitlab.models.facts import HeadId
+
+    plain = SearchSpace(methods=("diff-means",), calibrate=False)
+    # Older studies recorded spaces without a heads key: they must compare equal.
+    assert "heads" not in plain.as_dict() and "head_weight" not in plain.ranges()
+    assert set(_params(plain)) == OLD_PARAMS
+    heads = SearchSpace(methods=("diff-means",), calibrate=False, heads=[[20, 1], HeadId(22, 3)])
+    assert heads.heads == ((20, 1), (22, 3))
+    assert SearchSpace.from_dict(json.loads(json.dumps(heads.as_dict()))) == heads
+    assert clamp_params({"head_weight": 3.0}, heads) == {"head_weight": 1.0}
+    assert clamp_params({"head_weight": 3.0}, plain) == {}
+    params = _params(heads)
+    assert set(params) == OLD_PARAMS | {"head_weight"} and 0 <= params["head_weight"] <= 1
+
+    assets = SimpleNamespace(n_layers=30, refs={"diff-means": DirectionRef("dir", "hash")})
+    params = {**params, "head_weight": 0.4, "addition_strength": 0.0}
+    ablation, head = build_interventions(params, assets, heads)
+    assert isinstance(ablation, DirectionalAblation) and isinstance(head, HeadAblation)
+    assert head.heads == (HeadId(20, 1), HeadId(22, 3)) and head.weight == 0.4
+    assert head.mode == "project" and head.directions == ablation.directions
+    assert head.index == ablation.index and head.component == 0
+    assert build_interventions(params, assets, plain) == (ablation,)
 
 
 def test_family_comes_from_model_type():
@@ -290,6 +331,31 @@ def test_profiles_learn_writes_a_loadable_profile(study_3, tmp_path, cache_dir):
     assert "learned from study 'three'" in profile.source
     direct = learn_profile(study_3[0], top=2)
     assert direct.trials == profile.trials
+
+
+def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prompts, study_3):
+    """A study without heads keeps its parameters; a 1-trial study with heads applies them."""
+    from circuitlab.interventions import HeadAblation
+
+    study, journal, _ = study_3
+    setup = study.user_attrs["setup"]
+    assert "heads" not in setup["space"]
+    # Through JSON, as the resume check compares them.
+    space = SearchSpace.from_dict(setup["space"])
+    assert json.loads(json.dumps(space.as_dict())) == setup["space"]
+    assert all(set(t.params) == OLD_PARAMS for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+    space = SearchSpace(methods=("diff-means",), calibrate=False, heads=((20, 1), (22, 3)))
+    heads = run_search(
+        smollm, tiny_prompts, "heads", 1, storage=str(journal.with_name("heads.journal")),
+        space=space, objective=NO_PRUNE, seed=2, profile=None,
+    )  # fmt: skip
+    (trial,) = heads.get_trials(states=(TrialState.COMPLETE,))
+    assert "head_weight" in trial.params
+    assert heads.user_attrs["setup"]["space"]["heads"] == [[20, 1], [22, 3]]
+    ablation, head = trial_interventions(trial)
+    assert isinstance(head, HeadAblation) and head.weight == trial.params["head_weight"]
+    assert trial.user_attrs["score"]["kl_first"] > 0
 
 
 # ----------------------------------------------------------------- several processes

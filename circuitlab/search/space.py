@@ -9,7 +9,12 @@ into groups TPE models separately, which wastes the few trials a search has.
 
 A trial's parameters become interventions (:func:`build_interventions`): one ablation
 (``DirectionalAblation``, or ``SubspaceAblation`` of every cone direction for ``cones``),
+a ``HeadAblation`` of the trial's direction from chosen heads when the space names heads,
 plus an ``ActivationAddition`` when the addition strength is above zero.
+
+The head-level edit's ``head_weight`` exists only in spaces with heads, and is then
+suggested on every trial like everything else; a space without heads suggests exactly the
+parameters it always did, so older studies resume unchanged.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from circuitlab.interventions import (
     ActivationAddition,
     DirectionalAblation,
+    HeadAblation,
     Intervention,
     LayerKernel,
     SubspaceAblation,
 )
+from circuitlab.models.facts import HeadId
 
 if TYPE_CHECKING:
     import optuna
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 Range = tuple[float, float]
 # Per writer (attn, mlp): the four numbers of Heretic's tent kernel, in depth fractions.
 KERNEL_PARAMS = ("max_weight", "max_position", "min_weight", "min_distance")
+# Fraction of the direction removed from the chosen heads' outputs (1 = all of it).
+HEAD_WEIGHT: Range = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,9 @@ class SearchSpace:
             default) keeps the addition off: it cannot be folded into weights.
         addition_snap: strengths below this are 0 (off), so TPE can switch it off.
         calibrate: offer calibrated weights (``calibrate_weight``) as a choice.
+        heads: (layer, query head) pairs whose outputs also lose the trial's direction, by a
+            searched ``head_weight`` in [0, 1] (e.g. a discovered circuit's top heads);
+            empty (the default): no head-level edit and no ``head_weight`` parameter.
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -73,9 +85,23 @@ class SearchSpace:
     addition_max: float = 0.0
     addition_snap: float = 0.05
     calibrate: bool = True
+    heads: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
+        pairs = tuple(
+            (h.layer, h.head) if isinstance(h, HeadId) else (int(h[0]), int(h[1]))
+            for h in self.heads
+        )
+        object.__setattr__(self, "heads", pairs)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.heads:
+            # Studies made before heads existed recorded no such key; a space without heads
+            # must compare equal to theirs (resume checks compare these dicts).
+            del data["heads"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
@@ -88,6 +114,8 @@ class SearchSpace:
         for writer in ("attn", "mlp"):
             for name in KERNEL_PARAMS:
                 out[f"{writer}_{name}"] = getattr(self, name)
+        if self.heads:
+            out["head_weight"] = HEAD_WEIGHT
         return out
 
 
@@ -154,7 +182,8 @@ def build_interventions(
         space: the study's space (for the addition snap).
 
     Returns:
-        The ablation, followed by an activation addition when its strength is not 0.
+        The ablation, then the head-level ablation when the space has heads, then an
+        activation addition when its strength is not 0.
     """
     depth = assets.n_layers - 1
     method = params["method"]
@@ -173,11 +202,19 @@ def build_interventions(
         ablation: Intervention = SubspaceAblation(ref, layer=layer, **common)
     else:
         ablation = DirectionalAblation(ref, index=index, component=component, **common)
+    edits: list[Intervention] = [ablation]
+    if space.heads:
+        # Cone directions are not aligned across layers: read them at one layer, as above.
+        at = float(layer) if method == "cones" else index
+        heads = tuple(HeadId(*pair) for pair in space.heads)
+        weight = params["head_weight"]
+        edits.append(
+            HeadAblation(heads, "project", ref, index=at, component=component, weight=weight)
+        )
     strength = params.get("addition_strength", 0.0)
-    if strength < space.addition_snap:
-        return (ablation,)
-    scale = assets.addition_scale(method, layer, component)
-    addition = ActivationAddition(
-        ref, -strength * scale, (layer,), index=index, component=component
-    )
-    return ablation, addition
+    if strength >= space.addition_snap:
+        scale = assets.addition_scale(method, layer, component)
+        edits.append(
+            ActivationAddition(ref, -strength * scale, (layer,), index=index, component=component)
+        )
+    return tuple(edits)
