@@ -1,0 +1,359 @@
+"""Statistics of the validation suite: each arm against the baseline, paired over seeds.
+
+Every arm (an improvement such as a supervised probe, calibrated weights or a warm start)
+and the baseline run the same searches with the same seeds, so seed ``s`` of an arm and seed
+``s`` of the baseline form a pair. Per arm the suite reports mean ± standard deviation over
+seeds of the held-out refusal rate, first-token and k-token KL and the capability delta; a
+paired t-test and Cohen's d of the refusal rates against the baseline; and a verdict.
+
+The acceptance rule (:class:`AcceptanceRule`): an arm is accepted iff its refusals are
+lower than the baseline's with two-sided paired ``p < alpha``, Cohen's d of the paired
+differences (baseline minus arm) is above ``min_d``, and its first-token KL is not
+significantly worse (one-sided paired test of "arm KL > baseline KL" with ``p >= alpha``).
+With one seed no test is possible: p and d are NaN and nothing is accepted.
+
+Rows are plain mappings with ``organism``, ``arm``, ``seed`` and the :data:`METRICS`
+(``capability_delta`` may be None when no capability check ran).
+
+Example:
+    >>> rows = [{"organism": "m", "arm": "baseline", "seed": 0, "refusal_rate": 0.5, ...}, ...]
+    >>> print(markdown_table(compare(rows)))
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "METRICS",
+    "AcceptanceRule",
+    "Comparison",
+    "Spread",
+    "cohens_d",
+    "compare",
+    "comparison_figure",
+    "markdown_table",
+    "paired_differences_figure",
+    "paired_p",
+    "spread",
+]
+
+METRICS = ("refusal_rate", "kl_first", "kl_k", "capability_delta")
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (``ddof=1``; NaN below two values) of one metric.
+
+    Attributes:
+        n: how many values (missing ones are not counted).
+        mean, std: over those values (NaN when there are none).
+    """
+
+    n: int
+    mean: float
+    std: float
+
+    def format(self, digits: int = 3) -> str:
+        if self.n == 0:
+            return "–"
+        if math.isnan(self.std):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def _values(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+
+
+def spread(values: Sequence[float | None]) -> Spread:
+    """Mean ± std of the values that are present (None and NaN are left out)."""
+    x = _values(values)
+    if not len(x):
+        return Spread(0, NAN, NAN)
+    return Spread(len(x), float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else NAN)
+
+
+def _differences(baseline: Sequence[float], arm: Sequence[float]) -> np.ndarray:
+    if len(baseline) != len(arm):
+        raise ValueError(f"paired samples differ in length: {len(baseline)} vs {len(arm)}")
+    # Rates like 7/98 - 5/98 differ from run to run only in their last bits; without
+    # rounding, identical differences would have a tiny spurious spread and a huge t.
+    return np.round(np.asarray(baseline, float) - np.asarray(arm, float), 12)
+
+
+def paired_p(
+    baseline: Sequence[float], arm: Sequence[float], alternative: str = "two-sided"
+) -> float:
+    """p-value of ``scipy.stats.ttest_rel(arm, baseline, alternative=...)``.
+
+    Args:
+        baseline, arm: paired values (same seeds, same order).
+        alternative: ``two-sided``, ``greater`` (arm above baseline) or ``less``.
+
+    Returns:
+        The p-value; NaN with fewer than two pairs or when every difference is 0. When every
+        difference is the same non-zero value the t statistic is infinite and p is 0.
+    """
+    from scipy import stats
+
+    diff = _differences(baseline, arm)
+    if len(diff) < 2:
+        return NAN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: scipy's inf/nan
+        # arm - baseline = -diff; ttest_rel(arm, baseline) is the one-sample test of it.
+        result = stats.ttest_1samp(-diff, 0.0, alternative=alternative)
+    return float(result.pvalue)
+
+
+def cohens_d(baseline: Sequence[float], arm: Sequence[float]) -> float:
+    """Cohen's d of paired differences ``baseline - arm``: their mean over their sample std.
+
+    Positive when the arm is lower (for refusals: the arm removes more). NaN with fewer than
+    two pairs or when every difference is 0; ±inf when all differences are equal and not 0.
+    """
+    diff = _differences(baseline, arm)
+    if len(diff) < 2:
+        return NAN
+    mean, std = float(diff.mean()), float(diff.std(ddof=1))
+    if std == 0.0:
+        return NAN if mean == 0.0 else math.copysign(math.inf, mean)
+    return mean / std
+
+
+@dataclass(frozen=True)
+class AcceptanceRule:
+    """When an arm counts as an improvement over the baseline.
+
+    Attributes:
+        alpha: significance level of both tests.
+        min_d: Cohen's d of the refusal reduction must exceed this.
+    """
+
+    alpha: float = 0.05
+    min_d: float = 0.3
+
+    def verdict(
+        self, p_refusal: float, d_refusal: float, lower: bool, p_kl_worse: float
+    ) -> tuple[bool, str]:
+        """(accepted, the first failed condition or "all conditions met")."""
+        if math.isnan(p_refusal):
+            return False, "no test (fewer than two paired seeds, or no difference)"
+        if not lower:
+            return False, "refusals not lower than the baseline's"
+        if not p_refusal < self.alpha:
+            return False, f"refusal p {p_refusal:.3g} >= {self.alpha}"
+        # NaN here means identical KLs: not worse.
+        if p_kl_worse < self.alpha:
+            return False, f"KL significantly worse (p {p_kl_worse:.3g})"
+        if not d_refusal > self.min_d:
+            return False, f"Cohen's d {d_refusal:.3g} <= {self.min_d}"
+        return True, "all conditions met"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One arm on one organism: spreads over its seeds, and the paired tests.
+
+    Attributes:
+        organism, arm: what was compared.
+        seeds: the seeds the arm ran (its spreads are over these).
+        paired: the seeds shared with the baseline (the tests are over these).
+        metrics: a :class:`Spread` per name in :data:`METRICS`.
+        p_refusal: two-sided paired t-test of the refusal rates (NaN for the baseline).
+        d_refusal: Cohen's d of baseline minus arm refusal rates.
+        p_kl_worse: one-sided paired t-test that the arm's first-token KL is higher.
+        accepted: the rule's verdict; None for the baseline itself.
+        reason: why (the first condition that failed).
+    """
+
+    organism: str
+    arm: str
+    seeds: tuple[int, ...]
+    paired: tuple[int, ...]
+    metrics: dict[str, Spread]
+    p_refusal: float = NAN
+    d_refusal: float = NAN
+    p_kl_worse: float = NAN
+    accepted: bool | None = None
+    reason: str = "baseline"
+
+    def as_row(self) -> dict[str, Any]:
+        """Flat values (one CSV or table row)."""
+        row: dict[str, Any] = {"organism": self.organism, "arm": self.arm, "n": len(self.seeds)}
+        for name, s in self.metrics.items():
+            row[f"{name}_mean"], row[f"{name}_std"] = s.mean, s.std
+        row.update(
+            n_paired=len(self.paired),
+            p_refusal=self.p_refusal,
+            d_refusal=self.d_refusal,
+            p_kl_worse=self.p_kl_worse,
+            accepted=self.accepted,
+            reason=self.reason,
+        )
+        return row
+
+
+def _by_seed(rows: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    out: dict[int, Mapping[str, Any]] = {}
+    for row in rows:
+        if row["seed"] in out:
+            raise ValueError(f"two rows for {row['organism']}/{row['arm']} seed {row['seed']}")
+        out[row["seed"]] = row
+    return out
+
+
+def _compare_arm(
+    organism: str,
+    arm: str,
+    mine: dict[int, Mapping[str, Any]],
+    base: dict[int, Mapping[str, Any]],
+    rule: AcceptanceRule,
+) -> Comparison:
+    seeds = tuple(sorted(mine))
+    metrics = {m: spread([mine[s].get(m) for s in seeds]) for m in METRICS}
+    if mine is base:
+        return Comparison(organism, arm, seeds, seeds, metrics)
+    paired = tuple(s for s in seeds if s in base)
+
+    def pair(metric: str) -> tuple[list[float], list[float]]:
+        return [base[s][metric] for s in paired], [mine[s][metric] for s in paired]
+
+    refusal_base, refusal_arm = pair("refusal_rate")
+    kl_base, kl_arm = pair("kl_first")
+    p_refusal = paired_p(refusal_base, refusal_arm)
+    d_refusal = cohens_d(refusal_base, refusal_arm)
+    p_kl = paired_p(kl_base, kl_arm, alternative="greater")
+    lower = bool(paired) and float(np.mean(refusal_arm)) < float(np.mean(refusal_base))
+    accepted, reason = rule.verdict(p_refusal, d_refusal, lower, p_kl)
+    return Comparison(
+        organism, arm, seeds, paired, metrics, p_refusal, d_refusal, p_kl, accepted, reason
+    )
+
+
+def compare(
+    rows: Sequence[Mapping[str, Any]],
+    baseline: str = "baseline",
+    rule: AcceptanceRule | None = None,
+) -> list[Comparison]:
+    """Compare every arm with the baseline of the same organism, pairing rows by seed.
+
+    Args:
+        rows: one per organism × arm × seed (see the module docstring).
+        baseline: the arm the others are compared with.
+        rule: the acceptance rule (default :class:`AcceptanceRule`).
+
+    Returns:
+        One :class:`Comparison` per organism × arm, in the order they first appear (each
+        organism's baseline first).
+    """
+    rule = rule or AcceptanceRule()
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["organism"], row["arm"]), []).append(row)
+    out = []
+    for organism in dict.fromkeys(org for org, _ in groups):
+        base = _by_seed(groups.get((organism, baseline), []))
+        arms = [arm for org, arm in groups if org == organism]
+        for arm in sorted(arms, key=lambda a: a != baseline):
+            mine = base if arm == baseline else _by_seed(groups[(organism, arm)])
+            out.append(_compare_arm(organism, arm, mine, base, rule))
+    return out
+
+
+def _p(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3g}"
+
+
+def markdown_table(comparisons: Sequence[Comparison]) -> str:
+    """The comparisons as a GitHub markdown table (refusal rates and KL on the test split)."""
+    columns = [
+        "organism", "arm", "n", "refusals", "KL first", "KL k", "capability Δ",
+        "p (refusals)", "d", "p (KL worse)", "accepted",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for c in comparisons:
+        verdict = "–" if c.accepted is None else ("yes" if c.accepted else "no")
+        cells = [
+            c.organism, c.arm, str(len(c.seeds)),
+            *(c.metrics[m].format() for m in METRICS),
+            _p(c.p_refusal), _p(c.d_refusal), _p(c.p_kl_worse), verdict,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, height), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _organisms(comparisons: Sequence[Comparison]) -> list[str]:
+    return list(dict.fromkeys(c.organism for c in comparisons))
+
+
+def comparison_figure(comparisons: Sequence[Comparison]) -> Figure:
+    """Refusal rate against first-token KL per arm (mean ± std over seeds), one panel per
+    organism; accepted arms are filled, the baseline is black."""
+    organisms = _organisms(comparisons)
+    fig, axes = _figure(5.5, 4.2, len(organisms))
+    for ax, organism in zip(axes, organisms, strict=True):
+        for c in (c for c in comparisons if c.organism == organism):
+            kl, refusal = c.metrics["kl_first"], c.metrics["refusal_rate"]
+            color = "black" if c.accepted is None else ("#55a868" if c.accepted else "#c44e52")
+            ax.errorbar(
+                kl.mean, refusal.mean,
+                xerr=0 if math.isnan(kl.std) else kl.std,
+                yerr=0 if math.isnan(refusal.std) else refusal.std,
+                fmt="o", color=color, mfc=color if c.accepted is not False else "white",
+                capsize=3,
+            )  # fmt: skip
+            ax.annotate(c.arm, (kl.mean, refusal.mean), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)  # fmt: skip
+        ax.set_xlabel("first-token KL (test, nats)")
+        ax.set_ylabel("refusal rate (test)")
+        ax.set_title(organism, fontsize=10)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def paired_differences_figure(
+    rows: Sequence[Mapping[str, Any]], baseline: str = "baseline"
+) -> Figure:
+    """Per arm, each seed's refusal reduction against the baseline (baseline minus arm);
+    above 0 the arm removed more refusals. One panel per organism."""
+    organisms = list(dict.fromkeys(r["organism"] for r in rows))
+    fig, axes = _figure(5.5, 3.8, len(organisms))
+    for ax, organism in zip(axes, organisms, strict=True):
+        mine = [r for r in rows if r["organism"] == organism]
+        base = {r["seed"]: r["refusal_rate"] for r in mine if r["arm"] == baseline}
+        arms = [a for a in dict.fromkeys(r["arm"] for r in mine) if a != baseline]
+        for i, arm in enumerate(arms):
+            diffs = [
+                base[r["seed"]] - r["refusal_rate"]
+                for r in mine
+                if r["arm"] == arm and r["seed"] in base
+            ]
+            ax.scatter([i] * len(diffs), diffs, color="#4c72b0", s=18, zorder=3)
+            if diffs:
+                ax.hlines(np.mean(diffs), i - 0.3, i + 0.3, color="#dd8452", lw=2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("refusal reduction vs baseline")
+        ax.set_title(organism, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return fig

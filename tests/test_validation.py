@@ -1,0 +1,122 @@
+"""The validation suite: its statistics against hand-computed values, then (slow) the small
+mode of ``experiments/validate.py`` end to end on the refusal organism, twice (the second
+run is a cache hit)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from circuitlab.validation import (
+    AcceptanceRule,
+    cohens_d,
+    compare,
+    comparison_figure,
+    markdown_table,
+    paired_differences_figure,
+    paired_p,
+    spread,
+)
+
+# Paired t with 2 degrees of freedom has a closed form: two-sided p = 1 - t / sqrt(2 + t^2).
+BASE = [0.5, 0.4, 0.6]
+ARM = [0.2, 0.3, 0.1]  # differences 0.3, 0.1, 0.5: mean 0.3, std 0.2, t = 1.5 sqrt(3)
+
+
+def p_two_dof(t: float) -> float:
+    return 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+def rows(arm: str, refusals, kls, seeds=(0, 1, 2), capability=None) -> list[dict]:
+    return [
+        {"organism": "org", "arm": arm, "seed": s, "refusal_rate": r, "kl_first": k,
+         "kl_k": 2 * k, "capability_delta": capability}
+        for s, r, k in zip(seeds, refusals, kls, strict=True)
+    ]  # fmt: skip
+
+
+def test_spread_is_mean_and_sample_std():
+    s = spread([1.0, 2.0, 3.0, 4.0, None])
+    assert (s.n, s.mean) == (4, 2.5) and s.std == pytest.approx(math.sqrt(5 / 3))
+    assert s.format(2) == "2.50 ± 1.29"
+    one = spread([0.25])
+    assert one.n == 1 and one.mean == 0.25 and math.isnan(one.std) and one.format() == "0.250"
+    assert spread([None, float("nan")]).n == 0 and spread([]).format() == "–"
+
+
+def test_paired_t_test_and_cohens_d_by_hand():
+    t = 1.5 * math.sqrt(3)
+    assert paired_p(BASE, ARM) == pytest.approx(p_two_dof(t))  # 0.1217
+    assert paired_p(BASE, ARM) == pytest.approx(0.121690, abs=1e-6)
+    # One-sided: the arm is lower, so "arm greater" is far from significant.
+    assert paired_p(BASE, ARM, "less") == pytest.approx(p_two_dof(t) / 2)
+    assert paired_p(BASE, ARM, "greater") == pytest.approx(1 - p_two_dof(t) / 2)
+    assert cohens_d(BASE, ARM) == pytest.approx(0.3 / 0.2)
+    assert cohens_d(ARM, BASE) == pytest.approx(-1.5)
+
+
+def test_degenerate_samples():
+    assert math.isnan(paired_p([0.5], [0.2])) and math.isnan(cohens_d([0.5], [0.2]))
+    assert math.isnan(paired_p([0.5, 0.4], [0.5, 0.4])) and math.isnan(cohens_d([0.5], [0.5]))
+    # Identical non-zero differences (7/98 - 5/98 in floating point differs in the last bit).
+    assert paired_p([7 / 98, 9 / 98], [5 / 98, 7 / 98]) == 0.0
+    assert cohens_d([7 / 98, 9 / 98], [5 / 98, 7 / 98]) == math.inf
+    with pytest.raises(ValueError):
+        paired_p([1.0, 2.0], [1.0])
+
+
+def test_acceptance_rule():
+    rule = AcceptanceRule()
+    assert rule.verdict(0.01, 0.5, True, 0.5) == (True, "all conditions met")
+    assert rule.verdict(0.01, 0.5, True, float("nan"))[0]  # identical KLs are not worse
+    assert not rule.verdict(0.06, 5.0, True, 0.5)[0]
+    assert not rule.verdict(0.01, 0.2, True, 0.5)[0]
+    assert "KL" in rule.verdict(0.01, 0.5, True, 0.01)[1]
+    assert "not lower" in rule.verdict(0.01, -0.5, False, 0.5)[1]
+    assert "no test" in rule.verdict(float("nan"), float("nan"), True, float("nan"))[1]
+
+
+def test_compare_pairs_by_seed_and_applies_the_rule():
+    data = (
+        rows("baseline", BASE, [0.1, 0.2, 0.3], capability=-0.02)
+        # differences 0.3, 0.28, 0.32: mean 0.3, std 0.02, t = 15 sqrt(3), d = 15
+        + rows("good", [0.2, 0.12, 0.28], [0.1, 0.2, 0.3])
+        + rows("weak", ARM, [0.1, 0.2, 0.3])
+        # far fewer refusals (p 0.013, d 5), but KL higher on every seed (by 0.4, 0.6, 0.4)
+        + rows("costly", [0.0, 0.0, 0.0], [0.5, 0.8, 0.7])
+        + rows("partial", [0.2, 0.3], [0.1, 0.2], seeds=(0, 5))
+    )
+    found = {c.arm: c for c in compare(data)}
+    assert [c.arm for c in compare(data)][0] == "baseline"
+    base = found["baseline"]
+    assert base.accepted is None and math.isnan(base.p_refusal)
+    assert base.metrics["capability_delta"].mean == pytest.approx(-0.02)
+    good = found["good"]
+    assert good.p_refusal == pytest.approx(p_two_dof(15 * math.sqrt(3)))  # 0.00148
+    assert good.d_refusal == pytest.approx(15) and good.accepted is True
+    assert math.isnan(good.p_kl_worse)  # identical KLs: no difference to test
+    assert good.metrics["refusal_rate"].mean == pytest.approx(0.2)
+    assert good.metrics["kl_k"].mean == pytest.approx(0.4)
+    assert good.metrics["capability_delta"].n == 0
+    weak = found["weak"]
+    assert weak.p_refusal == pytest.approx(0.121690, abs=1e-6) and weak.accepted is False
+    costly = found["costly"]
+    assert costly.p_kl_worse < 0.05 and costly.accepted is False and "KL" in costly.reason
+    partial = found["partial"]
+    assert partial.paired == (0,) and partial.seeds == (0, 5) and not partial.accepted
+    assert math.isnan(partial.p_refusal)
+    row = good.as_row()
+    assert row["n"] == 3 and row["accepted"] is True and row["refusal_rate_std"] > 0
+
+
+def test_markdown_table_and_figures():
+    data = rows("baseline", BASE, [0.1, 0.2, 0.3]) + rows("good", [0.2], [0.1], seeds=(0,))
+    comparisons = compare(data)
+    table = markdown_table(comparisons)
+    lines = table.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| organism | arm | n | refusals")
+    assert "| org | baseline | 3 | 0.500 ± 0.100 |" in table
+    assert "| org | good | 1 | 0.200 | 0.100 | 0.200 | – | nan | nan | nan | no |" in table
+    for fig in (comparison_figure(comparisons), paired_differences_figure(data)):
+        assert len(fig.axes) == 1
