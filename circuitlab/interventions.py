@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,9 @@ __all__ = [
     "from_dict",
     "from_json",
     "load_intervention",
+    "load_interventions",
     "save_intervention",
+    "save_interventions",
     "to_dict",
     "to_json",
     "with_strength",
@@ -487,12 +490,40 @@ def save_intervention(intervention: Intervention, path: str | Path) -> Path:
     return path
 
 
+def save_interventions(interventions: Sequence[Intervention], path: str | Path) -> Path:
+    """Write several interventions, applied in order, to one JSON file (a search's choice)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT_VERSION, "interventions": [to_dict(iv) for iv in interventions]}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
 def load_intervention(path: str | Path) -> Intervention:
     """Read an intervention written by :func:`save_intervention`."""
+    found = load_interventions(path)
+    if len(found) != 1:
+        raise InterventionError(f"{path} holds {len(found)} interventions; use load_interventions")
+    return found[0]
+
+
+def load_interventions(path: str | Path) -> tuple[Intervention, ...]:
+    """Read a file of :func:`save_intervention` (one) or :func:`save_interventions` (several)."""
     path = Path(path)
     if not path.is_file():
         raise InterventionError(f"intervention file not found: {path}")
     try:
-        return from_json(path.read_text())
-    except (json.JSONDecodeError, TypeError) as exc:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+            raise InterventionError(
+                f"{path} is not a circuitlab intervention file (format {FORMAT_VERSION})"
+            )
+        if "interventions" in data:
+            found = tuple(from_dict(item) for item in data["interventions"])
+        else:
+            found = (from_dict(data["intervention"]),)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise InterventionError(f"{path} is not a valid intervention: {exc}") from None
+    if not found:
+        raise InterventionError(f"{path} holds no intervention")
+    return found

@@ -155,3 +155,15 @@ def test_invalid_values_are_refused(saved_ref, tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(InterventionError, match="not a valid intervention"):
         load_intervention(tmp_path / "broken.json")
+
+
+def test_interventions_file_holds_several_in_order(saved_ref, tmp_path):
+    from circuitlab.interventions import load_interventions, save_interventions
+
+    first, second = every_intervention(saved_ref)[:2]
+    path = save_interventions([first, second], tmp_path / "chosen.json")
+    assert load_interventions(path) == (first, second)
+    # A single-intervention file reads as a 1-tuple; a multi file refuses the single reader.
+    assert load_interventions(save_intervention(first, tmp_path / "one.json")) == (first,)
+    with pytest.raises(InterventionError, match="holds 2"):
+        load_intervention(path)

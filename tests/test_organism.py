@@ -3,6 +3,8 @@
 One run of the classic experiment is shared by the tests below; each asserts one claim.
 """
 
+import shutil
+
 import pytest
 
 from circuitlab.engine import HookedModel
@@ -64,3 +66,20 @@ def test_ablation_keeps_harmless_kl_low(classic):
 def test_adding_the_direction_induces_refusals(classic):
     refused, n = classic.harmless_refused_with_addition
     assert refused / n > 0.5
+
+
+def test_demo_runs_the_main_job_end_to_end(organism, cache_dir, tmp_path, capsys):
+    """`circuitlab demo` on a tiny budget: search, test scorecard, verified export."""
+    from circuitlab.cli import main
+
+    study = f"pytest-demo-{tmp_path.name}"
+    argv = ["demo", "--study", study, "--out", str(tmp_path / "export"), "--trials", "2"]
+    argv += ["--n-test", "8", "--n-jbb", "4", "--capability-n", "4", "--max-new-tokens", "16"]
+    try:
+        assert main([*argv, "--cache-dir", str(cache_dir)]) == 0
+    finally:
+        for path in (cache_dir / "studies").glob(f"{study}.journal*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    text = capsys.readouterr().out
+    assert "AdvBench test split" in text and "JailbreakBench refusals after" in text
+    assert (tmp_path / "export" / "config.json").is_file() and "exported to" in text

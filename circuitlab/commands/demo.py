@@ -1,87 +1,97 @@
 """``circuitlab demo``: the main job on the embedded default model, start to finish.
 
-Builds the refusal organism on first use (SmolLM2-135M safety-tuned on CPU), finds its
-refusal direction, ablates it through hooks, and shows refusals and KL before and after on
-held-out prompts, then shows the same direction inducing refusals when added.
+Builds the refusal organism on first use (SmolLM2-135M safety-tuned on CPU), then runs
+``abliterate`` on it with a small trial budget: directions → Optuna search (refusals vs KL)
+→ choice → scorecard on the test split the search never saw → export with verification.
+It ends with JailbreakBench refusals before and after (a second set the search never saw)
+and a few completions side by side. Rerunning resumes the study instead of starting over.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-
-from rich.table import Table
+import time
+from pathlib import Path
 
 from circuitlab.config import Settings
 
 
-def _rate(pair: tuple[int, int]) -> str:
-    from circuitlab.evaluate.stats import wilson_interval
+def register(command) -> None:
+    p = command("demo", _demo, "Run the main job (abliterate) on the embedded default model.")
+    p.add_argument("--model", default="smollm2-135m-refusal", help="model to run on")
+    p.add_argument("--study", metavar="NAME", help="study name (default: demo-MODEL-seedN)")
+    p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/STUDY)")
+    p.add_argument("--trials", type=int, default=16, help="trial budget of the search")
+    p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
+    p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
+    p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
+    p.add_argument("--kl-target", type=float, default=0.2, help="KL budget of the choice rule")
 
-    refused, n = pair
-    low, high = wilson_interval(refused, n)
-    return f"{refused}/{n} = {refused / n:.0%} [{low:.0%}, {high:.0%}]"
 
+def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
+    """Refusals on JailbreakBench without and with the edit, and a few pairs of answers."""
+    from circuitlab.evaluate.refusals import judged_generate
+    from circuitlab.hooks import apply
+    from circuitlab.testbed import testbed_data
 
-def _report(result, model_name: str) -> None:
-    from circuitlab.cli import out
-
-    table = Table(title=f"{model_name}: refusals (marker judge, greedy, 95 % Wilson intervals)")
-    for column in ("held-out set", "before", f"after ablating layer {result.layer}'s direction"):
-        table.add_column(column)
-    for name in result.refusal_before:
-        table.add_row(name, _rate(result.refusal_before[name]), _rate(result.refusal_after[name]))
-    out.print(table)
-    out.print(
-        f"harmless KL(base ‖ ablated): first token {result.kl_first_token:.3f}, "
-        f"4 tokens {result.kl_k_token:.3f}"
-    )
-    out.print(
-        f"adding the direction (×{result.addition_strength:.1f}) at layer {result.layer} to "
-        f"harmless prompts: refused {_rate(result.harmless_refused_with_addition)}"
-    )
-    for name, rows in result.samples.items():
-        for prompt, before, after in rows[:2]:
-            out.rule(f"[bold]{name}[/]: {prompt}")
-            out.print(f"[dim]before:[/] {before.strip()[:240]}")
-            out.print(f"[dim]after:[/]  {after.strip()[:240]}")
-    out.print(f"timings (s): {json.dumps(result.seconds)}")
+    prompts = list(testbed_data(settings.seed).jailbreakbench.take(n))
+    gen = {"max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size}
+    before = judged_generate(model, prompts, judge, **gen)
+    with apply(model, *interventions):
+        after = judged_generate(model, prompts, judge, **gen)
+    return prompts, before, after
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import err, load_model
-    from circuitlab.evaluate.judges import MarkerJudge
-    from circuitlab.pipeline import classic_ablation
-    from circuitlab.testbed import NAME, build_testbed, testbed_data
+    from circuitlab.cli import err, facts_table, load_model, out
+    from circuitlab.commands.search import _judges, _quiet_optuna, front_table
+    from circuitlab.evaluate.scorecard import scorecard_table
+    from circuitlab.evaluate.stats import wilson_interval
+    from circuitlab.search import SearchPrompts, abliterate
+    from circuitlab.testbed import NAME, Recipe, build_testbed
 
+    started = time.monotonic()
+    _quiet_optuna()
     if args.model == NAME:
-        err.print("building the refusal organism if needed (first run only)…")
+        err.print("building the refusal organism if needed (first run only, ~10 CPU-minutes)…")
         build_testbed(settings.cache_dir, progress=True)
     model = load_model(args.model, settings)
-    data = testbed_data()
-    n = args.n
-    with err.status("extracting directions, choosing a layer, evaluating…"):
-        result, _ = classic_ablation(
-            model,
-            train=(data.harmful_train.take(96), data.harmless_train.take(96)),
-            val=(data.harmful_val.take(32), data.harmless_val.take(32)),
-            test_sets={
-                "JailbreakBench": data.jailbreakbench.take(min(n, 100)),
-                "StrongREJECT": data.strongreject.take(n),
-                "harmless (held out)": data.harmless_test.take(n),
-            },
-            harmless_test=data.harmless_test.take(32),
-            judge=MarkerJudge(),
-            candidates=range(model.n_layers // 4, model.n_layers - 2),
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
-            cache_dir=settings.cache_dir,
-        )
-    _report(result, args.model)
+    out.print(facts_table(model))
+    study = args.study or f"demo-{Path(args.model).name}-seed{settings.seed}"
+    # The organism's own splits: its training prompts never reach the search or the test.
+    prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)
+    judge, test_judge = _judges(settings)
+    done = abliterate(
+        model, prompts, study, args.trials,
+        out=args.out or Path(settings.cache_dir) / "exports" / study, force=True,
+        judge=judge, test_judge=test_judge, capability_n=args.capability_n,
+        kl_target=args.kl_target, seed=settings.seed, cache_dir=settings.cache_dir,
+        progress=True,
+    )  # fmt: skip
+    result = done.result
+    out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
+    out.print(
+        scorecard_table(result.base, result.edited, title="AdvBench test split (never searched)")
+    )
+    if done.export is not None:
+        out.print(f"exported to {done.export.path}: {done.export.parity.summary()}")
+    else:
+        out.print(f"not exported: {done.export_note}")
+    out.print(f"chosen edit: {done.interventions_path} (use with --intervention)")
+    if args.n_jbb:
+        with err.status("JailbreakBench before and after…"):
+            jbb, before, after = _jailbreakbench(
+                model, result.chosen.interventions, args.n_jbb, test_judge, settings
+            )
+        for name, judged in (("before", before), ("after", after)):
+            low, high = wilson_interval(judged.refusals, len(jbb))
+            out.print(
+                f"JailbreakBench refusals {name}: {judged.refusals}/{len(jbb)} "
+                f"[{low:.0%}, {high:.0%}]"
+            )
+        for prompt, a, b in list(zip(jbb, before.responses, after.responses, strict=True))[:3]:
+            out.rule(f"[bold]{prompt}")
+            out.print(f"[dim]before:[/] {a.strip()[:240]}")
+            out.print(f"[dim]after:[/]  {b.strip()[:240]}")
+    out.print(f"demo finished in {time.monotonic() - started:.0f} s")
     return 0
-
-
-def register(command) -> None:
-    p = command("demo", _demo, "Run the main job on the embedded default model.")
-    p.add_argument("--model", default="smollm2-135m-refusal", help="model to run on")
-    p.add_argument("--n", type=int, default=50, help="prompts per held-out set")

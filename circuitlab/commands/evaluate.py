@@ -181,10 +181,10 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.evaluate.factory import build_judge
     from circuitlab.evaluate.kl import KLBaseline
     from circuitlab.evaluate.scorecard import scorecard_table
-    from circuitlab.interventions import load_intervention
+    from circuitlab.interventions import load_interventions
 
     # Bad files and prompt sources fail before any model loads.
-    interventions = [load_intervention(path) for path in args.intervention]
+    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
     _, harmless = _prompts(
         args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed

@@ -55,10 +55,10 @@ def _parity_table(result) -> Table:
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.export import ExportError, check_foldable, export
-    from circuitlab.interventions import load_intervention
+    from circuitlab.interventions import load_interventions
 
     # Everything that can fail without the model fails before it loads.
-    interventions = [load_intervention(path) for path in args.intervention]
+    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     for iv in interventions:
         check_foldable(iv)
     destination = Path(args.out)
@@ -95,7 +95,7 @@ def register(command) -> None:
         action="append",
         required=True,
         metavar="FILE.json",
-        help="intervention written by save_intervention (repeat to compose, in order)",
+        help="interventions file (save_intervention(s), a search's chosen.json); repeatable",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")

@@ -28,9 +28,9 @@ CHAT_HELP = """commands:
 def _load(args: argparse.Namespace, settings: Settings):
     """Interventions first (a bad file fails before a model loads), then the model."""
     from circuitlab.cli import load_model
-    from circuitlab.interventions import load_intervention
+    from circuitlab.interventions import load_interventions
 
-    interventions = [load_intervention(path) for path in args.intervention]
+    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     model = load_model(args.model, settings)
     chat = model.facts.has_chat_template and not args.raw
     return model, interventions, chat
@@ -131,7 +131,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="FILE.json",
-        help="intervention written by circuitlab.interventions.save_intervention "
+        help="interventions file (save_intervention(s), or a search's chosen.json) "
         "(repeat to compose several, applied in order)",
     )
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.capability import load_mmlu
 from circuitlab.evaluate.judges import Judge, MarkerJudge
+from circuitlab.interventions import save_interventions
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.front import (
     DEFAULT_KL_TARGET,
@@ -25,6 +27,7 @@ from circuitlab.search.front import (
 )
 from circuitlab.search.objective import ObjectiveConfig
 from circuitlab.search.space import SearchSpace
+from circuitlab.search.storage import open_store
 from circuitlab.search.study import run_search
 
 __all__ = ["Abliteration", "abliterate", "export_choice"]
@@ -40,11 +43,13 @@ class Abliteration:
         result: the chosen edit, the front and the test-split scorecards.
         export: the export result (``circuitlab.export.ExportResult``), or None.
         export_note: why nothing was exported, when nothing was.
+        interventions_path: the chosen trial's interventions as JSON (``--intervention``).
     """
 
     result: SearchResult
     export: Any = None
     export_note: str | None = None
+    interventions_path: Path | None = None
 
 
 def export_choice(
@@ -85,6 +90,7 @@ def abliterate(
     objective: ObjectiveConfig | None = None,
     judge: Judge | None = None,
     test_judge: Judge | None = None,
+    capability_n: int = 0,
     kl_target: float = DEFAULT_KL_TARGET,
     rule: Rule | None = None,
     seed: int = 0,
@@ -106,6 +112,7 @@ def abliterate(
         judge: refusal judge of the search trials (default ``MarkerJudge``).
         test_judge: refusal judge of the test-split scorecard (default: ``judge``); a
             slower, better judge belongs here (``neural_detection_for_optuna`` off).
+        capability_n: MMLU questions in the test scorecards (0: no capability check).
         kl_target, rule: the choice (see :func:`circuitlab.search.choose`).
         export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts).
 
@@ -124,11 +131,15 @@ def abliterate(
     base, edited = evaluate_choice(
         model, chosen, prompts.harmful_test, prompts.harmless_test, test_judge or judge,
         max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
+        questions=load_mmlu(capability_n, seed) if capability_n else (),
     )  # fmt: skip
     rule_name = "custom" if rule is not None else f"fewest refusals with KL <= {kl_target}"
     result = SearchResult(study_name, rule_name, chosen, tuple(front), base, edited)
+    # The choice as a file `evaluate`, `steer` and `export` read with --intervention.
+    store = open_store(study_name, storage, cache_dir)
+    chosen_path = save_interventions(chosen.interventions, store.assets_dir / "chosen.json")
     if out is None:
-        return Abliteration(result, None, "no output folder given")
+        return Abliteration(result, None, "no output folder given", chosen_path)
     options = {"seed": seed, **(export_options or {})}
     exported, note = export_choice(model, result, out, force, **options)
-    return Abliteration(result, exported, note)
+    return Abliteration(result, exported, note, chosen_path)

@@ -186,12 +186,14 @@ def evaluate_choice(
     max_new_tokens: int = 100,
     batch_size: int = 16,
     kl_k: int = 4,
+    questions: Sequence[Any] = (),
 ) -> tuple[Scorecard, Scorecard]:
     """Score the base model and the chosen edit on the test split.
 
     Args:
         harmful_test: harmful prompts the search never saw.
         harmless_test: harmless prompts for over-refusals and KL (also unseen).
+        questions: capability questions (``circuitlab.evaluate.load_mmlu``); empty: skip.
 
     Returns:
         ``(base, edited)`` scorecards; the edit's KL is against the base on these prompts.
@@ -211,6 +213,7 @@ def evaluate_choice(
         "kl_baseline": baseline,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
+        "questions": tuple(questions),
     }
     base, _ = score_model(model, "base", **options)
     with apply(model, *chosen.interventions):
