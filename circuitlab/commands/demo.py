@@ -10,7 +10,6 @@ and a few completions side by side. Rerunning resumes the study instead of start
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from circuitlab.config import Settings
@@ -44,23 +43,26 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import err, facts_table, load_model, out
-    from circuitlab.commands.search import _judges, _quiet_optuna, front_table
+    from circuitlab.commands.search import front_table, quiet_optuna, report_path, search_judges
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.evaluate.stats import wilson_interval
+    from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import SearchPrompts, abliterate
     from circuitlab.testbed import NAME, Recipe, build_testbed
 
-    started = time.monotonic()
-    _quiet_optuna()
+    clock = Clock()
+    quiet_optuna()
     if args.model == NAME:
         err.print("building the refusal organism if needed (first run only, ~10 CPU-minutes)…")
         build_testbed(settings.cache_dir, progress=True)
+        clock.lap("build the organism")
     model = load_model(args.model, settings)
     out.print(facts_table(model))
+    clock.lap("load the model")
     study = args.study or f"demo-{Path(args.model).name}-seed{settings.seed}"
     # The organism's own splits: its training prompts never reach the search or the test.
     prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)
-    judge, test_judge = _judges(settings)
+    judge, test_judge = search_judges(settings)
     done = abliterate(
         model, prompts, study, args.trials,
         out=args.out or Path(settings.cache_dir) / "exports" / study, force=True,
@@ -68,6 +70,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         kl_target=args.kl_target, seed=settings.seed, cache_dir=settings.cache_dir,
         progress=True,
     )  # fmt: skip
+    clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
     out.print(
@@ -78,20 +81,32 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     else:
         out.print(f"not exported: {done.export_note}")
     out.print(f"chosen edit: {done.interventions_path} (use with --intervention)")
+    jbb_rows, jbb_samples = [], []
     if args.n_jbb:
         with err.status("JailbreakBench before and after…"):
             jbb, before, after = _jailbreakbench(
                 model, result.chosen.interventions, args.n_jbb, test_judge, settings
             )
-        for name, judged in (("before", before), ("after", after)):
+        for name, judged in (("before", before), (f"after (trial {result.chosen.number})", after)):
             low, high = wilson_interval(judged.refusals, len(jbb))
-            out.print(
-                f"JailbreakBench refusals {name}: {judged.refusals}/{len(jbb)} "
-                f"[{low:.0%}, {high:.0%}]"
-            )
-        for prompt, a, b in list(zip(jbb, before.responses, after.responses, strict=True))[:3]:
+            jbb_rows.append((name, f"{judged.refusals}/{len(jbb)}", f"[{low:.0%}, {high:.0%}]"))
+            out.print(f"JailbreakBench refusals {name}: {jbb_rows[-1][1]} {jbb_rows[-1][2]}")
+        jbb_samples = list(zip(jbb, before.responses, after.responses, strict=True))[:4]
+        for prompt, a, b in jbb_samples[:3]:
             out.rule(f"[bold]{prompt}")
             out.print(f"[dim]before:[/] {a.strip()[:240]}")
             out.print(f"[dim]after:[/]  {b.strip()[:240]}")
-    out.print(f"demo finished in {time.monotonic() - started:.0f} s")
+        clock.lap("JailbreakBench before and after")
+    report = abliteration_report(
+        done, model, prompts, max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size, cache_dir=settings.cache_dir, kl_target=args.kl_target,
+        command=command_line(args), seed=settings.seed, timings=clock.laps,
+        settings=settings.model_dump(mode="json"),
+    )  # fmt: skip
+    if jbb_rows:
+        report.section("JailbreakBench (never searched, never trained on)")
+        report.table(["", "refused", "95 % Wilson interval"], jbb_rows, caption=test_judge.name)
+        report.samples("JailbreakBench: before / after", jbb_samples)
+    out.print(f"report: {report.write(report_path(study, None, settings.cache_dir))}")
+    out.print(f"demo finished in {sum(clock.laps.values()):.0f} s")
     return 0

@@ -71,6 +71,9 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--no-export", action="store_true", help="stop after the scorecard")
     p.add_argument("--force", action="store_true", help="replace the export folder")
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
+    p.add_argument(
+        "--capability-n", type=int, default=50, help="MMLU questions in the scorecard (0: skip)"
+    )
     _study_flags(p)
     _choice_flags(p)
 
@@ -105,7 +108,7 @@ def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
     )
 
 
-def _judges(settings: Settings):
+def search_judges(settings: Settings):
     """The search trials' judge and the final scorecard's (they differ when the NLI judge
     is on for the final evaluation only)."""
     from circuitlab.evaluate.factory import JudgeOptions, build_judge
@@ -151,9 +154,9 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.search import choose, pareto_front, run_search
 
-    _quiet_optuna()
+    quiet_optuna()
     prompts = _prompts(args, settings)
-    judge, _ = _judges(settings)
+    judge, _ = search_judges(settings)
     model = load_model(args.model, settings)
     study = run_search(
         model, prompts, args.study, args.trials, judge=judge, **_search_options(args, settings)
@@ -172,14 +175,14 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import abliterate
 
-    _quiet_optuna()
+    quiet_optuna()
     clock = Clock()
     study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
     destination = None
     if not args.no_export:
         destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
     prompts = _prompts(args, settings, args.n_test)
-    judge, test_judge = _judges(settings)
+    judge, test_judge = search_judges(settings)
     model = load_model(args.model, settings)
     clock.lap("load model and prompts")
     done = abliterate(
@@ -189,6 +192,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
         args.trials,
         judge=judge,
         test_judge=test_judge,
+        capability_n=args.capability_n,
         out=destination,
         force=args.force,
         kl_target=args.kl_target,
@@ -202,29 +206,30 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"exported to {done.export.path}: {done.export.parity.summary()}")
     else:
         out.print(f"not exported: {done.export_note}")
+    out.print(f"chosen edit: {done.interventions_path} (read by --intervention)")
     report = abliteration_report(
         done, model, prompts, max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size, storage=args.storage, cache_dir=settings.cache_dir,
         kl_target=args.kl_target, command=command_line(args), seed=settings.seed,
         timings=clock.laps, settings=settings.model_dump(mode="json"),
     )  # fmt: skip
-    out.print(f"report: {report.write(_report_path(study, args, settings))}")
+    out.print(f"report: {report.write(report_path(study, args.storage, settings.cache_dir))}")
     return 0
 
 
-def _report_path(study: str, args: argparse.Namespace, settings: Settings) -> Path:
+def report_path(study: str, storage: str | None, cache_dir: str | Path) -> Path:
     """``report.html`` in the study's folder (beside its saved directions), not in the
     export folder, whose manifest lists every file it holds."""
     from circuitlab.search import open_store
 
-    return open_store(study, args.storage, settings.cache_dir).assets_dir / "report.html"
+    return open_store(study, storage, cache_dir).assets_dir / "report.html"
 
 
 def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import out
     from circuitlab.search import learn_profile, open_store, save_profile
 
-    _quiet_optuna()
+    quiet_optuna()
     store = open_store(args.study, args.storage, settings.cache_dir)
     profile = learn_profile(store.load(), args.top, args.kl_target, args.family)
     path = args.out or Path(settings.cache_dir) / "profiles" / f"{profile.family}.json"
@@ -239,7 +244,7 @@ def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _quiet_optuna() -> None:
+def quiet_optuna() -> None:
     """Optuna logs every trial at INFO; the progress bar and tables say it better."""
     import optuna
 
