@@ -5,6 +5,8 @@ run is a cache hit)."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,68 @@ def test_markdown_table_and_figures():
     assert "| org | good | 1 | 0.200 | 0.100 | 0.200 | – | nan | nan | nan | no |" in table
     for fig in (comparison_figure(comparisons), paired_differences_figure(data)):
         assert len(fig.axes) == 1
+
+
+# --------------------------------------------------------------------- the suite, small
+def _validate_module():
+    """experiments/validate.py, imported by path (experiments/ is not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "validate.py"
+    spec = importlib.util.spec_from_file_location("validate_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsys):
+    """Every arm once on the organism (2 trials, 4 prompts), outputs written; the second run
+    reads every result back without loading the model and writes the same CSV."""
+    from circuitlab.engine import HookedModel
+    from circuitlab.models import ModelSpec
+    from circuitlab.testbed import NAME
+
+    validate = _validate_module()
+    loaded = []
+
+    def load(name: str) -> HookedModel:
+        loaded.append(name)
+        return HookedModel.load(ModelSpec(name, cache_dir=cache_dir))
+
+    argv = ["--small", "--work", str(tmp_path / "work"), "--cache-dir", str(cache_dir)]
+    first = validate.main([*argv, "--out", str(tmp_path / "first")], load=load)
+    assert loaded == [NAME]
+    config = validate.Config.load(validate.HERE / "validate_small.toml")
+    lines = first["csv"].read_text().splitlines()
+    assert len(lines) == 1 + len(config.arms) and lines[0].startswith("organism,arm,seed,")
+    assert all(line.endswith(",ok") for line in lines[1:]), lines
+    runs = {r["arm"]: r for r in (_json(p) for p in (tmp_path / "work" / "runs").rglob("*.json"))}
+    assert set(runs) == set(config.arms)
+    assert runs["heads"]["interventions"] == ["DirectionalAblation", "HeadAblation"]
+    assert len(runs["heads"]["heads"]) == config.heads_top_k
+    assert runs["warm_start"]["profile"] == "llama" and runs["baseline"]["profile"] is None
+    assert all(r["base_refusal_rate"] >= 0.75 for r in runs.values())  # the organism refuses
+    summary = first["markdown"].read_text()
+    assert "| organism | arm | n | refusals" in summary
+    assert summary.count(f"| {NAME} |") == len(config.arms) and "| nan |" in summary
+    for name in ("refusal_vs_kl", "paired_differences"):
+        assert first[name].read_bytes().startswith(b"\x89PNG") and first[name].stat().st_size > 5e3
+    page = first["report"].read_text()
+    assert ">Summary</h2>" in page and page.count("data:image/png;base64,") == 2
+
+    started = time.perf_counter()
+    second = validate.main([*argv, "--out", str(tmp_path / "second")], load=load)
+    assert loaded == [NAME], "a cache hit must not load the model"
+    assert time.perf_counter() - started < 30
+    assert second["csv"].read_text() == first["csv"].read_text()
+    assert second["markdown"].read_text() == summary
+    assert "written:" in capsys.readouterr().out
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())

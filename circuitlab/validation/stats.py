@@ -17,7 +17,7 @@ Rows are plain mappings with ``organism``, ``arm``, ``seed`` and the :data:`METR
 
 Example:
     >>> rows = [{"organism": "m", "arm": "baseline", "seed": 0, "refusal_rate": 0.5, ...}, ...]
-    >>> print(markdown_table(compare(rows)))
+    >>> [(c.arm, c.p_refusal, c.accepted) for c in compare(rows)]
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 __all__ = [
     "METRICS",
@@ -40,9 +37,6 @@ __all__ = [
     "Spread",
     "cohens_d",
     "compare",
-    "comparison_figure",
-    "markdown_table",
-    "paired_differences_figure",
     "paired_p",
     "spread",
 ]
@@ -143,6 +137,14 @@ class AcceptanceRule:
 
     alpha: float = 0.05
     min_d: float = 0.3
+
+    def describe(self) -> str:
+        return (
+            f"Accepted iff refusals are lower than the baseline's with paired p < {self.alpha},"
+            f" first-token KL is not significantly worse (one-sided paired p >= {self.alpha}),"
+            f" and Cohen's d > {self.min_d}. With one seed no test is possible: p and d are "
+            "nan and nothing is accepted."
+        )
 
     def verdict(
         self, p_refusal: float, d_refusal: float, lower: bool, p_kl_worse: float
@@ -270,90 +272,3 @@ def compare(
             mine = base if arm == baseline else _by_seed(groups[(organism, arm)])
             out.append(_compare_arm(organism, arm, mine, base, rule))
     return out
-
-
-def _p(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.3g}"
-
-
-def markdown_table(comparisons: Sequence[Comparison]) -> str:
-    """The comparisons as a GitHub markdown table (refusal rates and KL on the test split)."""
-    columns = [
-        "organism", "arm", "n", "refusals", "KL first", "KL k", "capability Δ",
-        "p (refusals)", "d", "p (KL worse)", "accepted",
-    ]  # fmt: skip
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for c in comparisons:
-        verdict = "–" if c.accepted is None else ("yes" if c.accepted else "no")
-        cells = [
-            c.organism, c.arm, str(len(c.seeds)),
-            *(c.metrics[m].format() for m in METRICS),
-            _p(c.p_refusal), _p(c.d_refusal), _p(c.p_kl_worse), verdict,
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * panels, height), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def _organisms(comparisons: Sequence[Comparison]) -> list[str]:
-    return list(dict.fromkeys(c.organism for c in comparisons))
-
-
-def comparison_figure(comparisons: Sequence[Comparison]) -> Figure:
-    """Refusal rate against first-token KL per arm (mean ± std over seeds), one panel per
-    organism; accepted arms are filled, the baseline is black."""
-    organisms = _organisms(comparisons)
-    fig, axes = _figure(5.5, 4.2, len(organisms))
-    for ax, organism in zip(axes, organisms, strict=True):
-        for c in (c for c in comparisons if c.organism == organism):
-            kl, refusal = c.metrics["kl_first"], c.metrics["refusal_rate"]
-            color = "black" if c.accepted is None else ("#55a868" if c.accepted else "#c44e52")
-            ax.errorbar(
-                kl.mean, refusal.mean,
-                xerr=0 if math.isnan(kl.std) else kl.std,
-                yerr=0 if math.isnan(refusal.std) else refusal.std,
-                fmt="o", color=color, mfc=color if c.accepted is not False else "white",
-                capsize=3,
-            )  # fmt: skip
-            ax.annotate(c.arm, (kl.mean, refusal.mean), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)  # fmt: skip
-        ax.set_xlabel("first-token KL (test, nats)")
-        ax.set_ylabel("refusal rate (test)")
-        ax.set_title(organism, fontsize=10)
-        ax.grid(alpha=0.3)
-    return fig
-
-
-def paired_differences_figure(
-    rows: Sequence[Mapping[str, Any]], baseline: str = "baseline"
-) -> Figure:
-    """Per arm, each seed's refusal reduction against the baseline (baseline minus arm);
-    above 0 the arm removed more refusals. One panel per organism."""
-    organisms = list(dict.fromkeys(r["organism"] for r in rows))
-    fig, axes = _figure(5.5, 3.8, len(organisms))
-    for ax, organism in zip(axes, organisms, strict=True):
-        mine = [r for r in rows if r["organism"] == organism]
-        base = {r["seed"]: r["refusal_rate"] for r in mine if r["arm"] == baseline}
-        arms = [a for a in dict.fromkeys(r["arm"] for r in mine) if a != baseline]
-        for i, arm in enumerate(arms):
-            diffs = [
-                base[r["seed"]] - r["refusal_rate"]
-                for r in mine
-                if r["arm"] == arm and r["seed"] in base
-            ]
-            ax.scatter([i] * len(diffs), diffs, color="#4c72b0", s=18, zorder=3)
-            if diffs:
-                ax.hlines(np.mean(diffs), i - 0.3, i + 0.3, color="#dd8452", lw=2)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("refusal reduction vs baseline")
-        ax.set_title(organism, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    return fig

@@ -1,0 +1,217 @@
+"""What the validation suite writes: the summary table (markdown and HTML), its figures,
+the CSV of every run and the HTML report.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state), like the
+run reports' (:mod:`circuitlab.report.plots`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from circuitlab.validation.stats import METRICS, AcceptanceRule, Comparison
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from circuitlab.report import Report
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "comparison_figure",
+    "markdown_table",
+    "paired_differences_figure",
+    "summary_markdown",
+    "summary_rows",
+    "validation_report",
+    "write_csv",
+]
+
+
+def _p(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3g}"
+
+
+SUMMARY_COLUMNS = (
+    "organism", "arm", "n", "refusals", "KL first", "KL k", "capability Δ",
+    "p (refusals)", "d", "p (KL worse)", "accepted",
+)  # fmt: skip
+
+
+def summary_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
+    """The comparisons as text cells under :data:`SUMMARY_COLUMNS` (mean ± std, p, d,
+    verdict), for the markdown table and the HTML report alike."""
+    rows = []
+    for c in comparisons:
+        verdict = "–" if c.accepted is None else ("yes" if c.accepted else "no")
+        rows.append(
+            [
+                c.organism,
+                c.arm,
+                str(len(c.seeds)),
+                *(c.metrics[m].format() for m in METRICS),
+                _p(c.p_refusal),
+                _p(c.d_refusal),
+                _p(c.p_kl_worse),
+                verdict,
+            ]  # fmt: skip
+        )
+    return rows
+
+
+def markdown_table(comparisons: Sequence[Comparison]) -> str:
+    """The comparisons as a GitHub markdown table (refusal rates and KL on the test split)."""
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(comparisons)]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * panels, height), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _organisms(comparisons: Sequence[Comparison]) -> list[str]:
+    return list(dict.fromkeys(c.organism for c in comparisons))
+
+
+def comparison_figure(comparisons: Sequence[Comparison]) -> Figure:
+    """Refusal rate against first-token KL per arm (mean ± std over seeds), one panel per
+    organism: the baseline is a black square, accepted arms are filled, the others hollow."""
+    organisms = _organisms(comparisons)
+    fig, axes = _figure(5.5, 4.2, len(organisms))
+    arms = list(dict.fromkeys(c.arm for c in comparisons if c.accepted is not None))
+    colors = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    for ax, organism in zip(axes, organisms, strict=True):
+        for c in (c for c in comparisons if c.organism == organism):
+            kl, refusal = c.metrics["kl_first"], c.metrics["refusal_rate"]
+            color = colors.get(c.arm, "black")
+            ax.errorbar(
+                kl.mean, refusal.mean,
+                xerr=0 if math.isnan(kl.std) else kl.std,
+                yerr=0 if math.isnan(refusal.std) else refusal.std,
+                fmt="s" if c.accepted is None else "o", color=color, capsize=3,
+                mfc="white" if c.accepted is False else color, label=c.arm,
+            )  # fmt: skip
+        ax.set_xlabel("first-token KL (test, nats)")
+        ax.set_ylabel("refusal rate (test)")
+        ax.set_title(organism, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def paired_differences_figure(
+    rows: Sequence[Mapping[str, Any]], baseline: str = "baseline"
+) -> Figure:
+    """Per arm, each seed's refusal reduction against the baseline (baseline minus arm);
+    above 0 the arm removed more refusals. One panel per organism."""
+    organisms = list(dict.fromkeys(r["organism"] for r in rows))
+    fig, axes = _figure(5.5, 3.8, len(organisms))
+    for ax, organism in zip(axes, organisms, strict=True):
+        mine = [r for r in rows if r["organism"] == organism]
+        base = {r["seed"]: r["refusal_rate"] for r in mine if r["arm"] == baseline}
+        arms = [a for a in dict.fromkeys(r["arm"] for r in mine) if a != baseline]
+        for i, arm in enumerate(arms):
+            diffs = [
+                base[r["seed"]] - r["refusal_rate"]
+                for r in mine
+                if r["arm"] == arm and r["seed"] in base
+            ]
+            ax.scatter([i] * len(diffs), diffs, color="#4c72b0", s=18, zorder=3)
+            if diffs:
+                ax.hlines(np.mean(diffs), i - 0.3, i + 0.3, color="#dd8452", lw=2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("refusal reduction vs baseline")
+        ax.set_title(organism, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
+    """The rows, in the order given, under fixed columns (other keys are left out)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _reasons(comparisons: Sequence[Comparison]) -> list[str]:
+    return [f"{c.organism} / {c.arm}: {c.reason}" for c in comparisons if c.accepted is not None]
+
+
+def summary_markdown(
+    comparisons: Sequence[Comparison],
+    intro: str,
+    rule: AcceptanceRule,
+    warnings: Sequence[str] = (),
+) -> str:
+    """summary.md: a title, ``intro`` (what was run), the table, the rule and each verdict."""
+    lines = [
+        "# Validation: each improvement against the baseline search",
+        "",
+        intro,
+        "",
+        markdown_table(comparisons),
+        rule.describe(),
+        "",
+        *(f"- {reason}" for reason in _reasons(comparisons)),
+        *(f"\n**Warning**: {w}" for w in warnings),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def validation_report(
+    comparisons: Sequence[Comparison],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    rule: AcceptanceRule,
+    intro: str,
+    run_columns: Sequence[str],
+    settings: Mapping[str, Any],
+    timings: Mapping[str, float] | None = None,
+    command: str | None = None,
+    subtitle: str | None = None,
+) -> Report:
+    """The HTML report: the summary table and verdicts, both figures, every run, the settings.
+
+    Args:
+        comparisons: from :func:`circuitlab.validation.compare`.
+        rows: the runs, in display order.
+        rule: the acceptance rule used.
+        intro: what was run (shown above the table).
+        run_columns: the columns of ``rows`` to show.
+        settings: the run's settings (one table row each).
+        timings, command, subtitle: for the page.
+
+    Returns:
+        The report (``.write(path)`` it).
+    """
+    from circuitlab.report import Report
+
+    report = Report("Validation suite", command=command, subtitle=subtitle)
+    report.section("Summary").text(intro)
+    report.table(SUMMARY_COLUMNS, summary_rows(comparisons), caption=rule.describe())
+    report.text("\n\n".join(_reasons(comparisons)) or "No arm besides the baseline.")
+    report.section("Figures")
+    report.figure(comparison_figure(comparisons), "refusal rate vs first-token KL, mean ± std")
+    report.figure(paired_differences_figure(rows), "refusal reduction against the baseline")
+    report.section("Runs").table(run_columns, [[r.get(c) for c in run_columns] for r in rows])
+    report.section("Settings").table(
+        ["setting", "value"], [[k, str(v)] for k, v in settings.items()]
+    )
+    if timings:
+        report.timings(timings)
+    return report
