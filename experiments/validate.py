@@ -67,7 +67,7 @@ from circuitlab.validation import (
 HERE = Path(__file__).resolve().parent
 ARMS = ("baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start")
 # Bump when a run computes something else for the same settings (invalidates the cache).
-FORMAT = 1
+FORMAT = 2
 CSV_COLUMNS = (
     "organism", "arm", "seed", "refusal_rate", "kl_first", "kl_k", "capability_delta",
     "over_refusal_rate", "degenerate", "base_refusal_rate", "base_over_refusal_rate",
@@ -252,6 +252,8 @@ class Scoring:
 
         c, prompts = self.suite.config, self.suite.prompts
         if self._kl is None:
+            if self.model.n_active_hooks():
+                raise RuntimeError("the KL baseline needs the unedited model: hooks are attached")
             self._kl = KLBaseline.compute(self.model, list(prompts.harmless_test), 4, c.batch_size)
         return {
             "harmful": list(prompts.harmful_test),
@@ -278,11 +280,10 @@ class Scoring:
         from circuitlab.evaluate.scorecard import score_model
         from circuitlab.hooks import apply
 
-        base = self.base(seed)
+        # Options first: the KL baseline must come from the unedited model, not under hooks.
+        base, options = self.base(seed), self._options(seed)
         with apply(self.model, *chosen.interventions):
-            card, _ = score_model(
-                self.model, f"trial {chosen.number}", base=base, **self._options(seed)
-            )
+            card, _ = score_model(self.model, f"trial {chosen.number}", base=base, **options)
         return base, card
 
 

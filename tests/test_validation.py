@@ -147,11 +147,13 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     from circuitlab.testbed import NAME
 
     validate = _validate_module()
-    loaded = []
+    loaded, models = [], {}
 
     def load(name: str) -> HookedModel:
         loaded.append(name)
-        return HookedModel.load(ModelSpec(name, cache_dir=cache_dir))
+        if name not in models:
+            models[name] = HookedModel.load(ModelSpec(name, cache_dir=cache_dir))
+        return models[name]
 
     argv = ["--small", "--work", str(tmp_path / "work"), "--cache-dir", str(cache_dir)]
     first = validate.main([*argv, "--out", str(tmp_path / "first")], load=load)
@@ -181,6 +183,17 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     assert second["csv"].read_text() == first["csv"].read_text()
     assert second["markdown"].read_text() == summary
     assert "written:" in capsys.readouterr().out
+
+    # One result lost, its study kept: rescored alone, with the base card from disk, it
+    # must score the same (the KL baseline comes from the unedited model).
+    lost = tmp_path / "work" / "runs" / validate.slug(NAME) / "caa-s0.json"
+    lost.unlink()
+    validate.main([*argv, "--out", str(tmp_path / "third")], load=load)
+    assert loaded == [NAME, NAME]
+    again = _json(lost)
+    for key in ("refusal_rate", "kl_first", "kl_k", "capability_delta", "chosen_trial"):
+        assert again[key] == pytest.approx(runs["caa"][key]), key
+    assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
 
 def _json(path: Path) -> dict:
