@@ -24,7 +24,14 @@ def register(command) -> None:
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
     p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
     p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
-    p.add_argument("--kl-target", type=float, default=0.2, help="KL budget of the choice rule")
+    # The organism pays more KL than chat models for the same edit (README, issue 3): on it,
+    # every edit that removes most refusals costs 0.36-0.76 nats of first-token KL.
+    p.add_argument(
+        "--kl-target",
+        type=float,
+        default=1.0,
+        help="KL budget of the choice rule (default 1.0 for the organism; abliterate's is 0.2)",
+    )
 
 
 def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):

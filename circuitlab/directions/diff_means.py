@@ -118,8 +118,10 @@ def degenerate_layers(
 
 
 def warn_degenerate(method: str, layers: list[int]) -> None:
+    # Layer 0 alone is expected with a chat template (see above): say it, do not alarm.
+    level = logging.INFO if layers == [0] else logging.WARNING
     if layers:
-        log.warning("%s: no difference at layers %s; their direction is zero", method, layers)
+        log.log(level, "%s: no difference at layers %s; their direction is zero", method, layers)
 
 
 def base_metadata(harmful: Tensor, harmless: Tensor, **extra: Any) -> dict[str, Any]:
