@@ -60,7 +60,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     clock = Clock()
     quiet_optuna()
     if args.model == NAME:
-        err.print("building the refusal organism if needed (first run only, ~10 CPU-minutes)…")
+        err.print("building the refusal organism if needed (first run only, ~12 CPU-minutes)…")
         build_testbed(settings.cache_dir, progress=True)
         clock.lap("build the organism")
     model = load_model(args.model, settings)
