@@ -94,7 +94,7 @@ class Config:
         prune: prune hopeless trials (off for tiny budgets: a fully pruned study has no
             front, and its arm falls back to the unedited model).
         capability_n: MMLU questions in the test scorecards (0: none).
-        kl_target: the KL budget of the choice rule.
+        kl_target: the KL budget of the choice rule (the demo's 1.0 on the organism).
         addition_max: largest addition strength of the ``caa`` arm.
         heads_top_k, heads_n_pairs: heads of the ``heads`` arm, and the harmful/harmless
             train prompt pairs attribution patching ranks them on.
@@ -113,7 +113,7 @@ class Config:
     batch_size: int = 16
     prune: bool = True
     capability_n: int = 50
-    kl_target: float = 0.2
+    kl_target: float = 1.0
     addition_max: float = 1.0
     heads_top_k: int = 8
     heads_n_pairs: int = 16
