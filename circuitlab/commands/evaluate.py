@@ -8,7 +8,8 @@ each judge's confusion matrix.
 ``evaluate MODEL`` prints the scorecard of the model, and next to it the same model under
 ``--intervention`` files and/or an exported model given with ``--compare``: refusals on a
 held-out split with Wilson intervals, over-refusals on harmless prompts, KL from the base
-(first token and k tokens), MMLU accuracy and its change.
+(first token and k tokens), capability accuracy and its change (MMLU, or the questions of
+``--capability-data``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,23 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--n-harmless", type=int, default=32, help="harmless prompts to judge")
     p.add_argument("--n-kl", type=int, default=16, help="harmless prompts for KL")
     p.add_argument("--kl-k", type=int, default=4, help="tokens of the base continuation for KL")
-    p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
+    p.add_argument(
+        "--capability-n", type=int, default=50, help="capability questions to draw (0: skip)"
+    )
+    p.add_argument(
+        "--capability-data",
+        default="mmlu",
+        metavar="SRC",
+        help="capability questions: mmlu (packaged), a .csv/.jsonl/.json file, or "
+        "hf:DATASET[:CONFIG][@SPLIT] (needs datasets; default: mmlu)",
+    )
+    p.add_argument(
+        "--capability-columns",
+        default="",
+        metavar="MAP",
+        help="column names in --capability-data, e.g. question=stem,choices=a+b+c+d,answer=key "
+        "(default: question, choices (a list) or A-D, answer (letter or 0-based index))",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the scorecards as JSON")
     _judge_flags(p)
 
@@ -175,20 +192,30 @@ def _score(model, name: str, inputs: dict, baseline, base=None, interventions=()
     return card
 
 
+def _questions(args: argparse.Namespace, settings: Settings) -> tuple[str, tuple]:
+    from circuitlab.evaluate.questions import QuestionColumns, QuestionSource, load_questions
+
+    source = QuestionSource.parse(args.capability_data)
+    if not args.capability_n:
+        return source.name, ()
+    columns = QuestionColumns.parse(args.capability_columns)
+    return source.name, load_questions(source, args.capability_n, settings.seed, columns)
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import err, load_model, out
-    from circuitlab.evaluate.capability import load_mmlu
     from circuitlab.evaluate.factory import build_judge
     from circuitlab.evaluate.kl import KLBaseline
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.interventions import load_interventions
 
-    # Bad files and prompt sources fail before any model loads.
+    # Bad files, prompt sources and questions fail before any model loads.
     interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
     _, harmless = _prompts(
         args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed
     )
+    source, questions = _questions(args, settings)
     judge = build_judge(_options(settings, args), settings.cache_dir, device=settings.device)
     model = load_model(args.model, settings)
     inputs = {
@@ -196,7 +223,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "harmless": harmless[: args.n_harmless],
         "judge": judge,
         "split": split,
-        "questions": load_mmlu(args.capability_n, settings.seed) if args.capability_n else (),
+        "questions": questions,
+        "capability_source": source,
         "max_new_tokens": settings.max_new_tokens,
         "batch_size": settings.batch_size,
         "chat": model.facts.has_chat_template,

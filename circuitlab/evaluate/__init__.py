@@ -26,6 +26,7 @@ from circuitlab.evaluate.labelled import (
     read_labelled_csv,
 )
 from circuitlab.evaluate.nli import NLIJudge
+from circuitlab.evaluate.questions import QuestionColumns, QuestionSource, load_questions
 from circuitlab.evaluate.refusals import JudgedGenerations, judged_generate
 from circuitlab.evaluate.scorecard import Scorecard, score_model, scorecard_table
 from circuitlab.evaluate.stats import BinaryMetrics, binary_metrics, wilson_interval
@@ -50,6 +51,8 @@ __all__ = [
     "MiniLM",
     "NLIJudge",
     "Question",
+    "QuestionColumns",
+    "QuestionSource",
     "Scorecard",
     "binary_metrics",
     "build_judge",
@@ -60,6 +63,7 @@ __all__ = [
     "labelled_split",
     "load_labelled",
     "load_mmlu",
+    "load_questions",
     "read_labelled_csv",
     "score_model",
     "scorecard_table",

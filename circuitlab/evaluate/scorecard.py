@@ -38,13 +38,15 @@ class Scorecard:
         kl_first: first-token KL(base ‖ this) on the harmless KL prompts.
         kl_k: KL along the base's first ``kl_k_tokens`` greedy tokens.
         kl_k_tokens: k of ``kl_k``.
-        capability_correct, capability_n: MMLU subset answered correctly, of how many.
+        capability_correct, capability_n: capability questions answered correctly, of how
+            many.
         capability_delta: this accuracy minus the base's (None for the base itself).
         prompts_hash: hash of every prompt and question used (scorecards compare only when
             it matches).
         tokens_saved: generation tokens early stopping saved (at most).
         degenerate: answers (harmful and harmless together) judged degenerate: an edit that
             "removes refusals" by breaking the model shows here.
+        capability_source: where the capability questions came from.
     """
 
     model: str
@@ -63,6 +65,7 @@ class Scorecard:
     prompts_hash: str
     tokens_saved: int = 0
     degenerate: int = 0
+    capability_source: str = "MMLU"
 
     @property
     def refusal_rate(self) -> float:
@@ -130,6 +133,7 @@ def score_model(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     chat: bool = True,
+    capability_source: str = "MMLU",
 ) -> tuple[Scorecard, CapabilityResult | None]:
     """Measure one model (or the base under an edit's hooks: call inside ``apply``).
 
@@ -147,6 +151,7 @@ def score_model(
         max_new_tokens: generation budget per prompt.
         batch_size: prompts per batch.
         chat: chat-format prompts.
+        capability_source: the questions' source, as the card names it.
 
     Returns:
         The scorecard, and the capability result (per-question choices) if measured.
@@ -178,6 +183,7 @@ def score_model(
         tokens_saved=bad.tokens_saved + good.tokens_saved,
         degenerate=bad.judgements.labels.count("degenerate")
         + good.judgements.labels.count("degenerate"),
+        capability_source=capability_source,
     )
     return card, cap
 
@@ -210,7 +216,7 @@ def scorecard_rows(*cards: Scorecard) -> dict[str, list[str]]:
         "KL first token": [_num(c.kl_first) for c in cards],
         f"KL {cards[0].kl_k_tokens} tokens": [_num(c.kl_k) for c in cards],
         "degenerate answers": [f"{c.degenerate} of {c.n_harmful + c.n_harmless}" for c in cards],
-        "capability (MMLU)": [
+        f"capability ({cards[0].capability_source})": [
             "–"
             if c.capability_accuracy is None
             else f"{_pct(c.capability_accuracy, c.capability_ci)} of {c.capability_n}"
