@@ -9,7 +9,8 @@ each judge's confusion matrix.
 ``--intervention`` files and/or an exported model given with ``--compare``: refusals on a
 held-out split with Wilson intervals, over-refusals on harmless prompts, KL from the base
 (first token and k tokens), capability accuracy and its change (MMLU, or the questions of
-``--capability-data``).
+``--capability-data``). ``--lm-eval TASKS`` also runs lm-evaluation-harness tasks on each
+model, the live edit included, and prints the harness's tables.
 """
 
 from __future__ import annotations
@@ -85,8 +86,28 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         help="column names in --capability-data, e.g. question=stem,choices=a+b+c+d,answer=key "
         "(default: question, choices (a list) or A-D, answer (letter or 0-based index))",
     )
+    p.add_argument(
+        "--lm-eval",
+        metavar="TASKS",
+        help="also run these lm-eval tasks (comma-separated) on each model and edit "
+        "(needs pip install lm-eval)",
+    )
+    p.add_argument(
+        "--lm-eval-include", metavar="DIR", help="folder of your own lm-eval task YAML files"
+    )
+    p.add_argument(
+        "--lm-eval-limit",
+        type=_limit,
+        metavar="N",
+        help="lm-eval examples per task (below 1: a fraction; default: all)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the scorecards as JSON")
     _judge_flags(p)
+
+
+def _limit(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def _judge_flags(p: argparse.ArgumentParser) -> None:
@@ -202,20 +223,44 @@ def _questions(args: argparse.Namespace, settings: Settings) -> tuple[str, tuple
     return source.name, load_questions(source, args.capability_n, settings.seed, columns)
 
 
+def _lm_eval_tables(runs: Sequence[tuple], args: argparse.Namespace, settings, tasks) -> None:
+    """lm-eval on each (name, model, interventions), printing the harness's own tables."""
+    from lm_eval.utils import make_table
+
+    from circuitlab.cli import out
+    from circuitlab.evaluate.handoff import lm_eval_handoff
+
+    for name, model, interventions in runs:
+        results = lm_eval_handoff(
+            model,
+            args.lm_eval,
+            interventions,
+            limit=args.lm_eval_limit,
+            batch_size=settings.batch_size,
+            task_manager=tasks,
+        )
+        out.print(f"\n[bold]lm-eval: {name}", highlight=False)
+        out.print(make_table(results), markup=False, highlight=False, soft_wrap=True)
+        if results.get("groups"):
+            out.print(make_table(results, "groups"), markup=False, highlight=False, soft_wrap=True)
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import err, load_model, out
     from circuitlab.evaluate.factory import build_judge
+    from circuitlab.evaluate.handoff import lm_eval_tasks
     from circuitlab.evaluate.kl import KLBaseline
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.interventions import load_interventions
 
-    # Bad files, prompt sources and questions fail before any model loads.
+    # Bad files, prompt sources, questions and task names fail before any model loads.
     interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
     _, harmless = _prompts(
         args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed
     )
     source, questions = _questions(args, settings)
+    tasks = lm_eval_tasks(args.lm_eval, args.lm_eval_include) if args.lm_eval else None
     judge = build_judge(_options(settings, args), settings.cache_dir, device=settings.device)
     model = load_model(args.model, settings)
     inputs = {
@@ -234,13 +279,18 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             model, harmless[: args.n_kl], args.kl_k, settings.batch_size, inputs["chat"]
         )
     cards = [_score(model, args.model, inputs, baseline)]
+    runs = [(args.model, model, ())]
     if interventions:
         name = " + ".join(Path(p).stem for p in args.intervention)
         cards.append(_score(model, name, inputs, baseline, cards[0], interventions))
+        runs.append((name, model, interventions))
     if args.compare:
         other = load_model(args.compare, settings)
         cards.append(_score(other, args.compare, inputs, baseline, cards[0]))
+        runs.append((args.compare, other, ()))
     out.print(scorecard_table(*cards, title=f"scorecard ({settings.max_new_tokens} new tokens)"))
     if args.json:
         Path(args.json).write_text("[\n" + ",\n".join(c.to_json() for c in cards) + "\n]\n")
+    if tasks is not None:
+        _lm_eval_tables(runs, args, settings, tasks)
     return 0

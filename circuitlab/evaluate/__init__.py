@@ -1,4 +1,5 @@
-"""Evaluation: judges (markers, classifier, NLI), KL, capability and the scorecard.
+"""Evaluation: judges (markers, classifier, NLI), KL, capability, the scorecard, and the
+hand-off to lm-eval.
 
 Judges share one signature, ``judge(prompts, responses) -> Judgements``. Heavy pieces
 (MiniLM, the NLI pipeline) load only when such a judge is built.
@@ -7,6 +8,7 @@ Judges share one signature, ``judge(prompts, responses) -> Judgements``. Heavy p
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability, load_mmlu
 from circuitlab.evaluate.classifier import ClassifierJudge, MiniLM
 from circuitlab.evaluate.factory import JudgeOptions, build_judge
+from circuitlab.evaluate.handoff import lm_eval_handoff, lm_eval_tasks
 from circuitlab.evaluate.judges import (
     LABELS,
     REFUSAL_LABELS,
@@ -60,6 +62,8 @@ __all__ = [
     "judge_accuracy",
     "judged_generate",
     "kl_divergence",
+    "lm_eval_handoff",
+    "lm_eval_tasks",
     "labelled_split",
     "load_labelled",
     "load_mmlu",
