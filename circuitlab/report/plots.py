@@ -119,7 +119,8 @@ def _rate_rows(card: Scorecard) -> list[tuple[str, float, tuple[float, float]]]:
         ("over-refusals (harmless)", card.over_refusal_rate, card.over_refusal_ci),
     ]
     if card.capability_accuracy is not None:
-        rows.append(("capability (MMLU)", card.capability_accuracy, card.capability_ci))
+        label = f"capability ({card.capability_source})"
+        rows.append((label, card.capability_accuracy, card.capability_ci))
     return rows
 
 
