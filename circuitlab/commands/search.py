@@ -102,10 +102,12 @@ def _configs(args: argparse.Namespace, settings: Settings):
 
 def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
     from circuitlab.search import SearchPrompts
+    from circuitlab.testbed import Recipe
 
-    return SearchPrompts.from_testbed(
-        args.n_train, args.n_search, args.n_kl, n_test, split_seed=settings.seed
-    )
+    # Always the organism's own splits (not --seed's): another shuffle would put prompts it
+    # was trained on into the search and test splits. --seed varies the search itself.
+    split_seed = Recipe().split_seed
+    return SearchPrompts.from_testbed(args.n_train, args.n_search, args.n_kl, n_test, split_seed)
 
 
 def search_judges(settings: Settings):
