@@ -274,19 +274,31 @@ class ActivationAddition:
     component: int = 0
     positions: Literal["all", "last", "generated"] = "all"
 
-    foldable = False
-    fold_note = (
-        "adding a constant needs a bias that Llama/Gemma o_proj and down_proj lack, and "
-        "'last'/'generated' depend on the position; no exact weight edit exists"
-    )
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", _tuples(self.layers))
         if self.positions not in ("all", "last", "generated"):
             raise InterventionError(f"positions must be all, last or generated: {self.positions}")
 
-    def foldable_alternative(self) -> None:
-        return None
+    @property
+    def foldable(self) -> bool:
+        """Only an addition at every position is a weight edit (whether the architecture has
+        the bias it needs is checked by the exporter, which says so if not)."""
+        return self.positions == "all"
+
+    @property
+    def fold_note(self) -> str:
+        if self.foldable:
+            return (
+                "at layer 0: added to every embedding row; at layer L: the down_proj bias of "
+                "layer L-1 (enabled through the config's bias flag where the family has one)"
+            )
+        return (
+            f"positions={self.positions!r} steers only some positions and a weight acts on "
+            "every position; no exact weight edit exists"
+        )
+
+    def foldable_alternative(self) -> ActivationAddition | None:
+        return self if self.foldable else None
 
 
 @dataclass(frozen=True)

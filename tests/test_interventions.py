@@ -109,8 +109,11 @@ def test_foldability_and_nearest_exact_alternatives(saved_ref):
     routing = ConeRouting(saved_ref, layer=2, embed=0.5)
     dynamic = DynamicStrength(ablation, 1, 0.0, 1.0)
     addition = ActivationAddition(saved_ref, 1.0, (1,))
+    last = ActivationAddition(saved_ref, 1.0, (1,), positions="last")
     assert ablation.foldable and not routing.foldable and not dynamic.foldable
-    assert not addition.foldable and addition.foldable_alternative() is None
+    # At every position an addition is a bias; at some positions no weight can do it.
+    assert addition.foldable and addition.foldable_alternative() is addition
+    assert not last.foldable and last.foldable_alternative() is None
     assert routing.foldable_alternative() == SubspaceAblation(saved_ref, embed=0.5)
     assert dynamic.foldable_alternative() is ablation
     assert "per prompt" in routing.fold_note and "bias" in addition.fold_note

@@ -116,4 +116,4 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         report.samples("JailbreakBench: before / after", jbb_samples)
     out.print(f"report: {report.write(report_path(study, None, settings.cache_dir))}")
     out.print(f"demo finished in {sum(clock.laps.values()):.0f} s")
-    return 0
+    return 0 if done.export is not None else 1

@@ -216,7 +216,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
         timings=clock.laps, settings=settings.model_dump(mode="json"),
     )  # fmt: skip
     out.print(f"report: {report.write(report_path(study, args.storage, settings.cache_dir))}")
-    return 0
+    return 1 if destination is not None and done.export is None else 0
 
 
 def report_path(study: str, storage: str | None, cache_dir: str | Path) -> Path:

@@ -67,13 +67,23 @@ def export_choice(
     Returns:
         ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
     """
-    from circuitlab.export import export
+    from circuitlab.export import ExportError, export
 
     chosen = result.chosen
     if not chosen.foldable:
         notes = "; ".join(iv.fold_note for iv in chosen.interventions if not iv.foldable)
         return None, f"trial {chosen.number} cannot be folded into weights: {notes}"
-    done = export(model, list(chosen.interventions), out, force=force, scorecard=result.as_dict())
+    try:
+        done = export(
+            model,
+            list(chosen.interventions),
+            out,
+            force=force,
+            scorecard=result.as_dict(),
+            **options,
+        )
+    except ExportError as exc:  # e.g. an addition on an architecture without the bias it needs
+        return None, f"trial {chosen.number} cannot be exported: {exc}"
     return done, None
 
 
