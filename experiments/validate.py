@@ -11,10 +11,12 @@ probe       supervised probe directions instead of difference of means
 ensemble    probe + PCA ensemble directions
 calibrated  calibrated weights offered to the search (``SearchSpace.calibrate``)
 cones       concept-cone directions (every cone direction ablated as one subspace)
-caa         plus an activation addition against refusal (``addition_max``; not foldable)
+caa         plus an activation addition against refusal (``addition_max``; at every
+            position, so it folds into a bias where the architecture has one)
 heads       plus a head-level ablation of the direction from the top-k heads of a circuit
             found by attribution patching on the organism's train prompts (cached)
-warm_start  the baseline with the model family's warm-start profile
+warm_start  the baseline with the family's warm-start profile (on the SmolLM2 organism
+            optimistic: the llama profile was learned on that organism's search split)
 =========== ==============================================================================
 
 Seeds vary the search (sampler and extraction seeds) and the MMLU sample, not the prompt

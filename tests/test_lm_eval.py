@@ -131,3 +131,17 @@ def test_unknown_task_and_missing_package_are_clear_errors(tiny_task, monkeypatc
     # The CLI says so before it loads any model.
     assert main(["evaluate", "smollm2-135m", "--lm-eval", TASK]) == 2
     assert "pip install lm-eval" in capsys.readouterr().err
+
+
+def test_position_bound_interventions_are_refused(smollm, tiny_task, tmp_path):
+    """lm-eval scores prompt + answer in one pass: an edit keyed to the prompt's last token
+    would silently miss every scored logit, so the hand-off refuses it before running."""
+    from circuitlab.directions import DirectionSet
+    from circuitlab.interventions import ActivationAddition, DirectionRef
+
+    d = smollm.facts.d_model
+    unit = torch.nn.functional.normalize(torch.randn(smollm.n_layers, 1, d), dim=-1)
+    ds = DirectionSet("diff-means", unit, torch.ones(smollm.n_layers, 1))
+    addition = ActivationAddition(DirectionRef.inline(ds), 1.0, (3,), index=3.0, positions="last")
+    with pytest.raises(ConfigError, match="depends on where the prompt ends"):
+        lm_eval_handoff(smollm, TASK, [addition], include_path=tiny_task)

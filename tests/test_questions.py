@@ -144,3 +144,19 @@ def test_cli_bad_capability_data_is_one_error_line(tmp_path, capsys):
     columns = ["--capability-data", str(bad), "--capability-columns", "answer"]
     assert main(["evaluate", "smollm2-135m", *columns]) == 2
     assert "bad pair 'answer'" in capsys.readouterr().err
+
+
+def test_multi_line_csv_fields_and_raw_line_separators_survive(tmp_path):
+    from circuitlab.evaluate.questions import load_questions
+
+    csv_path = tmp_path / "q.csv"
+    csv_path.write_text(
+        'question,A,B,C,D,answer\n"First line\nsecond line",a,b,c,d,B\n', encoding="utf-8"
+    )
+    (question,) = load_questions(str(csv_path))
+    assert question.question == "First line\nsecond line"
+    jsonl = tmp_path / "q.jsonl"
+    row = {"question": "Before\u2028after", "choices": ["a", "b"], "answer": 1}
+    jsonl.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (question,) = load_questions(str(jsonl))
+    assert question.question == "Before\u2028after"

@@ -212,7 +212,23 @@ def test_cli_evaluate_base_and_compare(smollm, tmp_path, capsys):
     assert main([*args, "--json", str(out)]) == 0
     assert "scorecard" in capsys.readouterr().out
     cards = [Scorecard.from_json(json.dumps(c)) for c in json.loads(out.read_text())]
-    assert len(cards) == 2 and cards[0].split == "advbench/test[:2]"
+    # The organism's own test split (AdvBench without the evaluation sets), never trained on.
+    assert len(cards) == 2 and cards[0].split == "advbench-dedup/test[:2]"
     assert cards[1].capability_delta == pytest.approx(0.0) and cards[1].kl_k_tokens == 2
     # The same weights loaded again: no divergence from the base.
     assert cards[1].kl_first == pytest.approx(0.0, abs=1e-5)
+
+
+def test_evaluate_splits_are_the_organisms_own():
+    """evaluate's test split must not hold prompts the organism trained or was searched on,
+    whatever --seed says."""
+    from circuitlab.commands.evaluate import _prompts
+    from circuitlab.testbed import testbed_data as organism_data
+
+    data = organism_data()
+    for seed in (0, 3):
+        _, harmful = _prompts("advbench", "test", 500, seed)
+        _, harmless = _prompts("harmless", "test", 500, seed)
+        assert harmful == list(data.harmful_test) and harmless == list(data.harmless_test)
+        seen = {*data.harmful_train, *data.harmful_val, *data.harmless_train, *data.harmless_val}
+        assert not seen & {*harmful, *harmless}

@@ -20,6 +20,7 @@ def register(command) -> None:
     p.add_argument("--model", default="smollm2-135m-refusal", help="model to run on")
     p.add_argument("--study", metavar="NAME", help="study name (default: demo-MODEL-seedN)")
     p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/STUDY)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--trials", type=int, default=16, help="trial budget of the search")
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
     p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
@@ -48,6 +49,21 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
     return prompts, before, after
 
 
+def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
+    """Bad sizes fail now, not after a quarter of an hour of search."""
+    from circuitlab.errors import ConfigError
+    from circuitlab.evaluate.capability import load_mmlu
+
+    if args.trials < 1 or args.n_test < 1:
+        raise ConfigError("--trials and --n-test must be at least 1")
+    if not 0 <= args.n_jbb <= 100:
+        raise ConfigError(f"--n-jbb must be between 0 and 100 (JailbreakBench), got {args.n_jbb}")
+    if args.capability_n < 0:
+        raise ConfigError(f"--capability-n must be 0 (off) or more, got {args.capability_n}")
+    if args.capability_n:
+        load_mmlu(args.capability_n, settings.seed)  # too many: one clear error line
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import err, facts_table, load_model, out
     from circuitlab.commands.search import front_table, quiet_optuna, report_path, search_judges
@@ -59,6 +75,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     clock = Clock()
     quiet_optuna()
+    _check_sizes(args, settings)
     if args.model == NAME:
         err.print("building the refusal organism if needed (first run only, ~12 CPU-minutes)…")
         build_testbed(settings.cache_dir, progress=True)
@@ -72,7 +89,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     judge, test_judge = search_judges(settings)
     done = abliterate(
         model, prompts, study, args.trials,
-        out=args.out or Path(settings.cache_dir) / "exports" / study, force=True,
+        # The default folder is the demo's own, replaced on every run; --out is the user's.
+        out=args.out or Path(settings.cache_dir) / "exports" / study,
+        force=args.force or args.out is None,
         judge=judge, test_judge=test_judge, capability_n=args.capability_n,
         kl_target=args.kl_target, seed=settings.seed, cache_dir=settings.cache_dir,
         progress=True,

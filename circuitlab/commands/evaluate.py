@@ -25,6 +25,7 @@ from rich.table import Table
 from circuitlab.config import Settings
 
 JUDGES = ("markers", "classifier", "combined", "nli")
+SPLITS = ("test", "val", "train", "all")
 SHORT = {
     "hard_refusal": "hard",
     "soft_refusal": "soft",
@@ -40,10 +41,10 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--csv", metavar="FILE", help="also score on this CSV (prompt,response,label)")
     p.add_argument(
         "--judges",
-        default="markers,classifier,combined",
+        default=None,
         metavar="LIST",
-        help=f"judges to measure, comma-separated, from {', '.join(JUDGES)} "
-        "(default: markers,classifier,combined)",
+        help=f"judges to measure, comma-separated, from {', '.join(JUDGES)} (default: "
+        "markers,classifier,combined; with --judge other than markers, that judge alone)",
     )
     _judge_flags(p)
 
@@ -60,11 +61,15 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
     p.add_argument(
         "--split",
-        choices=("test", "val", "train", "all"),
+        choices=SPLITS,
         default="test",
-        help="split of the harmful and harmless sources to score on (test: never tuned on)",
+        help="split of the harmful source (advbench and harmless use the refusal organism's "
+        "own splits, so test was never trained on nor searched; all: the whole source)",
     )
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompts")
+    p.add_argument(
+        "--harmless-split", choices=SPLITS, default="test", help="split of the harmless source"
+    )
     p.add_argument("--n-harmful", type=int, default=32, help="harmful prompts to judge")
     p.add_argument("--n-harmless", type=int, default=32, help="harmless prompts to judge")
     p.add_argument("--n-kl", type=int, default=16, help="harmless prompts for KL")
@@ -176,7 +181,8 @@ def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.csv:
         data.append(read_labelled_csv(args.csv))
     reports = []
-    kinds = [k.strip() for k in args.judges.split(",") if k.strip()]
+    default = "markers,classifier,combined" if settings.judge == "markers" else settings.judge
+    kinds = [k.strip() for k in (args.judges or default).split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(JUDGES))
     if unknown or not kinds:
         raise ConfigError(f"--judges: unknown {unknown or 'empty list'}; choose from {JUDGES}")
@@ -194,11 +200,19 @@ def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 # -------------------------------------------------------------------------------- evaluate
 def _prompts(source: str, split: str, n: int, seed: int) -> tuple[str, list[str]]:
+    """``n`` prompts of a split. AdvBench and our harmless set are split as the refusal
+    organism was (and search/abliterate are): another shuffle would put its training prompts
+    into "test". Other sources are shuffled with ``seed``."""
     from circuitlab.prompts import load_prompts
+    from circuitlab.testbed import Recipe, testbed_data
 
-    prompts = load_prompts(source)
-    if split != "all":
-        prompts = getattr(prompts.split(seed=seed), split)
+    if split == "all":
+        prompts = load_prompts(source)
+    elif source in ("advbench", "harmless"):
+        side = "harmful" if source == "advbench" else "harmless"
+        prompts = getattr(testbed_data(Recipe().split_seed), f"{side}_{split}")
+    else:
+        prompts = getattr(load_prompts(source).split(seed=seed), split)
     prompts = prompts.take(min(n, len(prompts)))
     return prompts.name, list(prompts)
 
@@ -257,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     interventions = [iv for path in args.intervention for iv in load_interventions(path)]
     split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
     _, harmless = _prompts(
-        args.harmless, args.split, max(args.n_harmless, args.n_kl), settings.seed
+        args.harmless, args.harmless_split, max(args.n_harmless, args.n_kl), settings.seed
     )
     source, questions = _questions(args, settings)
     tasks = lm_eval_tasks(args.lm_eval, args.lm_eval_include) if args.lm_eval else None

@@ -44,7 +44,7 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
         "--addition-max",
         type=float,
         default=0.0,
-        help="largest activation-addition strength searched (0: off; not exportable)",
+        help="largest activation-addition strength searched (0: off)",
     )
     p.add_argument(
         "--fail-running",
@@ -131,6 +131,7 @@ def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
         "family": args.family,
         "cache_dir": settings.cache_dir,
         "progress": True,
+        "fail_unknown": args.fail_running,
     }
 
 
@@ -173,12 +174,18 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
+    from circuitlab.errors import ConfigError
+    from circuitlab.evaluate.capability import load_mmlu
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import abliterate
 
     quiet_optuna()
     clock = Clock()
+    if args.capability_n < 0:
+        raise ConfigError(f"--capability-n must be 0 (off) or more, got {args.capability_n}")
+    if args.capability_n:
+        load_mmlu(args.capability_n, settings.seed)  # too many: fail before the search
     study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
     destination = None
     if not args.no_export:

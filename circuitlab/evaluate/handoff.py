@@ -25,7 +25,12 @@ import torch
 from circuitlab.engine import HookedModel
 from circuitlab.errors import ConfigError, HubUnreachableError
 from circuitlab.hooks import apply
-from circuitlab.interventions import ConeRouting, DynamicStrength, Intervention
+from circuitlab.interventions import (
+    ActivationAddition,
+    ConeRouting,
+    DynamicStrength,
+    Intervention,
+)
 
 __all__ = ["lm_eval_handoff", "lm_eval_tasks", "require_lm_eval"]
 
@@ -98,6 +103,23 @@ def _rng_kept() -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+def _check_position_free(interventions: Sequence[Intervention]) -> None:
+    """lm-eval scores prompt + answer in one pass, so "the prompt's last token" is not known
+    to the hooks: routed and dynamic edits would decide on the answer's last token, and an
+    addition at the last or generated positions would land after every scored logit."""
+    for iv in interventions:
+        position_bound = isinstance(iv, ConeRouting | DynamicStrength) or (
+            isinstance(iv, ActivationAddition) and iv.positions != "all"
+        )
+        if position_bound:
+            raise ConfigError(
+                f"{type(iv).__name__} depends on where the prompt ends, which lm-eval's "
+                "log-likelihood passes hide; use its foldable_alternative() (or an addition "
+                "with positions='all') for lm-eval, or circuitlab's own generation-based "
+                "scorecard"
+            )
+
+
 def lm_eval_handoff(
     model: HookedModel,
     tasks: str | Sequence[str],
@@ -115,9 +137,7 @@ def lm_eval_handoff(
         tasks: lm-eval task, group or tag names (a list, or one comma-separated string).
         interventions: edits applied for the whole run, in order (none: the base model).
         limit: examples per task (a fraction when below 1; None: all).
-        batch_size: sequences per forward pass. Routed and dynamic interventions decide per
-            sequence on its last position, which the harness's right padding would hide,
-            so with them the batch size is 1.
+        batch_size: sequences per forward pass.
         include_path: a folder of the user's task YAML files (for offline, local tasks).
         task_manager: a :func:`lm_eval_tasks` result to reuse (default: built here).
         options: passed to ``lm_eval.simple_evaluate`` (``num_fewshot``, ``log_samples``,
@@ -128,7 +148,8 @@ def lm_eval_handoff(
         it).
 
     Raises:
-        ConfigError: lm-eval is not installed, or a task name it does not know.
+        ConfigError: lm-eval is not installed, a task name it does not know, or an
+            intervention that depends on where the prompt ends (see below).
         HubUnreachableError: a task's data could not be downloaded.
 
     Example:
@@ -140,9 +161,7 @@ def lm_eval_handoff(
 
     names = _names(tasks)
     manager = task_manager or lm_eval_tasks(names, include_path)
-    if any(isinstance(iv, ConeRouting | DynamicStrength) for iv in interventions):
-        log.info("routed interventions: lm-eval runs one sequence per forward pass")
-        batch_size = 1
+    _check_position_free(interventions)
     lm = HFLM(pretrained=model.hf_model, tokenizer=model.tokenizer, batch_size=batch_size)
     options.setdefault("log_samples", False)
     try:

@@ -18,6 +18,7 @@ silently dropped questions would not be the figure asked for.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -162,7 +163,8 @@ def _file_rows(source: QuestionSource) -> Iterator[tuple[str, Row]]:
         raise PromptError(f"no question file at {path}")
     text = path.read_text(encoding="utf-8-sig")
     if source.kind == "csv":
-        reader = csv.DictReader(text.splitlines())
+        # StringIO with newline="": quoted fields keep their line breaks (csv's own rule).
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         for row in reader:
             yield f"line {reader.line_num}", row
         return
@@ -170,7 +172,8 @@ def _file_rows(source: QuestionSource) -> Iterator[tuple[str, Row]]:
         for i, row in enumerate(_json(text, source.name), start=1):
             yield f"item {i}", _mapping(row, f"{source.name} item {i}")
         return
-    for i, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also cut at U+2028, which JSON strings may hold raw.
+    for i, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             where = f"{source.name} line {i}"
             yield f"line {i}", _mapping(_json(line, where), where)

@@ -7,9 +7,11 @@ it. A screenshot can be taken in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -101,19 +103,34 @@ def render_check(
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         extra = [f"--screenshot={screenshot}", "--window-size=1280,2000"]
     # A fresh profile per run: concurrent checks would otherwise fight over one lock.
-    with tempfile.TemporaryDirectory(prefix="circuitlab-browser-") as profile:
+    with tempfile.TemporaryDirectory(
+        prefix="circuitlab-browser-", ignore_cleanup_errors=True
+    ) as profile:
         command = [browser, *FLAGS, f"--user-data-dir={profile}", *extra, "--dump-dom", url]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise CircuitlabError(f"{browser} did not render {path} in {timeout:g} s") from exc
-    if done.returncode != 0 or "<body" not in done.stdout:
-        tail = done.stderr.strip().splitlines()[-3:]
-        raise CircuitlabError(f"{browser} failed on {path} (exit {done.returncode}): {tail}")
-    found = re.search(r'<body[^>]*\bdata-broken-images="(\d+)"', done.stdout)
+        returncode, stdout, stderr = _run_group(command, timeout, f"{browser} on {path}")
+    if returncode != 0 or "<body" not in stdout:
+        tail = stderr.strip().splitlines()[-3:]
+        raise CircuitlabError(f"{browser} failed on {path} (exit {returncode}): {tail}")
+    found = re.search(r'<body[^>]*\bdata-broken-images="(\d+)"', stdout)
     return RenderCheck(
         broken_images=int(found.group(1)) if found else None,
-        n_images=len(re.findall(r"<img\b", done.stdout)),
+        n_images=len(re.findall(r"<img\b", stdout)),
         screenshot=screenshot if screenshot is not None and screenshot.is_file() else None,
         browser=browser,
     )
+
+
+def _run_group(command: list[str], timeout: float, what: str) -> tuple[int, str, str]:
+    """Run ``command`` in its own process group; on timeout kill the whole group (Chromium's
+    renderer and zygote children would otherwise outlive it)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise CircuitlabError(f"{what}: no page after {timeout:g} s") from exc
+    return process.returncode, stdout, stderr

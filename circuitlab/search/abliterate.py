@@ -108,6 +108,7 @@ def abliterate(
     family: str | None = None,
     cache_dir: str | Path = "cache",
     progress: bool = False,
+    fail_unknown: bool = False,
     export_options: dict[str, Any] | None = None,
 ) -> Abliteration:
     """Search (or resume) a study, choose a trial, score it on the test split, export it.
@@ -116,7 +117,7 @@ def abliterate(
         model: the base model.
         prompts: all splits, including the test split.
         study_name, n_trials, storage, space, objective, seed, profile, family, cache_dir,
-            progress: as for :func:`circuitlab.search.run_search`.
+            progress, fail_unknown: as for :func:`circuitlab.search.run_search`.
         out: export folder; None: do not export.
         force: replace ``out`` if it exists.
         judge: refusal judge of the search trials (default ``MarkerJudge``).
@@ -133,7 +134,7 @@ def abliterate(
     study = run_search(
         model, prompts, study_name, n_trials, storage=storage, space=space,
         objective=objective, judge=judge, seed=seed, profile=profile, family=family,
-        cache_dir=cache_dir, progress=progress,
+        cache_dir=cache_dir, progress=progress, fail_unknown=fail_unknown,
     )  # fmt: skip
     front = pareto_front(study)
     chosen = choose(front, kl_target, rule)

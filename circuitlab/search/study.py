@@ -56,7 +56,7 @@ SETUP_VERSION = 1
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective) -> None:
+def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective, judge: str) -> None:
     if setup.get("version") != SETUP_VERSION:
         raise SearchError(f"study setup version {setup.get('version')}, expected {SETUP_VERSION}")
     if setup["model"] != fingerprint:
@@ -66,6 +66,12 @@ def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective) 
         )
     if setup["prompts"] != hashes:
         raise SearchError("the study was run on other prompts (sizes or seed); use another name")
+    # Refusal rates judged differently do not belong on one front (older setups: no record).
+    if setup.get("judge", judge) != judge:
+        raise SearchError(
+            f"the study's trials were judged by {setup['judge']}, this run's judge is {judge}; "
+            "use the same --judge or another study name"
+        )
     # Through JSON, as the stored setup went: tuples come back as lists.
     asked = json.loads(json.dumps({"space": space.as_dict(), "objective": objective.as_dict()}))
     if setup["space"] != asked["space"] or setup["objective"] != asked["objective"]:
@@ -85,6 +91,7 @@ def ensure_setup(
     family: str | None,
     cache_dir: str | Path | None,
     progress: bool,
+    judge: str = "markers",
 ) -> dict[str, Any]:
     """The study's setup: checked if it exists, else created (call under the store's lock).
 
@@ -98,7 +105,7 @@ def ensure_setup(
     space = replace(space, methods=usable_methods(space.methods, len(prompts.harmful_train)))
     setup = study.user_attrs.get("setup")
     if setup is not None:
-        _check_setup(setup, fingerprint, hashes, space, objective)
+        _check_setup(setup, fingerprint, hashes, space, objective, judge)
         return setup
     sets = extract_directions(
         model,
@@ -127,6 +134,7 @@ def ensure_setup(
         "seed": seed,
         "profile": None if chosen is None else chosen.name,
         "family": family or detect_family(model_type),
+        "judge": judge,
     }
     study.set_user_attr("setup", setup)
     if chosen is not None:
@@ -240,12 +248,14 @@ def run_search(
     Returns:
         The study, reloaded after the last trial.
     """
+    judge = judge or MarkerJudge()
     store = open_store(study_name, storage, cache_dir)
     with store.lock():
         study = store.create()
         setup = ensure_setup(
             study, store, model, prompts, space or SearchSpace(), objective or ObjectiveConfig(),
             seed=seed, profile=profile, family=family, cache_dir=cache_dir, progress=progress,
+            judge=judge.name,
         )  # fmt: skip
         recover_stale(study, locked=store.lock_path is not None, fail_unknown=fail_unknown)
     if counted(store.load()) >= n_trials:
@@ -258,7 +268,7 @@ def run_search(
     )  # fmt: skip
     worker = _Worker(
         store, model, assets, space, objective, tuple(prompts.harmful_search),
-        judge or MarkerJudge(), seed, n_startup_trials,
+        judge, seed, n_startup_trials,
     )  # fmt: skip
     _loop(worker, n_trials, progress, on_trial)
     return store.load()
