@@ -434,3 +434,16 @@ def test_killed_worker_resumes_to_full_budget(tmp_path, cache_dir):
     assert len(retry) == 1 and retry[0].params == stale.params
     assert retry[0].state == TrialState.COMPLETE
     assert "Pareto front" in resumed.stdout
+
+
+def test_a_study_refuses_a_different_judge(smollm, tiny_prompts, study_3):
+    """Refusal rates from two judges do not belong on one front: resuming with another
+    judge is an error, the same judge resumes (the budget is spent: nothing runs)."""
+    from circuitlab.evaluate.judges import CombinedJudge, MarkerJudge
+
+    _, journal, _ = study_3
+    other = CombinedJudge(MarkerJudge(), MarkerJudge(), "and")
+    with pytest.raises(SearchError, match="judged by markers"):
+        run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), judge=other)
+    resumed = run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), seed=1)
+    assert resumed.user_attrs["setup"]["judge"] == "markers"
