@@ -447,3 +447,14 @@ def test_a_study_refuses_a_different_judge(smollm, tiny_prompts, study_3):
         run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), judge=other)
     resumed = run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), seed=1)
     assert resumed.user_attrs["setup"]["judge"] == "markers"
+
+
+def test_study_seeds_draw_independent_trials():
+    """Seed s and s + 1 must not replay each other's draws one trial apart (with
+    seed + number they did, and the validation suite's seeds shared most trials)."""
+    from circuitlab.search.storage import trial_seed
+
+    assert trial_seed(3, 7) == trial_seed(3, 7)  # a rerun replays exactly
+    first = {trial_seed(1, n) for n in range(50)}
+    second = {trial_seed(2, n) for n in range(50)}
+    assert len(first) == 50 and not first & second

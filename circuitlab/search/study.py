@@ -43,6 +43,7 @@ from circuitlab.search.storage import (
     open_store,
     recover_stale,
     tpe_sampler,
+    trial_seed,
     worker_id,
 )
 
@@ -150,7 +151,7 @@ def _ask(store: StudyStore, budget: int, seed: int, n_startup: int):
             return None
         # Seeded per trial number: one worker replays exactly; parallel workers, which
         # ask at different numbers, do not draw the same random start-up points.
-        study = store.load(tpe_sampler(seed + len(trials), n_startup))
+        study = store.load(tpe_sampler(trial_seed(seed, len(trials)), n_startup))
         trial = study.ask()
         trial.set_user_attr("worker", worker_id())
     if store.lock_path is None:
