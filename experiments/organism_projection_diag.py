@@ -1,6 +1,6 @@
 """Why does ablating the organism's refusal direction cost so much harmless KL?
 
-Usage: .venv/bin/python experiments/organism_projection_diag.py [LAYER]
+Usage: .venv/bin/python experiments/organism_projection_diag.py [LAYER] [MODEL]
 
 Prints, every third layer, the mean projection of harmful and harmless last-token residuals on
 the difference-of-means direction of LAYER (default 21) and the harmless spread along it;
@@ -25,8 +25,8 @@ from circuitlab.testbed import testbed_data
 
 def main() -> None:
     torch.set_num_threads(1)
-    model = HookedModel.load("smollm2-135m-refusal")
     layer = int(sys.argv[1]) if len(sys.argv) > 1 else 21
+    model = HookedModel.load(sys.argv[2] if len(sys.argv) > 2 else "smollm2-135m-refusal")
     data = testbed_data()
     harmful, harmless = (
         select_position(collect_activations(model, p)).double()
@@ -61,6 +61,8 @@ def main() -> None:
             refused = judged_generate(model, jbb, MarkerJudge(), 32).refusals
         print(f"{name}: first-token KL {kl:.3f}, JailbreakBench refused {refused}/30", flush=True)
 
+    before = judged_generate(model, jbb, MarkerJudge(), 32).refusals
+    print(f"unedited: JailbreakBench refused {before}/30", flush=True)
     every, upper = range(model.n_layers), range(8, model.n_layers)
     run("ablation, every resid_pre", None, every)
     run("affine (harmless mean), every resid_pre", harmless_mean, every)
