@@ -51,17 +51,14 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
 
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
     """Bad sizes fail now, not after a quarter of an hour of search."""
+    from circuitlab.commands.search import check_capability_n
     from circuitlab.errors import ConfigError
-    from circuitlab.evaluate.capability import load_mmlu
 
     if args.trials < 1 or args.n_test < 1:
         raise ConfigError("--trials and --n-test must be at least 1")
     if not 0 <= args.n_jbb <= 100:
         raise ConfigError(f"--n-jbb must be between 0 and 100 (JailbreakBench), got {args.n_jbb}")
-    if args.capability_n < 0:
-        raise ConfigError(f"--capability-n must be 0 (off) or more, got {args.capability_n}")
-    if args.capability_n:
-        load_mmlu(args.capability_n, settings.seed)  # too many: one clear error line
+    check_capability_n(args.capability_n, settings.seed)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -110,6 +110,18 @@ def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
     return SearchPrompts.from_testbed(args.n_train, args.n_search, args.n_kl, n_test, split_seed)
 
 
+def check_capability_n(n: int, seed: int) -> None:
+    """``--capability-n`` checked now, not after a search: negative, or more questions than
+    the packaged MMLU holds, is one clear error."""
+    from circuitlab.errors import ConfigError
+    from circuitlab.evaluate.capability import load_mmlu
+
+    if n < 0:
+        raise ConfigError(f"--capability-n must be 0 (off) or more, got {n}")
+    if n:
+        load_mmlu(n, seed)
+
+
 def search_judges(settings: Settings):
     """The search trials' judge and the final scorecard's (they differ when the NLI judge
     is on for the final evaluation only)."""
@@ -174,18 +186,13 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
-    from circuitlab.errors import ConfigError
-    from circuitlab.evaluate.capability import load_mmlu
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import abliterate
 
     quiet_optuna()
     clock = Clock()
-    if args.capability_n < 0:
-        raise ConfigError(f"--capability-n must be 0 (off) or more, got {args.capability_n}")
-    if args.capability_n:
-        load_mmlu(args.capability_n, settings.seed)  # too many: fail before the search
+    check_capability_n(args.capability_n, settings.seed)
     study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
     destination = None
     if not args.no_export:
