@@ -13,12 +13,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from circuitlab.directions import DirectionSet, extract_diff_means
+from circuitlab.directions import (
+    DirectionSet,
+    extract_diff_means,
+    massive_directions,
+    without_massive,
+)
 from circuitlab.directions.select import LayerSelection, layer_ablation, select_layer
 from circuitlab.engine import HookedModel
 from circuitlab.prompts import PromptSet
 
-__all__ = ["ClassicResult", "classic_ablation"]
+__all__ = ["ClassicResult", "classic_ablation", "organism_classic"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,14 @@ class ClassicResult:
         return data
 
 
-def _refusals(model, sets, judge, max_new_tokens, batch_size) -> tuple[dict, dict]:
+def _refusals(model, sets, judge, max_new_tokens, batch_size, progress) -> tuple[dict, dict]:
     from circuitlab.evaluate.refusals import judged_generate
 
     counts, texts = {}, {}
     for name, prompts in sets.items():
-        judged = judged_generate(model, list(prompts), judge, max_new_tokens, batch_size=batch_size)
+        judged = judged_generate(
+            model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
+        )
         counts[name] = (judged.refusals, len(prompts))
         texts[name] = list(judged.responses)
     return counts, texts
@@ -69,6 +76,8 @@ def classic_ablation(
     batch_size: int = 16,
     cache_dir="cache",
     progress: bool = False,
+    remove_massive: bool = True,
+    max_kl: float | None = None,
 ) -> tuple[ClassicResult, DirectionSet]:
     """Run the classic experiment.
 
@@ -79,6 +88,11 @@ def classic_ablation(
             report over-refusal).
         harmless_test: prompts for KL and for the activation-addition check.
         judge: a refusal judge with ``judge`` and ``decided``.
+        remove_massive: take the attention sinks' massive-activation direction out of the
+            directions first (:func:`circuitlab.directions.without_massive`; 8 harmless
+            train prompts find it). Without it, projecting the organism's layer-21
+            direction out of every position costs 4.1 nats of harmless KL instead of 0.1.
+        max_kl: the layer choice's KL filter on the validation prompts (``select_layer``).
 
     Returns:
         The figures and the direction set.
@@ -94,6 +108,9 @@ def classic_ablation(
         for p in train
     )
     directions = extract_diff_means(harmful, harmless)
+    if remove_massive:
+        found = massive_directions(model, list(train[1])[:8], batch_size=batch_size)
+        directions = without_massive(directions, found)
     clock["extract"] = time.perf_counter()
     selection = select_layer(
         model,
@@ -102,22 +119,24 @@ def classic_ablation(
         val[1],
         judge,
         candidates,
+        max_kl=max_kl,
         batch_size=batch_size,
         progress=progress,
     )
     layer = selection.layer
     clock["select"] = time.perf_counter()
     ablation = layer_ablation(directions, layer)
-    before, texts_before = _refusals(model, test_sets, judge, max_new_tokens, batch_size)
+    generation = (judge, max_new_tokens, batch_size, progress)
+    before, texts_before = _refusals(model, test_sets, *generation)
     baseline = KLBaseline.compute(model, list(harmless_test), batch_size=batch_size)
     with apply(model, ablation):
-        after, texts_after = _refusals(model, test_sets, judge, max_new_tokens, batch_size)
+        after, texts_after = _refusals(model, test_sets, *generation)
         kl = baseline.score(model, batch_size)
     clock["evaluate"] = time.perf_counter()
     strength = float(directions.scores[layer, 0])  # the norm of the mean difference
     addition = ActivationAddition(DirectionRef.inline(directions), strength, (layer,), index=layer)
     with apply(model, addition):
-        added, _ = _refusals(model, {"harmless": harmless_test}, judge, 32, batch_size)
+        added, _ = _refusals(model, {"harmless": harmless_test}, judge, 32, batch_size, progress)
     clock["addition"] = time.perf_counter()
     samples = {
         name: list(
@@ -132,3 +151,40 @@ def classic_ablation(
         added["harmless"], samples, seconds,
     )  # fmt: skip
     return result, directions
+
+
+def organism_classic(
+    model: HookedModel,
+    *,
+    remove_massive: bool = True,
+    n_test: int = 50,
+    cache_dir="cache",
+    progress: bool = False,
+) -> tuple[ClassicResult, DirectionSet]:
+    """The classic experiment on the refusal organism, with the prompts its slow test and
+    ``circuitlab testbed classic`` use: directions from 96 + 96 train prompts, the layer
+    chosen among 12-25 on 32 + 32 validation prompts, refusals on ``n_test`` JailbreakBench
+    prompts and 40 held-out harmless ones, KL and the addition check on 32 harmless test
+    prompts; marker judge. The layer is the one whose ablation removes the most validation
+    refusals among those that keep validation KL <= 0.2 (the issue's budget), as Arditi et
+    al. filter theirs."""
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.testbed import testbed_data
+
+    data = testbed_data()
+    return classic_ablation(
+        model,
+        train=(data.harmful_train.take(96), data.harmless_train.take(96)),
+        val=(data.harmful_val.take(32), data.harmless_val.take(32)),
+        test_sets={
+            "jailbreakbench": data.jailbreakbench.take(n_test),
+            "harmless": data.harmless_test.take(40),
+        },
+        harmless_test=data.harmless_test.take(32),
+        judge=MarkerJudge(),
+        candidates=range(12, 26),
+        cache_dir=cache_dir,
+        progress=progress,
+        remove_massive=remove_massive,
+        max_kl=0.2,
+    )

@@ -17,6 +17,8 @@ heads       plus a head-level ablation of the direction from the top-k heads of 
             found by attribution patching on the organism's train prompts (cached)
 warm_start  the baseline with the family's warm-start profile (on the SmolLM2 organism
             optimistic: the llama profile was learned on that organism's search split)
+massive     the attention sinks' massive-activation direction taken out of the directions
+            (``SearchSpace.remove_massive``, :mod:`circuitlab.directions.massive`)
 =========== ==============================================================================
 
 Seeds vary the search (sampler and extraction seeds) and the MMLU sample, not the prompt
@@ -35,6 +37,8 @@ Usage:
     .venv/bin/python experiments/validate.py            # experiments/validate.toml (benchmark)
     .venv/bin/python experiments/validate.py --small    # experiments/validate_small.toml (CI)
     .venv/bin/python experiments/validate.py --config FILE [--out DIR] [--work DIR]
+    .venv/bin/python experiments/validate.py --only massive   # just these arms' runs, e.g.
+        # in a second process beside a full run (no outputs: run without --only for them)
 """
 
 from __future__ import annotations
@@ -67,9 +71,12 @@ from circuitlab.validation import (
 )
 
 HERE = Path(__file__).resolve().parent
-ARMS = ("baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start")
+ARMS = (
+    "baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start",
+    "massive",
+)  # fmt: skip
 # Bump when a run computes something else for the same settings (invalidates the cache).
-FORMAT = 2
+FORMAT = 3  # 3: per-trial sampler seeds mixed from (seed, trial) (commit 1787b13)
 CSV_COLUMNS = (
     "organism", "arm", "seed", "refusal_rate", "kl_first", "kl_k", "capability_delta",
     "over_refusal_rate", "degenerate", "base_refusal_rate", "base_over_refusal_rate",
@@ -148,7 +155,11 @@ def arm_search(arm: str, config: Config, heads: tuple = ()):
     from circuitlab.search import SearchSpace
 
     methods = {"probe": ("probe",), "ensemble": ("ensemble",), "cones": ("cones",)}
-    space = SearchSpace(methods=methods.get(arm, ("diff-means",)), calibrate=arm == "calibrated")
+    space = SearchSpace(
+        methods=methods.get(arm, ("diff-means",)),
+        calibrate=arm == "calibrated",
+        remove_massive=arm == "massive",  # explicit: the baseline keeps raw directions
+    )
     if arm == "caa":
         space = dataclasses.replace(space, addition_max=config.addition_max)
     if arm == "heads":
@@ -353,7 +364,12 @@ def load_organism(name: str, cache_dir: Path):
     return HookedModel.load(ModelSpec(name, cache_dir=cache_dir))
 
 
-def run_all(suite: Suite, load: Callable[[str], Any] | None = None, log=print) -> list[dict]:
+def run_all(
+    suite: Suite,
+    load: Callable[[str], Any] | None = None,
+    log=print,
+    only: tuple[str, ...] = (),
+) -> list[dict]:
     """Every organism × seed × arm, seed-major (a stopped run leaves complete pairs); cached
     results are read back, and an organism is loaded only when one of its runs is missing.
 
@@ -361,6 +377,7 @@ def run_all(suite: Suite, load: Callable[[str], Any] | None = None, log=print) -
         suite: settings, folders and prompts.
         load: organism name -> HookedModel (default: :func:`load_organism`).
         log: progress lines.
+        only: run just these arms (the others are read if cached, else skipped).
 
     Returns:
         The result rows.
@@ -374,6 +391,8 @@ def run_all(suite: Suite, load: Callable[[str], Any] | None = None, log=print) -
                 path = suite.result_path(organism, arm, seed)
                 if path.is_file():
                     rows.append(json.loads(path.read_text()))
+                    continue
+                if only and arm not in only:
                     continue
                 if scoring is None:
                     scoring = Scoring(suite, organism, load(organism))
@@ -450,6 +469,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="models, activations")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("-v", "--verbose", action="store_true", help="log every trial")
+    p.add_argument(
+        "--only",
+        type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
+        default=(),
+        metavar="ARM[,ARM]",
+        help="run only these arms' missing runs and write no outputs (for a second process)",
+    )
     return p.parse_args(argv)
 
 
@@ -463,8 +489,14 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     work = args.work or args.cache_dir / "validate" / config.key()
     out = args.out or work
     suite = Suite.create(config, work, args.cache_dir)
+    unknown = sorted(set(args.only) - set(config.arms))
+    if unknown:
+        raise SystemExit(f"--only {unknown}: not among the config's arms {list(config.arms)}")
     started = time.perf_counter()
-    rows = run_all(suite, load)
+    rows = run_all(suite, load, only=args.only)
+    if args.only:
+        print(f"ran {', '.join(args.only)}: {len(rows)} runs cached in {work}")
+        return {}
     seconds = {"runs (this invocation)": time.perf_counter() - started}
     seconds |= {"runs (all, as cached)": sum(r["seconds"] for r in rows)}
     given = sys.argv[1:] if argv is None else argv

@@ -20,7 +20,9 @@ from circuitlab.directions import (
     extract_ensemble,
     extract_pca,
     extract_probe,
+    massive_directions,
     projection_stats,
+    without_massive,
 )
 from circuitlab.directions.diff_means import unit, winsorize
 from circuitlab.prompts import load_prompts
@@ -402,6 +404,46 @@ def test_every_extractor_runs_on_smollm(smollm_acts, tmp_path):
     assert dm.scores[late, 0] > 0 and raw.metadata["degenerate_layers"] == [0]
     calib = calibrate_weight(harmful, raw, late)
     assert 0.5 <= calib.multiplier <= 2.0 and calib.stats.mean > 0
+
+
+def test_massive_direction_is_the_sink_coordinate_and_costs_kl(smollm, smollm_acts):
+    """SmolLM2's attention sinks carry one massive coordinate; a difference of means picks up
+    a share of it, and projecting that out of every position costs far more KL than the same
+    direction without it."""
+    from circuitlab.directions.select import layer_ablation
+    from circuitlab.evaluate.kl import kl_divergence
+    from circuitlab.hooks import apply
+
+    harmless = load_prompts("harmless").prompts
+    found = massive_directions(smollm, list(harmless[:8]))
+    assert found.shape == (1, smollm.facts.d_model)
+    assert float(found[0].abs().max()) > 0.95  # essentially one coordinate
+    raw = extract_diff_means(*smollm_acts)
+    clean = without_massive(raw, found)
+    assert float((clean.directions.double() @ found[0].double()).abs().max()) < 1e-6
+    norms = clean.directions.norm(dim=-1)
+    assert norms[0].max() == 0 and torch.allclose(norms[1:], torch.ones_like(norms[1:]))
+    layer = 15
+    assert abs(float(raw.direction(layer) @ found[0])) > 0.1
+    held_out = list(harmless[20:28])
+    base = smollm.next_token_logprobs(held_out)
+    kl = {}
+    for name, ds in (("raw", raw), ("clean", clean)):
+        with apply(smollm, layer_ablation(ds, layer)):
+            kl[name] = kl_divergence(base, smollm.next_token_logprobs(held_out)).mean().item()
+    assert kl["clean"] < kl["raw"] / 3, kl
+
+
+def test_without_massive_checks_shapes_and_removes_the_axis(planted):
+    raw = extract_diff_means(*planted[:2])
+    with pytest.raises(ValueError, match="massive directions must be"):
+        without_massive(raw, torch.zeros(1, D + 1))
+    assert torch.equal(without_massive(raw, torch.zeros(0, D)).directions, raw.directions)
+    axis = torch.zeros(1, D)
+    axis[0, 3] = 1
+    clean = without_massive(raw, axis)
+    assert clean.directions[..., 3].abs().max() < 1e-6
+    assert clean.tensors["massive_directions"].shape == (1, D)
 
 
 def test_probe_on_smollm_falls_back_when_it_never_refuses(smollm_acts, caplog):

@@ -3,16 +3,14 @@
 One run of the classic experiment is shared by the tests below; each asserts one claim.
 """
 
+import json
 import shutil
 
 import pytest
 
 from circuitlab.engine import HookedModel
-from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.models import ModelSpec
-from circuitlab.pipeline import classic_ablation
 from circuitlab.testbed import NAME
-from circuitlab.testbed import testbed_data as organism_data  # "test…" names get collected
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +21,19 @@ def organism(cache_dir) -> HookedModel:
 
 
 @pytest.fixture(scope="session")
-def classic(organism, cache_dir):
-    data = organism_data()
-    result, _ = classic_ablation(
-        organism,
-        train=(data.harmful_train.take(96), data.harmless_train.take(96)),
-        val=(data.harmful_val.take(32), data.harmless_val.take(32)),
-        test_sets={
-            "jailbreakbench": data.jailbreakbench.take(50),
-            "harmless": data.harmless_test.take(40),
-        },
-        harmless_test=data.harmless_test.take(32),
-        judge=MarkerJudge(),
-        candidates=range(12, 26),
-        cache_dir=cache_dir,
-    )
-    return result
+def classic(cache_dir, tmp_path_factory):
+    """One run of `circuitlab testbed classic` (organism_classic), read from its JSON."""
+    from circuitlab.cli import main
+
+    path = tmp_path_factory.mktemp("classic") / "classic.json"
+    assert main(["testbed", "classic", "--json", str(path), "--cache-dir", str(cache_dir)]) == 0
+    return Classic(json.loads(path.read_text()))
+
+
+class Classic(dict):
+    def rate(self, which: str, name: str) -> float:
+        refused, n = self[f"refusal_{which}"][name]
+        return refused / n
 
 
 def test_organism_refuses_harmful_requests(classic):
@@ -54,17 +49,14 @@ def test_ablating_the_direction_removes_refusals(classic):
     assert drop >= 0.60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 3): full-weight ablation at every layer costs first-token KL 4.70 on "
-    "this organism (recipe 98d83327c658, layer 21); the target is <= 0.2",
-)
 def test_ablation_keeps_harmless_kl_low(classic):
-    assert classic.kl_first_token <= 0.2
+    # Needs the massive-activation direction out of the refusal direction: with it, the
+    # organism's layer-21 direction cost 4.70 nats (circuitlab.directions.massive).
+    assert classic["kl_first_token"] <= 0.2
 
 
 def test_adding_the_direction_induces_refusals(classic):
-    refused, n = classic.harmless_refused_with_addition
+    refused, n = classic["harmless_refused_with_addition"]
     assert refused / n > 0.5
 
 

@@ -334,25 +334,34 @@ def test_profiles_learn_writes_a_loadable_profile(study_3, tmp_path, cache_dir):
 
 
 def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prompts, study_3):
-    """A study without heads keeps its parameters; a 1-trial study with heads applies them."""
+    """A study without heads keeps its parameters; a 1-trial study with heads applies them
+    (and, with ``remove_massive``, edits along directions free of the sinks' direction)."""
+    from circuitlab.directions import DirectionSet
     from circuitlab.interventions import HeadAblation
 
     study, journal, _ = study_3
     setup = study.user_attrs["setup"]
-    assert "heads" not in setup["space"]
+    assert "heads" not in setup["space"] and "remove_massive" not in setup["space"]
     # Through JSON, as the resume check compares them.
     space = SearchSpace.from_dict(setup["space"])
     assert json.loads(json.dumps(space.as_dict())) == setup["space"]
     assert all(set(t.params) == OLD_PARAMS for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
-    space = SearchSpace(methods=("diff-means",), calibrate=False, heads=((20, 1), (22, 3)))
+    space = SearchSpace(
+        methods=("diff-means",), calibrate=False, heads=((20, 1), (22, 3)), remove_massive=True
+    )
     heads = run_search(
         smollm, tiny_prompts, "heads", 1, storage=str(journal.with_name("heads.journal")),
         space=space, objective=NO_PRUNE, seed=2, profile=None,
     )  # fmt: skip
     (trial,) = heads.get_trials(states=(TrialState.COMPLETE,))
     assert "head_weight" in trial.params
-    assert heads.user_attrs["setup"]["space"]["heads"] == [[20, 1], [22, 3]]
+    setup = heads.user_attrs["setup"]
+    assert setup["space"]["heads"] == [[20, 1], [22, 3]] and setup["space"]["remove_massive"]
+    saved = DirectionSet.load(setup["directions"]["diff-means"]["folder"])
+    massive = saved.tensors["massive_directions"]
+    assert massive.shape == (1, smollm.facts.d_model) and "without_massive" in saved.metadata
+    assert float((saved.directions.double() @ massive[0].double()).abs().max()) < 1e-6
     ablation, head = trial_interventions(trial)
     assert isinstance(head, HeadAblation) and head.weight == trial.params["head_weight"]
     assert trial.user_attrs["score"]["kl_first"] > 0

@@ -195,6 +195,15 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
         assert again[key] == pytest.approx(runs["caa"][key]), key
     assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
+    # --only: just that arm's missing run, no outputs.
+    (tmp_path / "work" / "runs" / validate.slug(NAME) / "massive-s0.json").unlink()
+    assert validate.main([*argv, "--only", "massive"], load=load) == {}
+    assert _json(tmp_path / "work" / "runs" / validate.slug(NAME) / "massive-s0.json")["arm"] == (
+        "massive"
+    )
+    with pytest.raises(SystemExit, match="not among"):
+        validate.main([*argv, "--only", "nope"], load=load)
+
 
 def _json(path: Path) -> dict:
     import json

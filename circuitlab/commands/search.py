@@ -47,6 +47,12 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
         help="largest activation-addition strength searched (0: off)",
     )
     p.add_argument(
+        "--remove-massive",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="take the attention sinks' massive-activation direction out of the directions",
+    )
+    p.add_argument(
         "--fail-running",
         action="store_true",
         help="also fail RUNNING trials of workers on other hosts when resuming",
@@ -92,7 +98,9 @@ def _configs(args: argparse.Namespace, settings: Settings):
     from circuitlab.search import ObjectiveConfig, SearchSpace
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    space = SearchSpace(methods=methods, addition_max=args.addition_max)
+    space = SearchSpace(
+        methods=methods, addition_max=args.addition_max, remove_massive=args.remove_massive
+    )
     prune = {"prune_kl": None, "prune_min_drop": None} if args.no_prune else {}
     objective = ObjectiveConfig(
         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, **prune

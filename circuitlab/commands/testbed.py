@@ -1,9 +1,10 @@
-"""``circuitlab testbed build|check``: the refusal model organism."""
+"""``circuitlab testbed build|check|classic``: the refusal model organism."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.table import Table
 
@@ -66,8 +67,48 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _classic(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.cli import load_model, out
+    from circuitlab.evaluate.stats import wilson_interval
+    from circuitlab.pipeline import organism_classic
+    from circuitlab.testbed import NAME
+
+    model = load_model(NAME, settings)
+    result, _ = organism_classic(
+        model,
+        remove_massive=not args.keep_massive,
+        n_test=args.n or 50,
+        cache_dir=settings.cache_dir,
+        progress=True,
+    )
+    how = "raw difference of means" if args.keep_massive else "massive direction removed"
+    table = Table(title=f"classic ablation on {NAME}: layer {result.layer} ({how})")
+    for column in ("", "unedited", "direction ablated"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name in result.refusal_before:
+        cells = []
+        for which in ("before", "after"):
+            refused, n = getattr(result, f"refusal_{which}")[name]
+            low, high = wilson_interval(refused, n)
+            cells.append(f"{refused}/{n} [{low:.0%}, {high:.0%}]")
+        table.add_row(f"{name} refusals", *cells)
+    table.add_row("harmless KL, first token / 4 tokens", "0 / 0",
+                  f"{result.kl_first_token:.3f} / {result.kl_k_token:.3f}")  # fmt: skip
+    out.print(table)
+    refused, n = result.harmless_refused_with_addition
+    out.print(
+        f"adding the direction (strength {result.addition_strength:.1f}) at layer "
+        f"{result.layer}: {refused}/{n} harmless prompts refused"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result.as_dict(), indent=2))
+        out.print(f"figures written to {args.json}")
+    return 0
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    return _build(args, settings) if args.action == "build" else _check(args, settings)
+    actions = {"build": _build, "check": _check, "classic": _classic}
+    return actions[args.action](args, settings)
 
 
 def register(command) -> None:
@@ -76,8 +117,16 @@ def register(command) -> None:
         _run,
         "Build (safety-tune SmolLM2-135M) or check the refusal model organism.",
     )
-    p.add_argument("action", choices=["build", "check"])
+    p.add_argument("action", choices=["build", "check", "classic"])
     p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
-    p.add_argument("--n", type=int, default=0, help="check: at most N prompts per set (0: all)")
+    p.add_argument(
+        "--n", type=int, default=0,
+        help="check: at most N prompts per set (0: all); classic: JailbreakBench prompts (50)",
+    )  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=64, help="check: new tokens per answer")
     p.add_argument("--samples", action="store_true", help="check: print harmless answers")
+    p.add_argument(
+        "--keep-massive", action="store_true",
+        help="classic: keep the attention sinks' massive direction in the refusal direction",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, help="classic: write every figure to this JSON file")

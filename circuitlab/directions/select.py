@@ -118,6 +118,7 @@ def select_layer(
     verify_top: int = 3,
     verify_tokens: int = 24,
     refusal_tolerance: float = 0.05,
+    max_kl: float | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> LayerSelection:
@@ -130,6 +131,9 @@ def select_layer(
         candidates: layers to try (default: every non-degenerate layer).
         verify_top: how many of the lowest-refusal-score layers to check by generation.
         refusal_tolerance: judged rates within this of the best count as tied; KL decides.
+        max_kl: leave out layers whose ablation costs more harmless first-token KL than this
+            (Arditi et al. 2024 filter candidates the same way); when none is left, all
+            are kept, with a warning.
 
     Returns:
         The chosen layer and the per-layer table.
@@ -157,7 +161,12 @@ def select_layer(
             kl = kl_divergence(base_harmless, harmless).mean().item()
             cheap.append(LayerScore(layer, score, kl))
             advance(1)
-    best = sorted(cheap, key=lambda s: s.refusal_score)[:verify_top]
+    allowed = cheap if max_kl is None else [s for s in cheap if s.kl <= max_kl]
+    if not allowed:
+        log.warning("no layer keeps KL <= %g (lowest %.3f): choosing among all", max_kl,
+                    min(s.kl for s in cheap))  # fmt: skip
+        allowed = cheap
+    best = sorted(allowed, key=lambda s: s.refusal_score)[:verify_top]
     base_rate = _judged_rate(model, harmful_val, judge, verify_tokens, batch_size)
     verified = {}
     for s in best:

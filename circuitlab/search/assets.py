@@ -139,6 +139,7 @@ def extract_directions(
     *,
     pca_k: int = 3,
     seed: int = 0,
+    remove_massive: bool = False,
     batch_size: int = 16,
     cache_dir: str | Path | None = "cache",
     progress: bool = False,
@@ -151,6 +152,8 @@ def extract_directions(
     Args:
         methods: from ``diff-means``, ``pca``, ``cones``, ``probe``, ``ensemble``; the last two
             label prompts by the model's own judged greedy answers (generation, cached).
+        remove_massive: take the massive-activation direction (found on 8 harmless train
+            prompts) out of every set (:func:`circuitlab.directions.without_massive`).
 
     Returns:
         The sets by method name.
@@ -169,6 +172,9 @@ def extract_directions(
             sets[method] = d.extract_probe(harmful, harmless, *labels, seed=seed)
         elif method == "ensemble":
             sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
+    if remove_massive:
+        found = d.massive_directions(model, list(prompts.harmless_train)[:8], batch_size=batch_size)
+        sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
     return sets
 
 

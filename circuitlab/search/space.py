@@ -73,6 +73,8 @@ class SearchSpace:
         heads: (layer, query head) pairs whose outputs also lose the trial's direction, by a
             searched ``head_weight`` in [0, 1] (e.g. a discovered circuit's top heads);
             empty (the default): no head-level edit and no ``head_weight`` parameter.
+        remove_massive: take the attention sinks' massive-activation direction out of every
+            extracted direction (:func:`circuitlab.directions.without_massive`).
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -86,6 +88,7 @@ class SearchSpace:
     addition_snap: float = 0.05
     calibrate: bool = True
     heads: tuple[tuple[int, int], ...] = ()
+    remove_massive: bool = False
 
     def __post_init__(self) -> None:
         # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
@@ -101,6 +104,8 @@ class SearchSpace:
             # Studies made before heads existed recorded no such key; a space without heads
             # must compare equal to theirs (resume checks compare these dicts).
             del data["heads"]
+        if not self.remove_massive:
+            del data["remove_massive"]  # likewise for studies older than the option
         return data
 
     @classmethod

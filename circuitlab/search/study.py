@@ -114,6 +114,7 @@ def ensure_setup(
         space.methods,
         pca_k=space.pca_k,
         seed=seed,
+        remove_massive=space.remove_massive,
         batch_size=objective.batch_size,
         cache_dir=cache_dir,
         progress=progress,
