@@ -484,13 +484,16 @@ def test_cli_extract_probe_labels_by_generation(extract_cli, tmp_path, capsys):
 
 def test_cli_extract_cones_writes_table_and_plot(extract_cli, tmp_path, capsys):
     args = ["extract", "smollm2-135m", "--method", "cones", "--n", "8", "--n-cones", "2"]
-    assert extract_cli([*args, "--cache-dir", str(tmp_path), "--plot"]) == 0
-    text = capsys.readouterr().out
+    assert extract_cli([*args, "--cache-dir", str(tmp_path), "--plot", "--remove-massive"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "removed 1 massive-activation direction(s)" in captured.err
     assert "silhouette" in text and "cone(s)" in text
     (folder,) = (tmp_path / "directions").iterdir()
     assert folder.name.startswith("smollm2-135m-cones-")
     assert (folder / "curves.png").stat().st_size > 1000
-    assert DirectionSet.load(folder).method == "cones"
+    saved = DirectionSet.load(folder)
+    assert saved.method == "cones" and saved.metadata["without_massive"]["n_directions"] == 1
     page = (folder / "report.html").read_text()
     assert "report:" in text
     assert "silhouette" in page and "circuitlab extract smollm2-135m --method cones" in page

@@ -36,6 +36,11 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--n-cones", type=int, default=None, help="cones (default: by silhouette)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the DirectionSet")
     p.add_argument("--plot", action="store_true", help="also write the per-layer curves as PNG")
+    p.add_argument(
+        "--remove-massive",
+        action="store_true",
+        help="take the attention sinks' massive-activation direction out of the directions",
+    )
 
 
 def _train_prompts(source: str, n: int, seed: int, holdout: tuple = ()):
@@ -158,6 +163,14 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     if labels is not None:
         clock.lap("labels (generate and judge)")
     ds = run_method(args.method, *acts, labels, args, settings.seed)
+    if args.remove_massive:
+        from circuitlab.directions import massive_directions, without_massive
+
+        found = massive_directions(
+            model, list(harmless.prompts)[:8], chat=model.facts.has_chat_template
+        )
+        ds = without_massive(ds, found)
+        cli.err.print(f"removed {len(found)} massive-activation direction(s)")
     clock.lap(f"extract ({args.method})")
     provenance = {
         "model": args.model,
@@ -170,6 +183,8 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     }
     ds = replace(ds, metadata={**ds.metadata, **provenance})
     key = {**provenance, "method": args.method, "k": args.k, "n_cones": args.n_cones}
+    if args.remove_massive:
+        key["remove_massive"] = True  # older folders keep their names
     folder = ds.save(args.out or _default_out(settings, args.model, args.method, key))
     title = f"{args.model}: {ds.method} directions ({len(harmful)} + {len(harmless)} prompts)"
     cli.out.print(layer_table(ds, title))
