@@ -37,8 +37,8 @@ __all__ = ["MASSIVE_RATIO", "massive_directions", "without_massive"]
 log = logging.getLogger(__name__)
 
 # A token is massive when its residual norm exceeds this multiple of its layer's median
-# token norm (Sun et al. call activations ~1000x the median massive; whole-token norms are
-# less extreme: 40-200x on SmolLM2, against at most ~6x for the largest ordinary token).
+# token norm. Measured on 8 harmless prompts: SmolLM2-135M's sinks are >= 43x (layers 12-28),
+# its other tokens <= 17x; Gemma 3 270M's >= 27x (layer 1) against <= 14x.
 MASSIVE_RATIO = 20.0
 
 
