@@ -9,11 +9,11 @@ direction out of *every* position moves the sink tokens far off their course and
 the output of every prompt, harmless ones included.
 
 Measured on the refusal organism (SmolLM2-135M; ``experiments/organism_projection_diag.py``
-and the closing note of issue 3): four tokens per prompt carry norms of 13k-25k from layer
-12 on, against 100-600 elsewhere, almost all along coordinate 507; the layer-21 refusal
-direction has cosine 0.20 with it. Projecting that direction out everywhere cost 4.1 nats
-of harmless first-token KL; the same direction with the massive one removed costs 0.11 and
-still removes most refusals.
+and the closing note of issue 3): the first token of every prompt carries a norm of about
+24,500 in layers 12-28, at least 43x its layer's median token norm, almost all along
+coordinate 507; the layer-21 refusal direction has cosine 0.20 with it. Projecting that
+direction out everywhere cost 4.1 nats of harmless first-token KL; the same direction with
+the massive one removed costs 0.11 and still removes most refusals.
 
 :func:`massive_directions` finds the shared direction(s) of the massive tokens;
 :func:`without_massive` removes them from a :class:`DirectionSet`.
