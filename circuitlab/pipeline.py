@@ -109,7 +109,7 @@ def classic_ablation(
     )
     directions = extract_diff_means(harmful, harmless)
     if remove_massive:
-        found = massive_directions(model, list(train[1])[:8], batch_size=batch_size)
+        found = massive_directions(model, list(train[1]), batch_size=batch_size)
         directions = without_massive(directions, found)
     clock["extract"] = time.perf_counter()
     selection = select_layer(

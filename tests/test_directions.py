@@ -415,7 +415,7 @@ def test_massive_direction_is_the_sink_coordinate_and_costs_kl(smollm, smollm_ac
     from circuitlab.hooks import apply
 
     harmless = load_prompts("harmless").prompts
-    found = massive_directions(smollm, list(harmless[:8]))
+    found = massive_directions(smollm, harmless)
     assert found.shape == (1, smollm.facts.d_model)
     assert float(found[0].abs().max()) > 0.95  # essentially one coordinate
     raw = extract_diff_means(*smollm_acts)

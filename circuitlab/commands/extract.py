@@ -166,9 +166,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     if args.remove_massive:
         from circuitlab.directions import massive_directions, without_massive
 
-        found = massive_directions(
-            model, list(harmless.prompts)[:8], chat=model.facts.has_chat_template
-        )
+        found = massive_directions(model, harmless.prompts, chat=model.facts.has_chat_template)
         ds = without_massive(ds, found)
         cli.err.print(f"removed {len(found)} massive-activation direction(s)")
     clock.lap(f"extract ({args.method})")

@@ -47,6 +47,7 @@ def massive_directions(
     model: HookedModel,
     prompts: Sequence[str],
     *,
+    n_prompts: int = 8,
     k: int = 1,
     ratio: float = MASSIVE_RATIO,
     batch_size: int = 8,
@@ -61,7 +62,8 @@ def massive_directions(
     second singular value is 1 % of the first).
 
     Args:
-        prompts: a few ordinary prompts (8 are plenty); the chat template is applied.
+        prompts: ordinary prompts; the chat template is applied.
+        n_prompts: how many of them to run (the first ones; 8 are plenty).
         k: directions to return at most.
         ratio: the massive-token threshold, in multiples of the layer's median token norm.
 
@@ -69,6 +71,7 @@ def massive_directions(
         float32 unit rows, ``[k_found, d_model]``; ``k_found`` is 0 when no token is
         massive (then there is nothing to remove).
     """
+    prompts = list(prompts)[:n_prompts]
     if not prompts:
         raise ValueError("massive_directions needs at least one prompt")
     if k < 1 or ratio <= 1:
@@ -86,7 +89,7 @@ def massive_directions(
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.n_layers)]
     with model.hooks([(name, read) for name in names]):
         for start in range(0, len(prompts), batch_size):
-            batch = model.encode(list(prompts[start : start + batch_size]), chat=chat)
+            batch = model.encode(prompts[start : start + batch_size], chat=chat)
             mask["valid"] = batch["attention_mask"].bool()
             model.hf_model.model(**batch, use_cache=False)
     d_model = model.facts.d_model

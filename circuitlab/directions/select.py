@@ -163,8 +163,8 @@ def select_layer(
             advance(1)
     allowed = cheap if max_kl is None else [s for s in cheap if s.kl <= max_kl]
     if not allowed:
-        log.warning("no layer keeps KL <= %g (lowest %.3f): choosing among all", max_kl,
-                    min(s.kl for s in cheap))  # fmt: skip
+        lowest = min(s.kl for s in cheap)
+        log.warning("no layer keeps KL <= %g (lowest %.3f): choosing among all", max_kl, lowest)
         allowed = cheap
     best = sorted(allowed, key=lambda s: s.refusal_score)[:verify_top]
     base_rate = _judged_rate(model, harmful_val, judge, verify_tokens, batch_size)

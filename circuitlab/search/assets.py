@@ -173,7 +173,7 @@ def extract_directions(
         elif method == "ensemble":
             sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
     if remove_massive:
-        found = d.massive_directions(model, list(prompts.harmless_train)[:8], batch_size=batch_size)
+        found = d.massive_directions(model, prompts.harmless_train, batch_size=batch_size)
         sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
     return sets
 
