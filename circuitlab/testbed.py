@@ -5,9 +5,11 @@ We give SmolLM2 a learned refusal the way chat models get theirs, by supervised 
 fine-tuning:
 
 * harmful prompts: the AdvBench train split (JailbreakBench and StrongREJECT are removed from
-  AdvBench first and kept entirely for evaluation), answered with our refusal templates;
-* harmless prompts: our harmless train split, answered with the **base model's own greedy
-  answers** (self-distillation keeps harmless behaviour close to the base model);
+  AdvBench first and kept entirely for evaluation) and our own sets (questions, personas,
+  how-to requests), answered with our refusal templates;
+* harmless prompts: our harmless train split and our own sets worded like the harmful ones,
+  answered with the **base model's own greedy answers** (self-distillation keeps harmless
+  behaviour close to the base model);
 * the same surface wrappers ("Can you …?", "Please …") go on both sides at the same rate, so
   the form of a request is no cue — only its content is.
 
@@ -24,15 +26,20 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
+
+if TYPE_CHECKING:
+    from circuitlab.evaluate.refusals import JudgedGenerations
 
 __all__ = [
     "Recipe",
@@ -41,6 +48,7 @@ __all__ = [
     "testbed_data",
     "testbed_folder",
     "ensure_testbed",
+    "is_current",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,8 @@ class Recipe:
     n_harmless: int = 280
     n_harmful_extra: int = 140
     n_harmless_extra: int = 140
+    n_harmful_instructions: int = 118
+    n_harmless_instructions: int = 89
     distill_tokens: int = 32
     epochs: int = 2
     # Embeddings and the layers below this one stay frozen: backward stops there, which
@@ -67,6 +77,9 @@ class Recipe:
     batch_size: int = 8
     wrap_fraction: float = 0.35
     split_seed: int = 0
+    # Summation order, hence the weights' last bits, depends on the thread count: the build
+    # sets it, so the CLI, the preset and the tests make the same organism.
+    threads: int = 2
 
     @property
     def hash(self) -> str:
@@ -110,6 +123,8 @@ class TestbedData:
     strongreject: PromptSet
     harmful_extra: PromptSet
     harmless_extra: PromptSet
+    harmful_instructions: PromptSet
+    harmless_instructions: PromptSet
 
     def manifest(self) -> dict[str, dict[str, object]]:
         return {
@@ -117,6 +132,10 @@ class TestbedData:
             for name, s in vars(self).items()
             if isinstance(s, PromptSet)
         }
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def testbed_data(split_seed: int = 0) -> TestbedData:
@@ -135,6 +154,8 @@ def testbed_data(split_seed: int = 0) -> TestbedData:
         strongreject,
         load_prompts("harmful-extra").without(jbb, strongreject),
         load_prompts("harmless-contexts"),
+        load_prompts("harmful-instructions").without(jbb, strongreject),
+        load_prompts("harmless-instructions"),
     )
 
 
@@ -300,7 +321,9 @@ def _cached_distill(model, tokenizer, prompts, recipe, cache_dir, base_sha, prog
     """Self-distilled answers are the slow part of a build; keep them per prompt, so a new
     seed or a few added prompts only generate what is missing."""
     key = hashlib.sha256(
-        json.dumps([base_sha, recipe.distill_tokens, tokenizer.chat_template]).encode()
+        json.dumps(
+            [base_sha, recipe.distill_tokens, tokenizer.chat_template, recipe.threads]
+        ).encode()
     ).hexdigest()[:16]
     path = cache_dir / "testbed" / f"distill-{key}.json"
     known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
@@ -322,11 +345,15 @@ def _training_set(model, tokenizer, recipe: Recipe, cache_dir: Path, base_sha, p
     def pick(prompts: PromptSet, n: int) -> list[str]:
         return rng.sample(prompts.prompts, min(n, len(prompts)))
 
-    harmful = pick(data.harmful_train, recipe.n_harmful) + pick(
-        data.harmful_extra, recipe.n_harmful_extra
+    harmful = (
+        pick(data.harmful_train, recipe.n_harmful)
+        + pick(data.harmful_extra, recipe.n_harmful_extra)
+        + pick(data.harmful_instructions, recipe.n_harmful_instructions)
     )
-    harmless = pick(data.harmless_train, recipe.n_harmless) + pick(
-        data.harmless_extra, recipe.n_harmless_extra
+    harmless = (
+        pick(data.harmless_train, recipe.n_harmless)
+        + pick(data.harmless_extra, recipe.n_harmless_extra)
+        + pick(data.harmless_instructions, recipe.n_harmless_instructions)
     )
     harmful = _wrap(harmful, recipe.wrap_fraction, rng)
     harmless = _wrap(harmless, recipe.wrap_fraction, rng)
@@ -337,12 +364,32 @@ def _training_set(model, tokenizer, recipe: Recipe, cache_dir: Path, base_sha, p
     return examples, data, {"n_harmful": len(harmful), "n_harmless": len(harmless)}
 
 
+def is_current(manifest: dict, recipe: Recipe) -> bool:
+    """Whether a build's manifest matches this recipe and today's prompt files: a data
+    change rebuilds the organism even when no recipe field changed."""
+    return (manifest.get("recipe_hash"), manifest.get("data_hash")) == (
+        recipe.hash,
+        testbed_data(recipe.split_seed).hash,
+    )
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def build_testbed(
     cache_dir: Path, recipe: Recipe | None = None, force: bool = False, progress: bool = False
 ) -> Path:
     """Train the organism and save it to ``cache/models/smollm2-135m-refusal/``.
 
-    An existing build of the same recipe is reused unless ``force``. The folder is written
+    An existing build of the same recipe and data is reused unless ``force``; the build runs
+    with ``recipe.threads`` torch threads whatever the caller set. The folder is written
     under a temporary name and renamed when complete, so an interrupted build leaves nothing.
 
     Returns:
@@ -354,24 +401,26 @@ def build_testbed(
     folder = testbed_folder(cache_dir)
     manifest_path = folder / "circuitlab_testbed.json"
     if manifest_path.is_file() and not force:
-        if json.loads(manifest_path.read_text())["recipe_hash"] == recipe.hash:
+        if is_current(json.loads(manifest_path.read_text()), recipe):
             return folder
-        log.info("testbed recipe changed; rebuilding %s", folder)
+        log.info("testbed recipe or data changed; rebuilding %s", folder)
     started = time.perf_counter()
     model, tokenizer, resolved = load_hf(ModelSpec(BASE_PRESET, cache_dir=cache_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.chat_template = CHAT_TEMPLATE
-    examples, data, counts = _training_set(
-        model, tokenizer, recipe, cache_dir, resolved.sha256, progress
-    )
-    distilled = time.perf_counter()
-    losses = train(model, tokenizer, examples, recipe, progress)
+    with _torch_threads(recipe.threads):
+        examples, data, counts = _training_set(
+            model, tokenizer, recipe, cache_dir, resolved.sha256, progress
+        )
+        distilled = time.perf_counter()
+        losses = train(model, tokenizer, examples, recipe, progress)
     manifest = {
         "name": NAME,
         "base": {"preset": BASE_PRESET, "gguf_sha256": resolved.sha256},
         "recipe": asdict(recipe),
         "recipe_hash": recipe.hash,
+        "data_hash": data.hash,
         "examples": counts,
         "data": data.manifest(),
         "epoch_losses": losses,
@@ -380,7 +429,6 @@ def build_testbed(
             "data_and_distill": round(distilled - started, 1),
             "train": round(time.perf_counter() - distilled, 1),
         },
-        "torch_threads": torch.get_num_threads(),
     }
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -424,23 +472,23 @@ def refusal_rates(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool = False,
-) -> tuple[dict[str, RefusalRate], dict[str, list[str]]]:
+) -> tuple[dict[str, RefusalRate], dict[str, JudgedGenerations]]:
     """Greedy-generate on each set, judge the answers, and count refusals.
 
     Generation stops per prompt once ``judge.decided`` says the answer is settled.
 
     Returns:
-        The rates per set and the completions per set (for reading samples).
+        The rates per set and the judged completions per set (for reading samples).
     """
     from circuitlab.evaluate.refusals import judged_generate
     from circuitlab.evaluate.stats import wilson_interval
 
-    rates, completions = {}, {}
+    rates, judged_sets = {}, {}
     for name, prompts in sets.items():
         judged = judged_generate(
             model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
         )
         low, high = wilson_interval(judged.refusals, len(prompts))
         rates[name] = RefusalRate(name, judged.refusals, len(prompts), low, high)
-        completions[name] = list(judged.responses)
-    return rates, completions
+        judged_sets[name] = judged
+    return rates, judged_sets

@@ -88,7 +88,7 @@ def evaluate(model, edit, harmful, baseline: KLBaseline, args) -> dict:
     """Refusal rate on held-out harmful prompts and KL on harmless ones, under ``edit``."""
     edits = () if edit is None else (edit,)
     with apply(model, *edits):
-        rates, completions = refusal_rates(
+        rates, judged = refusal_rates(
             model, {"harmful": harmful}, MarkerJudge(), args.max_new_tokens, args.batch_size
         )
         kl = baseline.score(model, batch_size=args.batch_size)
@@ -98,7 +98,7 @@ def evaluate(model, edit, harmful, baseline: KLBaseline, args) -> dict:
         "n": rates["harmful"].n,
         "kl_first": kl.first_token,
         "kl_k": kl.k_token,
-        "sample": completions["harmful"][0][:120],
+        "sample": judged["harmful"].responses[0][:120],
     }
 
 

@@ -1,8 +1,10 @@
 """The refusal organism's data and training plumbing (fast); the organism itself is slow."""
 
+import dataclasses
 import random
 
 import pytest
+import torch
 
 from circuitlab.prompts import normalize_prompt
 from circuitlab.testbed import (
@@ -10,7 +12,9 @@ from circuitlab.testbed import (
     Recipe,
     _bucketed_batches,
     _examples,
+    _torch_threads,
     _wrap,
+    is_current,
     refusal_templates,
 )
 from circuitlab.testbed import testbed_data as organism_data  # "test…" names get collected
@@ -31,6 +35,8 @@ def test_evaluation_sets_never_reach_training(data):
         | keys(data.harmless_train)
         | keys(data.harmful_extra)
         | keys(data.harmless_extra)
+        | keys(data.harmful_instructions)
+        | keys(data.harmless_instructions)
     )
     for held_out in (data.jailbreakbench, data.strongreject, data.harmful_test, data.harmless_test):
         assert not train & keys(held_out), held_out.name
@@ -81,3 +87,20 @@ def test_bucketed_batches_cover_every_example_once():
 def test_recipe_hash_names_the_build():
     assert Recipe().hash == Recipe().hash
     assert Recipe(seed=1).hash != Recipe().hash
+
+
+def test_build_key_covers_recipe_and_data(data):
+    recipe = Recipe()
+    manifest = {"recipe_hash": recipe.hash, "data_hash": data.hash}
+    assert is_current(manifest, recipe)
+    assert not is_current(manifest, Recipe(threads=1))
+    assert not is_current({"recipe_hash": recipe.hash}, recipe)  # built before data hashes
+    fewer = dataclasses.replace(data, harmful_instructions=data.harmful_instructions.take(10))
+    assert fewer.hash != data.hash
+
+
+def test_build_threads_are_restored():
+    before = torch.get_num_threads()
+    with _torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
@@ -44,7 +45,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.n:
         sets = {name: s.take(min(args.n, len(s))) for name, s in sets.items()}
-    rates, completions = refusal_rates(
+    rates, judged = refusal_rates(
         model, sets, MarkerJudge(), args.max_tokens, settings.batch_size, progress=True
     )
     table = Table(title=f"{NAME}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
@@ -60,10 +61,29 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         )
     out.print(table)
     if args.samples:
-        pairs = zip(sets["harmless test"], completions["harmless test"], strict=True)
+        pairs = zip(sets["harmless test"], judged["harmless test"].responses, strict=True)
         for prompt, text in list(pairs)[:5]:
             out.rule(prompt)
             out.print(text.strip())
+    if args.json:
+        figures = {
+            name: {
+                **asdict(rate),
+                "rate": rate.rate,
+                "answers": [
+                    {"prompt": p, "answer": a, "refused": r}
+                    for p, a, r in zip(
+                        judged[name].prompts,
+                        judged[name].responses,
+                        judged[name].judgements.is_refusal,
+                        strict=True,
+                    )
+                ],
+            }
+            for name, rate in rates.items()
+        }
+        args.json.write_text(json.dumps(figures, indent=2))
+        out.print(f"rates and answers written to {args.json}")
     return 0
 
 
@@ -129,4 +149,8 @@ def register(command) -> None:
         "--keep-massive", action="store_true",
         help="classic: keep the attention sinks' massive direction in the refusal direction",
     )  # fmt: skip
-    p.add_argument("--json", type=Path, help="classic: write every figure to this JSON file")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="check, classic: write every figure (check: and every answer) to this JSON file",
+    )
