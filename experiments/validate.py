@@ -26,9 +26,10 @@ splits: the organism was trained on its own train split, so every run uses that 
 held-out test prompts. Seed ``s`` of an arm is paired with seed ``s`` of the baseline
 (:mod:`circuitlab.validation` has the statistics and the acceptance rule).
 
-Each organism × arm × seed result is a JSON file under ``WORK/runs/`` (default
-``cache/validate/<config hash>/``), written atomically; a rerun skips finished ones and a
-killed run resumes its Optuna study from ``WORK/studies/``. The hash covers the settings
+Each organism × arm × seed result is a JSON file under ``WORK/runs/<organism>-<weights
+hash>/`` (WORK defaults to ``cache/validate/<config hash>/``), written atomically; a rerun
+skips finished ones, a killed run resumes its Optuna study from ``WORK/studies/``, and a
+rebuilt organism (other weights) gets runs of its own. The hash covers the settings
 that change a run (not the lists of organisms, seeds and arms, nor the acceptance rule), so
 adding a seed reuses the others. Outputs, in ``--out`` (default: WORK): ``results.csv``,
 ``summary.md``, ``refusal_vs_kl.png``, ``paired_differences.png`` and ``report.html``.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -180,12 +182,31 @@ def slug(organism: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(organism).name)
 
 
-def top_heads(model, organism: str, prompts, config: Config, work: Path) -> tuple:
+@functools.cache
+def weights_id(organism: str, cache_dir: Path) -> str:
+    """Hash of the organism's weight files (a hub id: the id itself), without loading it.
+
+    Runs, studies, circuits and base scorecards are filed under it, so a rebuilt organism
+    (a new testbed recipe) gets new runs instead of the old weights' cached results.
+    """
+    from circuitlab.models import ModelSpec
+    from circuitlab.models.loading import resolve_source
+
+    resolved = resolve_source(ModelSpec(organism, cache_dir=cache_dir))
+    digest = hashlib.sha256(resolved.location.encode() if resolved.kind == "hub" else b"")
+    for path in sorted(Path(resolved.location).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def top_heads(model, name: str, prompts, config: Config, work: Path) -> tuple:
     """The ``heads_top_k`` heads of a circuit found by attribution patching on the train
     split's harmful/harmless pairs (the circuit is cached as JSON under ``WORK/circuits``)."""
     from circuitlab.circuits import RefusalCircuit, RefusalTokenMetric, attribution_patching
 
-    path = work / "circuits" / f"{slug(organism)}-{config.heads_n_pairs}.json"
+    path = work / "circuits" / f"{slug(name)}-{config.heads_n_pairs}.json"
     if not path.is_file():
         n = config.heads_n_pairs
         harmful, harmless = prompts.harmful_train[:n], prompts.harmless_train[:n]
@@ -196,7 +217,7 @@ def top_heads(model, organism: str, prompts, config: Config, work: Path) -> tupl
             chat=model.facts.has_chat_template,
         )  # fmt: skip
         seconds = round(time.perf_counter() - started, 2)
-        RefusalCircuit.from_scores(scores, model.facts, organism, seconds=seconds).save(path)
+        RefusalCircuit.from_scores(scores, model.facts, name, seconds=seconds).save(path)
     circuit = RefusalCircuit.load(path)
     return tuple((h.layer, h.head) for h in circuit.top(config.heads_top_k))
 
@@ -239,11 +260,15 @@ class Suite:
         )
         return cls(config, Path(work), Path(cache_dir), prompts)
 
+    def folder(self, organism: str) -> str:
+        """The organism's name in WORK's paths: its slug and its weights' hash."""
+        return f"{slug(organism)}-{weights_id(organism, self.cache_dir)}"
+
     def result_path(self, organism: str, arm: str, seed: int) -> Path:
-        return self.work / "runs" / slug(organism) / f"{arm}-s{seed}.json"
+        return self.work / "runs" / self.folder(organism) / f"{arm}-s{seed}.json"
 
     def storage(self, organism: str, study: str) -> str:
-        return str(self.work / "studies" / slug(organism) / f"{study}.journal")
+        return str(self.work / "studies" / self.folder(organism) / f"{study}.journal")
 
 
 @dataclass
@@ -282,7 +307,7 @@ class Scoring:
     def base(self, seed: int):
         from circuitlab.evaluate.scorecard import Scorecard, score_model
 
-        path = self.suite.work / "base" / f"{slug(self.organism)}-s{seed}.json"
+        path = self.suite.work / "base" / f"{self.suite.folder(self.organism)}-s{seed}.json"
         if path.is_file():
             return Scorecard.from_json(path.read_text())
         card, _ = score_model(self.model, "base", **self._options(seed))
@@ -397,7 +422,9 @@ def run_all(
                 if scoring is None:
                     scoring = Scoring(suite, organism, load(organism))
                 if arm == "heads" and not heads:
-                    heads = top_heads(scoring.model, organism, suite.prompts, config, suite.work)
+                    heads = top_heads(
+                        scoring.model, suite.folder(organism), suite.prompts, config, suite.work
+                    )
                 log(f"{organism} {arm} seed {seed}: {config.trials} trials")
                 row = write_json(path, run_one(scoring, arm, seed, heads))
                 rows.append(row)

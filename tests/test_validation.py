@@ -184,9 +184,13 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     assert second["markdown"].read_text() == summary
     assert "written:" in capsys.readouterr().out
 
+    # Runs are filed under the organism's weights: another build would not reuse them.
+    folder = f"{validate.slug(NAME)}-{validate.weights_id(NAME, cache_dir)}"
+    assert [p.name for p in (tmp_path / "work" / "runs").iterdir()] == [folder]
+
     # One result lost, its study kept: rescored alone, with the base card from disk, it
     # must score the same (the KL baseline comes from the unedited model).
-    lost = tmp_path / "work" / "runs" / validate.slug(NAME) / "caa-s0.json"
+    lost = tmp_path / "work" / "runs" / folder / "caa-s0.json"
     lost.unlink()
     validate.main([*argv, "--out", str(tmp_path / "third")], load=load)
     assert loaded == [NAME, NAME]
@@ -196,11 +200,9 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
     # --only: just that arm's missing run, no outputs.
-    (tmp_path / "work" / "runs" / validate.slug(NAME) / "massive-s0.json").unlink()
+    (tmp_path / "work" / "runs" / folder / "massive-s0.json").unlink()
     assert validate.main([*argv, "--only", "massive"], load=load) == {}
-    assert _json(tmp_path / "work" / "runs" / validate.slug(NAME) / "massive-s0.json")["arm"] == (
-        "massive"
-    )
+    assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == ("massive")
     with pytest.raises(SystemExit, match="not among"):
         validate.main([*argv, "--only", "nope"], load=load)
 
