@@ -18,7 +18,11 @@ from circuitlab.config import Settings
 def register(command) -> None:
     p = command("demo", _demo, "Run the main job (abliterate) on the embedded default model.")
     p.add_argument("--model", default="smollm2-135m-refusal", help="model to run on")
-    p.add_argument("--study", metavar="NAME", help="study name (default: demo-MODEL-seedN)")
+    p.add_argument(
+        "--study",
+        metavar="NAME",
+        help="study name (default: demo-MODEL-WEIGHTS-seedN, WEIGHTS a hash of the weights)",
+    )
     p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/STUDY)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--trials", type=int, default=16, help="trial budget of the search")
@@ -62,6 +66,7 @@ def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab.activations import model_fingerprint
     from circuitlab.cli import err, facts_table, load_model, out
     from circuitlab.commands.search import front_table, quiet_optuna, report_path, search_judges
     from circuitlab.evaluate.scorecard import scorecard_table
@@ -74,13 +79,19 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     quiet_optuna()
     _check_sizes(args, settings)
     if args.model == NAME:
-        err.print("building the refusal organism if needed (first run only, ~12 CPU-minutes)…")
+        err.print(
+            "building the refusal organism if needed (first run only, ~7 minutes on two cores)…"
+        )
         build_testbed(settings.cache_dir, progress=True)
         clock.lap("build the organism")
     model = load_model(args.model, settings)
     out.print(facts_table(model))
     clock.lap("load the model")
-    study = args.study or f"demo-{Path(args.model).name}-seed{settings.seed}"
+    # The weights' fingerprint in the name: a rebuilt organism starts its own study instead
+    # of failing on the old one's (a study refuses other weights).
+    study = args.study or (
+        f"demo-{Path(args.model).name}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
+    )
     # The organism's own splits: its training prompts never reach the search or the test.
     prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)
     judge, test_judge = search_judges(settings)
