@@ -191,14 +191,14 @@ def weights_id(organism: str, cache_dir: Path) -> str:
     """
     from circuitlab.models import ModelSpec
     from circuitlab.models.loading import resolve_source
+    from circuitlab.models.presets import sha256_file
 
     resolved = resolve_source(ModelSpec(organism, cache_dir=cache_dir))
-    digest = hashlib.sha256(resolved.location.encode() if resolved.kind == "hub" else b"")
-    for path in sorted(Path(resolved.location).glob("*.safetensors")):
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
+    if resolved.kind == "hub":
+        parts = [resolved.location]
+    else:
+        parts = [sha256_file(p) for p in sorted(Path(resolved.location).glob("*.safetensors"))]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
 def top_heads(model, name: str, prompts, config: Config, work: Path) -> tuple:

@@ -202,7 +202,7 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     # --only: just that arm's missing run, no outputs.
     (tmp_path / "work" / "runs" / folder / "massive-s0.json").unlink()
     assert validate.main([*argv, "--only", "massive"], load=load) == {}
-    assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == ("massive")
+    assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == "massive"
     with pytest.raises(SystemExit, match="not among"):
         validate.main([*argv, "--only", "nope"], load=load)
 
