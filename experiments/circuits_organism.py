@@ -3,10 +3,13 @@
 1. Refusal direction: difference of means at the last prompt token of ``--n-direction``
    AdvBench-train vs harmless-train prompts (the testbed's splits), layer ``--layer``
    (default: about three quarters of the depth, e.g. 22 of 30).
-2. Circuit: attribution patching of every query head and KV head (refusal-logprob metric,
-   harmful val prompts paired with harmless val prompts, post-instruction positions),
-   timed; then exact activation patching of the same prompts, timed; Spearman agreement on
-   the exact top 20 (``scipy.stats.spearmanr``), top-20 overlap and top-1 match.
+2. Circuit: attribution patching of every query head, KV head, attention block and MLP
+   (refusal log-odds metric by default, harmful val prompts paired with harmless val
+   prompts, post-instruction positions), plain and with integrated gradients
+   (``--ig-steps``), timed; then exact activation patching of the same prompts and sites,
+   timed; Spearman agreement of each estimate on the exact top 20 heads
+   (``scipy.stats.spearmanr``), top-20 overlap and top-1 match; the same for the 2 x layers
+   block sites; and the sampled agreement check that ``discover`` runs by default.
 3. Edits, judged on held-out prompts (harmful test split: refusal rate by greedy generation
    and the marker judge; harmless test split: first-token and 4-token KL from the unedited
    model): head-level ``HeadAblation`` of the direction from the circuit's top-k heads for
@@ -38,6 +41,7 @@ from circuitlab.circuits import (
     RefusalTokenMetric,
     activation_patching,
     attribution_patching,
+    check_agreement,
     head_ablation,
     plot_head_scores,
     rank_agreement,
@@ -62,7 +66,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layer", type=int, default=None, help="layer of the refusal direction")
     p.add_argument("--top", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--calibrations", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--metric", choices=["logprob", "logodds"], default="logprob")
+    p.add_argument("--metric", choices=["logprob", "logodds"], default="logodds")
+    p.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
+    p.add_argument("--check-sample", type=int, default=16, help="heads in the sampled check")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -120,20 +126,53 @@ def matched_kl(rate: float, unedited: dict, layer_rows: list[dict], key: str) ->
     return None
 
 
+def block_agreement(exact, estimate) -> dict:
+    """Spearman of two scorings over every attention block and MLP, and their top-5s."""
+    from scipy.stats import spearmanr
+
+    ref = exact.block_effect.flatten().tolist()
+    est = estimate.block_effect.flatten().tolist()
+    top = [str(s) for s, _ in exact.ranked_blocks()[:5]]
+    return {
+        "spearman": float(spearmanr(ref, est).statistic),
+        "top5_exact": top,
+        "top5_estimate": [str(s) for s, _ in estimate.ranked_blocks()[:5]],
+    }
+
+
+def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
+    a = rank_agreement(exact, estimate, k=20)
+    return {
+        "seconds": {"wall": seconds[0], "cpu": seconds[1]},
+        "spearman_top20": a.spearman,
+        "spearman_p": a.p_value,
+        "overlap_top20": a.overlap,
+        "top1_match": a.top1_match,
+        "top_heads": [str(h) for h in estimate.top(10)],
+        "blocks": block_agreement(exact, estimate),
+    }
+
+
 def discover(model, data, args, out: Path, slug: str) -> dict:
     harmful = list(data.harmful_val.take(args.n).prompts)
     harmless = list(data.harmless_val.take(args.n).prompts)
     metric = RefusalTokenMetric.from_openings(model.tokenizer, log_odds=args.metric == "logodds")
     options = {"batch_size": args.batch_size, "chat": model.facts.has_chat_template}
+    patch = {**options, "blocks": True}
     fast, fast_wall, fast_cpu = timed(
-        attribution_patching, model, harmful, harmless, metric, **options
+        attribution_patching, model, harmful, harmless, metric, **patch
+    )
+    ig, ig_wall, ig_cpu = timed(
+        attribution_patching, model, harmful, harmless, metric, ig_steps=args.ig_steps, **patch
+    )
+    check = check_agreement(
+        model, harmful, harmless, metric, fast, sample=args.check_sample, **options
     )
     exact, exact_wall, exact_cpu = timed(
-        activation_patching, model, harmful, harmless, metric, **options
+        activation_patching, model, harmful, harmless, metric, **patch
     )
-    agreement = rank_agreement(exact, fast, k=20)
     circuits = {}
-    for scores, wall in ((fast, fast_wall), (exact, exact_wall)):
+    for scores, wall in ((fast, fast_wall), (ig, ig_wall), (exact, exact_wall)):
         circuit = RefusalCircuit.from_scores(
             scores, model.facts, args.model, seconds=round(wall, 2), n_pairs=args.n
         )
@@ -145,17 +184,19 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
         "circuits": circuits,
         "figures": {
             "n_pairs": args.n,
+            "metric": metric.name,
             "metric_clean": fast.clean,
             "metric_counterfactual": fast.counterfactual,
-            "attribution_seconds": {"wall": fast_wall, "cpu": fast_cpu},
             "activation_seconds": {"wall": exact_wall, "cpu": exact_cpu},
-            "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
-            "spearman_top20": agreement.spearman,
-            "spearman_p": agreement.p_value,
-            "overlap_top20": agreement.overlap,
-            "top1_match": agreement.top1_match,
-            "top_heads_attribution": [str(h) for h in fast.top(10)],
             "top_heads_activation": [str(h) for h in exact.top(10)],
+            "blocks_activation": [[str(s), v] for s, v in exact.ranked_blocks()],
+            "attribution": agreement_figures(exact, fast, (fast_wall, fast_cpu)),
+            "integrated_gradients": {
+                "steps": args.ig_steps,
+                **agreement_figures(exact, ig, (ig_wall, ig_cpu)),
+            },
+            "sampled_check": check.to_dict(),
+            "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
         },
     }
 
@@ -200,17 +241,25 @@ def compare_edits(model, data, ds, layer: int, circuit: RefusalCircuit, args) ->
 
 def summary(result: dict) -> None:
     f = result["discovery"]
-    print(f"\n== {result['model']}  direction layer {result['layer']}")
+    print(f"\n== {result['model']}  direction layer {result['layer']}  metric {f['metric']}")
     print(
-        f"attribution ({f['n_heads_scored']} query heads + KV heads): "
-        f"{f['attribution_seconds']['wall']:.1f} s wall; activation patching "
-        f"{f['activation_seconds']['wall']:.1f} s "
-        f"(CPU speed-up x{f['speedup_cpu']:.0f})"
+        f"exact patching ({f['n_heads_scored']} query heads + KV heads + "
+        f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['wall']:.1f} s wall"
     )
+    for name in ("attribution", "integrated_gradients"):
+        g = f[name]
+        print(
+            f"{name}: {g['seconds']['wall']:.1f} s wall; Spearman on exact top 20 heads "
+            f"{g['spearman_top20']:.3f} (p {g['spearman_p']:.2g}), overlap "
+            f"{g['overlap_top20']}/20, top-1 match {g['top1_match']}; blocks Spearman "
+            f"{g['blocks']['spearman']:.3f}"
+        )
+    c = f["sampled_check"]
     print(
-        f"Spearman on exact top 20: {f['spearman_top20']:.3f} (p {f['spearman_p']:.2g}), "
-        f"overlap {f['overlap_top20']}/20, top-1 match {f['top1_match']}"
+        f"sampled check ({len(c['sites'])} heads, {c['seconds']:.1f} s): Spearman "
+        f"{c['spearman']:.3f}, top-1 match {c['top1_match']}"
     )
+    print(f"top blocks (exact): {', '.join(f'{s} {v:.2f}' for s, v in f['blocks_activation'][:6])}")
     e = result["edits"]
     u = e["unedited"]
     print(f"unedited: refusals {u['refusal_rate']:.1%}")

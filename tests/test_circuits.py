@@ -19,9 +19,11 @@ from circuitlab.circuits import (
     HeadScores,
     KVHeadId,
     RefusalCircuit,
+    LayerSite,
     RefusalTokenMetric,
     activation_patching,
     attribution_patching,
+    check_agreement,
     head_ablation,
     opening_token_ids,
     patch_hooks,
@@ -130,18 +132,19 @@ def test_opening_tokens_are_first_tokens_once(gqa):
     assert RefusalTokenMetric.from_openings(tok).token_ids == tuple(opening_token_ids(tok))
 
 
-def test_refusal_token_metric_is_log_probability_of_the_openings(gqa):
+def test_refusal_token_metric_is_log_odds_or_log_probability_of_the_openings(gqa):
     model, _ = gqa
-    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    metric = RefusalTokenMetric.from_openings(model.tokenizer, log_odds=False)
     with torch.no_grad():
         value = metric(model, model.encode(HARMFUL))
     expected = model.next_token_logprobs(HARMFUL)[:, list(metric.token_ids)].logsumexp(-1)
+    assert metric.name == "refusal-logprob"
     assert value.shape == (4,) and torch.allclose(value, expected, atol=1e-5)
-    odds = RefusalTokenMetric(metric.token_ids, log_odds=True)
+    odds = RefusalTokenMetric.from_openings(model.tokenizer)  # the default
     with torch.no_grad():
         log_odds = odds(model, model.encode(HARMFUL)).double()
     p = expected.double().exp()
-    assert odds.name == "refusal-logodds"
+    assert odds.name == "refusal-logodds" and odds.token_ids == metric.token_ids
     assert torch.allclose(log_odds, (p / (1 - p)).log(), atol=1e-4)
 
 
@@ -175,6 +178,67 @@ def test_attribution_is_exact_when_the_metric_is_linear_in_the_heads(gqa):
     assert torch.allclose(approx.effect[1], exact.effect[1], atol=1e-5)
     assert exact.effect[1].abs().max() > 0.1
     assert exact.effect[2].abs().max() == 0 and approx.effect[2].abs().max() == 0
+
+
+def test_integrated_gradients_are_exact_for_a_linear_metric_and_find_the_planted_head(gqa):
+    """On a metric linear in layer 1's heads the gradient is the same at every point of the
+    path, so integrated gradients must equal exact patching there; on the (bending) token
+    metric they still rank the planted head first."""
+    model, u = gqa
+    metric = DirectionMetric(u, layer=1, hook="hook_resid_mid")
+    exact = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=3)
+    integrated = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=3, ig_steps=3)
+    assert integrated.method == "integrated-gradients"
+    assert torch.allclose(integrated.effect[1], exact.effect[1], atol=1e-5)
+    tokens = RefusalTokenMetric.from_openings(model.tokenizer)
+    scores = attribution_patching(model, HARMFUL, HARMLESS, tokens, batch_size=4, ig_steps=4)
+    assert scores.top(1, by="abs") == [PLANTED]
+    with pytest.raises(ValueError, match="ig_steps"):
+        attribution_patching(model, HARMFUL, HARMLESS, tokens, ig_steps=-1)
+
+
+def test_patching_every_block_reproduces_the_counterfactual_run_and_scores_blocks(gqa):
+    """Every attention block and MLP output patched at the last positions makes those
+    positions the harmless run's; one at a time they give per-layer block scores, which the
+    linear metric pins against attribution (layer 1's MLP comes after ``hook_resid_mid``)."""
+    model, u = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    batch, n = model.encode(HARMFUL), model.post_instruction_length()
+    source = record_source(model, model.encode(HARMLESS), metric, n, blocks=True)
+    hooks = [
+        hook
+        for layer in range(model.n_layers)
+        for kind in ("attn", "mlp")
+        for hook in patch_hooks(LayerSite(layer, kind), source)
+    ]
+    with torch.no_grad(), model.hooks(hooks):
+        patched = metric(model, batch)
+    assert torch.allclose(patched, source.metric, atol=1e-4)
+    linear = DirectionMetric(u, layer=1, hook="hook_resid_mid")
+    exact = activation_patching(model, HARMFUL, HARMLESS, linear, batch_size=4, blocks=True)
+    approx = attribution_patching(model, HARMFUL, HARMLESS, linear, batch_size=4, blocks=True)
+    assert exact.block_effect.shape == (model.n_layers, 2)
+    # Linear in what layer 1 writes before the read (layer 0 acts through layer 1's attention).
+    assert torch.allclose(approx.block_effect[1:], exact.block_effect[1:], atol=1e-5)
+    assert exact.importance_of(LayerSite(1, "attn")) > 0.1  # the planted head's layer
+    assert (
+        exact.importance_of(LayerSite(1, "mlp")) == 0 == exact.importance_of(LayerSite(2, "attn"))
+    )
+    assert exact.ranked_blocks()[0][0] == LayerSite(1, "attn")
+
+
+def test_agreement_check_patches_a_sample_and_compares(gqa):
+    model, _ = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    approx = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4)
+    check = check_agreement(model, HARMFUL, HARMLESS, metric, approx, sample=6, batch_size=4)
+    assert len(check.sites) == 6 and str(PLANTED) in check.sites[:3]
+    exact = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, kv=False)
+    assert check.exact.importance_of(PLANTED) == pytest.approx(exact.importance_of(PLANTED))
+    outside = next(h for h, _ in exact.ranked() if str(h) not in check.sites)
+    assert check.exact.importance_of(outside) == 0  # only the sample was patched
+    assert check.agreement.top1_match and -1 <= check.agreement.spearman <= 1
+    assert set(check.to_dict()) >= {"spearman", "sites", "seconds", "top1_match"}
 
 
 @pytest.mark.parametrize("kind", ["tokens", "projection"])

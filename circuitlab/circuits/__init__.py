@@ -14,14 +14,22 @@ from circuitlab.circuits.metrics import (
     RefusalTokenMetric,
     opening_token_ids,
 )
-from circuitlab.circuits.patching import activation_patching, attribution_patching
+from circuitlab.circuits.patching import (
+    AgreementCheck,
+    activation_patching,
+    attribution_patching,
+    check_agreement,
+)
 from circuitlab.circuits.scores import (
+    BLOCK_KINDS,
     HeadScores,
     KVHeadId,
+    LayerSite,
     RankAgreement,
     head_scores_figure,
     plot_head_scores,
     rank_agreement,
+    site_agreement,
 )
 from circuitlab.circuits.sources import (
     Counterfactual,
@@ -32,7 +40,12 @@ from circuitlab.circuits.sources import (
 )
 
 __all__ = [
+    "BLOCK_KINDS",
     "DEFAULT_REFUSAL_OPENINGS",
+    "AgreementCheck",
+    "LayerSite",
+    "check_agreement",
+    "site_agreement",
     "CircuitHead",
     "CircuitKVHead",
     "Counterfactual",

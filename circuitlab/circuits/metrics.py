@@ -3,7 +3,7 @@
 A metric runs the forward pass itself (under whatever hooks are active, with or without
 gradients), so patching only has to attach hooks and call it. Two are provided:
 
-* :class:`RefusalTokenMetric` -- log-probability (or log-odds) that the first generated
+* :class:`RefusalTokenMetric` -- log-odds (or log-probability) that the first generated
   token opens a refusal ("I", "Sorry", "As", ...). It measures behaviour, needs no
   direction, and is what the refusal judges see first.
 * :class:`DirectionMetric` -- the last prompt token's residual projected on a refusal
@@ -74,16 +74,18 @@ def opening_token_ids(tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENI
 
 @dataclass(frozen=True)
 class RefusalTokenMetric:
-    """``log P(first generated token in token_ids)``: log-sum-exp of their log-probabilities.
+    """Log-odds ``log p - log(1 - p)`` of ``p = P(first generated token in token_ids)``
+    (default), or ``log p`` with ``log_odds=False``.
 
-    On a model that already refuses almost surely the log-probability saturates near 0 and
-    a single head's patch barely moves it; ``log_odds=True`` scores ``log p - log(1 - p)``
-    instead, which keeps growing (names: ``refusal-logprob``, ``refusal-logodds``).
-    Build it with :meth:`from_openings` to pass refusal-opening strings instead of ids.
+    On a model that refuses almost surely the log-probability saturates near 0: a single
+    head's patch barely moves it and a first-order estimate of that patch ranks heads
+    poorly. The log-odds keep growing, which is why they are the default (names:
+    ``refusal-logodds``, ``refusal-logprob``). Build it with :meth:`from_openings` to pass
+    refusal-opening strings instead of ids.
     """
 
     token_ids: tuple[int, ...]
-    log_odds: bool = False
+    log_odds: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token_ids", tuple(int(i) for i in self.token_ids))
@@ -99,7 +101,7 @@ class RefusalTokenMetric:
         cls,
         tokenizer,
         openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS,
-        log_odds: bool = False,
+        log_odds: bool = True,
     ) -> RefusalTokenMetric:
         """The metric over the first tokens of ``openings`` (see :func:`opening_token_ids`)."""
         return cls(tuple(opening_token_ids(tokenizer, openings)), log_odds)

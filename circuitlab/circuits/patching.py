@@ -12,59 +12,108 @@ themselves with the refusal direction ablated; only the last positions are patch
   only the patched positions on the clean prefix's KV cache.
 * Attribution patching (first order): ``grad_metric(a) . (a_cf - a_clean)`` for every head
   at once, from one forward and one backward pass per batch.
+* Integrated gradients (``ig_steps > 0``, in the style of EAP-IG): the same product with the
+  gradient averaged over points on the straight path from the clean run towards the
+  counterfactual one, every site moved together (``a_clean + alpha (a_cf - a_clean)`` added
+  at each site, the rest of the network recomputed). It costs ``ig_steps`` forward and
+  backward passes per batch and follows the metric where it bends (saturation), which a
+  gradient at the clean point alone cannot see.
+
+With ``blocks=True`` every layer's whole attention-block output and MLP output are scored
+too (``HeadScores.block_effect``): refusal on the SmolLM2 organism is written mostly by the
+MLPs, which head scores cannot show.
+
+:func:`check_agreement` measures, on a sample of sites, how well an estimate agrees with
+exact patching, so a user sees when the linear approximation is poor.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
 from circuitlab.circuits.metrics import Metric
-from circuitlab.circuits.scores import HeadScores, KVHeadId
+from circuitlab.circuits.scores import (
+    BLOCK_KINDS,
+    HeadScores,
+    KVHeadId,
+    LayerSite,
+    RankAgreement,
+    site_agreement,
+)
 from circuitlab.circuits.sources import (
     Counterfactual,
     Hooks,
     PatchRun,
     PatchSource,
+    Site,
     all_sites,
+    block_hook,
     patch_hooks,
     suffix_runner,
     tail,
 )
+from circuitlab.models.facts import HeadId
 from circuitlab.progress import progress_bar
 
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, HookFn, Positions
 
-__all__ = ["activation_patching", "attribution_patching"]
+__all__ = ["AgreementCheck", "activation_patching", "attribution_patching", "check_agreement"]
 
 log = logging.getLogger(__name__)
 
 
-def _scores(method, run: PatchRun, effect: Tensor, kv_effect: Tensor | None, sums: list[float]):
-    n = len(run.harmful)
-    clean, counterfactual = sums[0] / n, sums[1] / n
-    log.info(
-        "%s patching of %d prompts: metric %.4f clean, %.4f counterfactual",
-        method,
-        n,
-        clean,
-        counterfactual,
-    )
-    return HeadScores(
-        method=method,
-        metric=run.metric.name,
-        effect=(effect / n).float(),
-        kv_effect=None if kv_effect is None else (kv_effect / n).float(),
-        clean=clean,
-        counterfactual=counterfactual,
-        n_prompts=n,
-        n_positions=run.n_positions,
-    )
+class _Effects:
+    """Per-site sums of metric changes over the prompts of a patching call."""
+
+    def __init__(self, run: PatchRun) -> None:
+        f = run.model.facts
+        self.heads = torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64)
+        self.kv = torch.zeros(f.n_layers, f.n_kv_heads, dtype=torch.float64) if run.kv else None
+        self.blocks = (
+            torch.zeros(f.n_layers, len(BLOCK_KINDS), dtype=torch.float64) if run.blocks else None
+        )
+        self.sums = [0.0, 0.0]
+
+    def add(self, site: Site, delta: float) -> None:
+        if isinstance(site, LayerSite):
+            self.blocks[site.layer, BLOCK_KINDS.index(site.kind)] += delta
+        elif isinstance(site, KVHeadId):
+            self.kv[site.layer, site.group] += delta
+        else:
+            self.heads[site.layer, site.head] += delta
+
+    def scores(self, method: str, run: PatchRun) -> HeadScores:
+        n = len(run.harmful)
+        clean, counterfactual = self.sums[0] / n, self.sums[1] / n
+        log.info(
+            "%s patching of %d prompts: metric %.4f clean, %.4f counterfactual",
+            method,
+            n,
+            clean,
+            counterfactual,
+        )
+
+        def mean(t: Tensor | None) -> Tensor | None:
+            return None if t is None else (t / n).float()
+
+        return HeadScores(
+            method=method,
+            metric=run.metric.name,
+            effect=mean(self.heads),
+            kv_effect=mean(self.kv),
+            clean=clean,
+            counterfactual=counterfactual,
+            n_prompts=n,
+            n_positions=run.n_positions,
+            block_effect=mean(self.blocks),
+        )
 
 
 def activation_patching(
@@ -75,6 +124,8 @@ def activation_patching(
     *,
     positions: Positions | Literal["all"] = "post_instruction",
     kv: bool = True,
+    blocks: bool = False,
+    sites: Sequence[Site] | None = None,
     batch_size: int = 8,
     chat: bool = True,
     progress: bool = False,
@@ -93,6 +144,8 @@ def activation_patching(
             tokens after the user text, identical across prompts), ``last``, a number, or
             ``all`` (only with an intervention counterfactual, where the tokens are the same).
         kv: also patch every KV head (``hook_k`` + ``hook_v``).
+        blocks: also patch every layer's attention-block and MLP output whole.
+        sites: patch only these sites (the others score 0); default every site.
         batch_size: prompts per forward pass.
         chat: chat-format the prompts.
         progress: draw a progress bar.
@@ -102,66 +155,80 @@ def activation_patching(
     Returns:
         HeadScores with ``method="activation"``.
     """
-    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat)
-    f = model.facts
-    effect = torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64)
-    kv_effect = torch.zeros(f.n_layers, f.n_kv_heads, dtype=torch.float64) if kv else None
-    sites, sums = all_sites(model, kv), [0.0, 0.0]
+    if sites is not None:
+        kv = kv or any(isinstance(s, KVHeadId) for s in sites)
+        blocks = blocks or any(isinstance(s, LayerSite) for s in sites)
+    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat, blocks)
+    sites = all_sites(model, kv, blocks) if sites is None else list(sites)
+    effects = _Effects(run)
     total = len(sites) * len(run.harmful)
     with torch.no_grad(), progress_bar(total, "activation patching", progress) as advance:
         for rows, batch, source in run.batches(batch_size):
             clean = metric(model, batch).float().cpu()
-            sums[0] += clean.sum().item()
-            sums[1] += source.metric.sum().item()
+            effects.sums[0] += clean.sum().item()
+            effects.sums[1] += source.metric.sum().item()
             n = run.n_positions if reuse_prefix else None
             patched = suffix_runner(model, batch, metric, n, clean)
             for site in sites:
                 hooks = patch_hooks(site, source)
                 if hooks:
                     with model.hooks(hooks):
-                        delta = (patched().float().cpu() - clean).sum().item()
-                    if isinstance(site, KVHeadId):
-                        kv_effect[site.layer, site.group] += delta
-                    else:
-                        effect[site.layer, site.head] += delta
+                        effects.add(site, (patched().float().cpu() - clean).sum().item())
                 advance(len(rows))
-    return _scores("activation", run, effect, kv_effect, sums)
+    return effects.scores("activation", run)
 
 
-def _attribution_hooks(run: PatchRun, clean: dict, deltas: dict) -> Hooks:
-    """Read each head activation and add a zero leaf to it, whose gradient is the metric's
+def _site_hooks(run: PatchRun) -> list[tuple[str, str, int]]:
+    """``(hook name, kind, layer)`` of every site attribution scores."""
+    kinds = ("z", "k", "v") if run.kv else ("z",)
+    hooks = [
+        (f"blocks.{layer}.attn.hook_{kind}", kind, layer)
+        for layer in range(run.model.n_layers)
+        for kind in kinds
+    ]
+    if run.blocks:
+        hooks += [
+            (block_hook(kind, layer), kind, layer)
+            for layer in range(run.model.n_layers)
+            for kind in BLOCK_KINDS
+        ]
+    return hooks
+
+
+def _attribution_hooks(
+    run: PatchRun, clean: dict, deltas: dict, shifts: dict | None = None
+) -> Hooks:
+    """Read each site's activation and add a zero leaf to it, whose gradient is the metric's
     gradient at that activation (the activation itself is not a leaf: the bridge reshapes
-    it, and detaching it would cut the paths through later layers)."""
+    it, and detaching it would cut the paths through later layers). With ``shifts`` (one
+    tensor per site), that shift is added too: a point on the integrated-gradients path."""
     n = run.n_positions
 
     def make(key: tuple[str, int]) -> HookFn:
         def fn(x: Tensor, hook: Any) -> Tensor:
-            clean[key] = tail(x, n).detach().float()
-            zero = torch.zeros_like(clean[key], dtype=x.dtype, requires_grad=True)
-            deltas[key] = zero
-            pad = x.new_zeros((x.shape[0], x.shape[1] - zero.shape[1], *x.shape[2:]))
-            return x + torch.cat([pad, zero], dim=1)
+            if shifts is None:
+                clean[key] = tail(x, n).detach().float()
+            leaf = torch.zeros(tail(x, n).shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            deltas[key] = leaf
+            add = leaf if shifts is None else leaf + shifts[key].to(x.device, x.dtype)
+            pad = x.new_zeros((x.shape[0], x.shape[1] - leaf.shape[1], *x.shape[2:]))
+            return x + torch.cat([pad, add], dim=1)
 
         return fn
 
-    kinds = ("z", "k", "v") if run.kv else ("z",)
-    return [
-        (f"blocks.{layer}.attn.hook_{kind}", make((kind, layer)))
-        for layer in range(run.model.n_layers)
-        for kind in kinds
-    ]
+    keys = [(name, (kind, layer)) for name, kind, layer in _site_hooks(run)]
+    if shifts is not None:
+        keys = [(name, key) for name, key in keys if key in shifts]
+    return [(name, make(key)) for name, key in keys]
 
 
-def _attribute(
-    kind: str, source: PatchSource, clean: dict, deltas: dict, layer: int
-) -> Tensor | None:
-    """``sum over batch, positions, d_head of grad * (cf - clean)`` per head of one layer."""
-    key = (kind, layer)
-    store = {"z": source.z, "k": source.k, "v": source.v}[kind]
-    if key not in deltas or deltas[key].grad is None or layer not in store:
-        return None  # the metric was read before this layer
-    diff = store[layer].to(clean[key].device).float() - clean[key]
-    return (deltas[key].grad.float() * diff).sum(dim=(0, 1, 3)).double().cpu()
+def _grads(model, metric, batch, hooks: Hooks) -> Tensor:
+    """One forward and backward pass of ``metric`` under ``hooks``; returns the metric."""
+    with torch.enable_grad(), model.hooks(hooks):
+        value = metric(model, batch)
+        if value.requires_grad:  # not when the metric is read before any site
+            value.sum().backward()  # rows are independent: the sum keeps per-row grads
+    return value.detach()
 
 
 def attribution_patching(
@@ -172,48 +239,155 @@ def attribution_patching(
     *,
     positions: Positions | Literal["all"] = "post_instruction",
     kv: bool = True,
+    blocks: bool = False,
+    ig_steps: int = 0,
     batch_size: int = 8,
     chat: bool = True,
     progress: bool = False,
 ) -> HeadScores:
-    """First-order estimate of :func:`activation_patching` for every head at once.
+    """First-order estimate of :func:`activation_patching` for every site at once.
 
     For each head, ``(a_cf - a_clean) . d metric / d a`` summed over the patched positions
     and ``d_head`` (for a KV head, the ``k`` and ``v`` terms added), averaged over prompts.
     One forward and one backward pass per batch; model weights stay frozen (gradients flow
-    to zero-valued leaves added at each hooked activation). Arguments as for
-    :func:`activation_patching`.
+    to zero-valued leaves added at each hooked activation). With ``ig_steps`` > 0 the
+    gradient is averaged over that many midpoints of the path from the clean run towards
+    the counterfactual one (integrated gradients; see the module docstring). Other
+    arguments as for :func:`activation_patching`.
 
     Returns:
-        HeadScores with ``method="attribution"``.
+        HeadScores with ``method="attribution"`` (``"integrated-gradients"`` with steps).
     """
-    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat)
-    f = model.facts
-    effect = torch.zeros(f.n_layers, f.n_heads, dtype=torch.float64)
-    kv_effect = torch.zeros(f.n_layers, f.n_kv_heads, dtype=torch.float64) if kv else None
-    sums = [0.0, 0.0]
-    with progress_bar(len(run.harmful), "attribution patching", progress) as advance:
+    if ig_steps < 0:
+        raise ValueError(f"ig_steps must be >= 0, got {ig_steps}")
+    run = PatchRun.prepare(model, harmful, counterfactual, metric, positions, kv, chat, blocks)
+    effects = _Effects(run)
+    label = "integrated gradients" if ig_steps else "attribution patching"
+    with progress_bar(len(run.harmful) * max(ig_steps, 1), label, progress) as advance:
         for rows, batch, source in run.batches(batch_size):
             clean: dict[tuple[str, int], Tensor] = {}
             deltas: dict[tuple[str, int], Tensor] = {}
-            with torch.enable_grad(), model.hooks(_attribution_hooks(run, clean, deltas)):
-                value = metric(model, batch)
-                if value.requires_grad:  # not when the metric is read before any head
-                    value.sum().backward()  # rows are independent: the sum keeps per-row grads
-            sums[0] += value.detach().sum().item()
-            sums[1] += source.metric.sum().item()
-            _accumulate(run, source, clean, deltas, effect, kv_effect)
-            advance(len(rows))
-    return _scores("attribution", run, effect, kv_effect, sums)
+            value = _grads(model, metric, batch, _attribution_hooks(run, clean, deltas))
+            grads = {key: leaf.grad for key, leaf in deltas.items() if leaf.grad is not None}
+            diffs = _differences(source, clean)
+            if ig_steps:
+                grads = _integrated(model, metric, batch, run, diffs, ig_steps, advance, rows)
+            else:
+                advance(len(rows))
+            effects.sums[0] += value.sum().item()
+            effects.sums[1] += source.metric.sum().item()
+            _accumulate(effects, grads, diffs)
+    return effects.scores("integrated-gradients" if ig_steps else "attribution", run)
 
 
-def _accumulate(run: PatchRun, source, clean, deltas, effect: Tensor, kv_effect) -> None:
-    for layer in range(run.model.n_layers):
-        z = _attribute("z", source, clean, deltas, layer)
-        if z is not None:
-            effect[layer] += z
-        if kv_effect is not None:
-            for kind in ("k", "v"):
-                part = _attribute(kind, source, clean, deltas, layer)
-                if part is not None:
-                    kv_effect[layer] += part
+def _differences(source: PatchSource, clean: dict) -> dict[tuple[str, int], Tensor]:
+    """``a_cf - a_clean`` for every site the counterfactual run recorded."""
+    diffs = {}
+    for (kind, layer), value in clean.items():
+        recorded = source.activation(kind, layer)
+        if recorded is not None:  # the metric was read before this layer
+            diffs[(kind, layer)] = recorded.to(value.device).float() - value
+    return diffs
+
+
+def _integrated(model, metric, batch, run, diffs, steps, advance, rows) -> dict:
+    """Mean gradient at each site over ``steps`` midpoints of the straight path."""
+    total: dict[tuple[str, int], Tensor] = {}
+    for j in range(steps):
+        alpha = (j + 0.5) / steps
+        shifts = {key: alpha * diff for key, diff in diffs.items()}
+        deltas: dict[tuple[str, int], Tensor] = {}
+        _grads(model, metric, batch, _attribution_hooks(run, {}, deltas, shifts))
+        for key, leaf in deltas.items():
+            if leaf.grad is not None:
+                total[key] = total.get(key, 0) + leaf.grad.float() / steps
+        advance(len(rows))
+    return total
+
+
+def _accumulate(effects: _Effects, grads: dict, diffs: dict) -> None:
+    """Add ``grad . diff`` per site: summed over batch, positions and the head dimension."""
+    for (kind, layer), diff in diffs.items():
+        grad = grads.get((kind, layer))
+        if grad is None:
+            continue
+        product = grad.float() * diff
+        if kind in BLOCK_KINDS:
+            effects.add(LayerSite(layer, kind), product.sum().item())
+            continue
+        per_head = product.sum(dim=(0, 1, 3)).double().cpu()
+        for index, delta in enumerate(per_head.tolist()):
+            site = HeadId(layer, index) if kind == "z" else KVHeadId(layer, index)
+            effects.add(site, delta)
+
+
+@dataclass(frozen=True)
+class AgreementCheck:
+    """How an estimate (attribution) agreed with exact patching on a sample of sites.
+
+    Attributes:
+        sites: the sites patched exactly (as strings).
+        agreement: Spearman, overlap of the top halves and top-1 match on those sites.
+        exact: the exact scores (zero outside the sample).
+        seconds: wall time of the exact patching.
+    """
+
+    sites: tuple[str, ...]
+    agreement: RankAgreement
+    exact: HeadScores
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.agreement
+        return {
+            "sites": list(self.sites),
+            "spearman": a.spearman,
+            "p_value": a.p_value,
+            "overlap_top_half": a.overlap,
+            "top1_match": a.top1_match,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def check_agreement(
+    model: HookedModel,
+    harmful: Sequence[str],
+    counterfactual: Counterfactual,
+    metric: Metric,
+    estimate: HeadScores,
+    *,
+    sample: int = 16,
+    seed: int = 0,
+    **options: Any,
+) -> AgreementCheck:
+    """Patch a sample of query heads exactly and compare with ``estimate`` on them.
+
+    The sample is the estimate's top ``sample // 2`` heads by absolute importance (where a
+    wrong ranking matters) plus as many others drawn at random (``seed``), so a poor linear
+    approximation shows both as misordered leaders and as missed heads.
+
+    Args:
+        model, harmful, counterfactual, metric: as given to the estimate.
+        estimate: the attribution scores to check.
+        sample: query heads patched exactly (at least 3).
+        seed: the random draw of the other half.
+        **options: ``positions``, ``batch_size``, ``chat`` as for the estimate.
+
+    Returns:
+        The agreement on the sample.
+    """
+    import random
+    import time
+
+    n = estimate.n_layers * estimate.n_heads
+    sample = max(3, min(sample, n))
+    top = estimate.top(sample // 2, by="abs")
+    rest = [h for h, _ in estimate.ranked("abs")[sample // 2 :]]
+    picked = top + random.Random(seed).sample(rest, sample - len(top))
+    start = time.perf_counter()
+    exact = activation_patching(
+        model, harmful, counterfactual, metric, kv=False, sites=picked, **options
+    )
+    seconds = time.perf_counter() - start
+    agreement = site_agreement(exact, estimate, picked)
+    return AgreementCheck(tuple(str(h) for h in picked), agreement, exact, seconds)

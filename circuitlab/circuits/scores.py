@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,15 +14,20 @@ from torch import Tensor
 from circuitlab.models.facts import HeadId
 
 __all__ = [
+    "BLOCK_KINDS",
     "HeadScores",
     "KVHeadId",
+    "LayerSite",
     "RankAgreement",
     "head_scores_figure",
     "plot_head_scores",
     "rank_agreement",
+    "site_agreement",
 ]
 
-Method = Literal["activation", "attribution"]
+Method = Literal["activation", "attribution", "integrated-gradients"]
+# A layer's two sublayer outputs, as the residual stream receives them.
+BLOCK_KINDS = ("attn", "mlp")
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +41,18 @@ class KVHeadId:
         """The query heads that read this KV head (all of them under MQA)."""
         k = n_heads // n_kv_heads
         return [HeadId(self.layer, h) for h in range(self.group * k, (self.group + 1) * k)]
+
+
+@dataclass(frozen=True, order=True)
+class LayerSite:
+    """A whole sublayer output of one layer: the attention block (``attn``, all heads and
+    the output bias together) or the MLP (``mlp``), as it enters the residual stream."""
+
+    layer: int
+    kind: Literal["attn", "mlp"]
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.{self.kind}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +74,8 @@ class HeadScores:
         n_prompts: harmful prompts averaged over.
         n_positions: the last positions patched (the post-instruction template tokens), or
             None for every position.
+        block_effect: per layer, the attention block's and the MLP's output patched whole
+            (columns in :data:`BLOCK_KINDS` order), or None if not measured.
     """
 
     method: Method
@@ -66,6 +86,7 @@ class HeadScores:
     counterfactual: float
     n_prompts: int
     n_positions: int | None
+    block_effect: Float[Tensor, "layer 2"] | None = None
 
     @property
     def n_layers(self) -> int:
@@ -114,6 +135,27 @@ class HeadScores:
     def top(self, k: int, by: Literal["signed", "abs"] = "signed") -> list[HeadId]:
         """The ``k`` most important query heads."""
         return [head for head, _ in self.ranked(by)[:k]]
+
+    def importance_of(self, site: HeadId | KVHeadId | LayerSite) -> float | None:
+        """The importance of any patched site (None where it was not measured)."""
+        if isinstance(site, LayerSite):
+            if self.block_effect is None:
+                return None
+            return -self.block_effect[site.layer, BLOCK_KINDS.index(site.kind)].item()
+        if isinstance(site, KVHeadId):
+            return (
+                None if self.kv_effect is None else -self.kv_effect[site.layer, site.group].item()
+            )
+        return -self.effect[site.layer, site.head].item()
+
+    def ranked_blocks(self) -> list[tuple[LayerSite, float]]:
+        """Every attention block and MLP with its importance, most important first."""
+        if self.block_effect is None:
+            return []
+        values = (-self.block_effect).flatten()
+        order = torch.argsort(values, descending=True, stable=True).tolist()
+        n = len(BLOCK_KINDS)
+        return [(LayerSite(i // n, BLOCK_KINDS[i % n]), values[i].item()) for i in order]
 
     def ranked_kv(self) -> list[tuple[KVHeadId, float]]:
         """Every KV head with its importance, most important first (empty if not measured)."""
@@ -168,6 +210,30 @@ def rank_agreement(reference: HeadScores, estimate: HeadScores, k: int = 20) -> 
     result = spearmanr(ref_values, est_values)
     return RankAgreement(
         k=k,
+        spearman=float(result.statistic),
+        p_value=float(result.pvalue),
+        overlap=len(set(ref_top) & set(est_top)),
+        top1_match=ref_top[0] == est_top[0],
+    )
+
+
+def site_agreement(
+    reference: HeadScores, estimate: HeadScores, sites: Sequence[HeadId | KVHeadId | LayerSite]
+) -> RankAgreement:
+    """Spearman agreement of two scorings on the given sites only (e.g. the sample of heads
+    that exact patching checked); overlap and top-1 compare the top half of that sample."""
+    from scipy.stats import spearmanr
+
+    ref = [reference.importance_of(s) for s in sites]
+    est = [estimate.importance_of(s) for s in sites]
+    if len(sites) < 3 or None in ref or None in est:
+        raise ValueError("site agreement needs >= 3 sites measured by both scorings")
+    result = spearmanr(ref, est)
+    k = max(1, len(sites) // 2)
+    ref_top = sorted(range(len(sites)), key=lambda i: -abs(ref[i]))[:k]
+    est_top = sorted(range(len(sites)), key=lambda i: -abs(est[i]))[:k]
+    return RankAgreement(
+        k=len(sites),
         spearman=float(result.statistic),
         p_value=float(result.pvalue),
         overlap=len(set(ref_top) & set(est_top)),

@@ -12,7 +12,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitlab.circuits.metrics import Batch, Metric
-from circuitlab.circuits.scores import KVHeadId
+from circuitlab.circuits.scores import BLOCK_KINDS, KVHeadId, LayerSite
 from circuitlab.interventions import Intervention
 from circuitlab.models.facts import HeadId
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Paired harmless prompts, or interventions under which the harmful prompts are re-run.
 Counterfactual = Sequence[str] | Intervention | Sequence[Intervention]
-Site = HeadId | KVHeadId
+Site = HeadId | KVHeadId | LayerSite
 Hooks = list[tuple[str, "HookFn"]]
 
 
@@ -76,6 +76,9 @@ class PatchSource:
             d_head]`` (empty when KV heads are not patched).
         metric: the counterfactual run's metric per prompt.
         n_positions: positions recorded (None: all of them).
+        blocks: per ``(kind, layer)`` with kind ``attn`` or ``mlp``, the whole attention
+            block's (``hook_attn_out``) or MLP's (``hook_mlp_out``) output ``[batch,
+            n_positions, d_model]`` (empty when blocks are not patched).
 
     A layer the metric never reached (a direction metric read early) has no entry; patching
     its heads changes nothing.
@@ -86,6 +89,14 @@ class PatchSource:
     v: dict[int, Float[Tensor, "batch pos kv_head d_head"]]
     metric: Float[Tensor, " batch"]
     n_positions: int | None
+    blocks: dict[tuple[str, int], Float[Tensor, "batch pos d_model"]] = field(default_factory=dict)
+
+    def activation(self, kind: str, layer: int) -> Tensor | None:
+        """The recorded activation of ``kind`` (``z``, ``k``, ``v``, ``attn``, ``mlp``) at
+        ``layer``, or None where it was not recorded."""
+        if kind in ("attn", "mlp"):
+            return self.blocks.get((kind, layer))
+        return {"z": self.z, "k": self.k, "v": self.v}[kind].get(layer)
 
 
 def _split(counterfactual: Counterfactual, n: int) -> tuple[list[str] | None, tuple]:
@@ -107,17 +118,20 @@ def record_source(
     n_positions: int | None,
     interventions: Sequence[Intervention] = (),
     kv: bool = True,
+    blocks: bool = False,
 ) -> PatchSource:
-    """Run the counterfactual batch (under ``interventions``) and keep what patching needs."""
+    """Run the counterfactual batch (under ``interventions``) and keep what patching needs
+    (with ``blocks``, also every layer's attention-block and MLP outputs)."""
     from circuitlab.hooks import apply
 
     z: dict[int, Tensor] = {}
     k: dict[int, Tensor] = {}
     v: dict[int, Tensor] = {}
+    outputs: dict[tuple[str, int], Tensor] = {}
 
-    def keep(store: dict[int, Tensor], layer: int) -> HookFn:
+    def keep(store: dict, key) -> HookFn:
         def fn(x: Tensor, hook: Any) -> None:
-            store[layer] = tail(x, n_positions).detach().clone()
+            store[key] = tail(x, n_positions).detach().clone()
 
         return fn
 
@@ -127,17 +141,30 @@ def record_source(
         if kv:
             hooks.append((f"blocks.{layer}.attn.hook_k", keep(k, layer)))
             hooks.append((f"blocks.{layer}.attn.hook_v", keep(v, layer)))
+        if blocks:
+            for kind in BLOCK_KINDS:
+                hooks.append((block_hook(kind, layer), keep(outputs, (kind, layer))))
     edit = apply(model, *interventions) if interventions else nullcontext()
     with torch.no_grad(), edit, model.hooks(hooks):
         value = metric(model, batch).detach().float().cpu()
-    return PatchSource(z, k, v, value, n_positions)
+    return PatchSource(z, k, v, value, n_positions, outputs)
 
 
-def _replace(source: Tensor, index: int) -> HookFn:
+def block_hook(kind: str, layer: int) -> str:
+    """The hook of a layer's attention-block (``attn``) or MLP (``mlp``) output; on
+    sandwich-norm models (Gemma 2/3) it fires after the sublayer's post-norm, so a patch
+    replaces exactly what the residual stream receives."""
+    return f"blocks.{layer}.hook_{kind}_out"
+
+
+def _replace(source: Tensor, index: int | None) -> HookFn:
     def patch(x: Tensor, hook: Any) -> Tensor:
         x = x.clone()  # never in place: other holders of this tensor must not see the patch
         n = source.shape[1]
-        x[:, -n:, index] = source[:, :, index].to(device=x.device, dtype=x.dtype)
+        if index is None:
+            x[:, -n:] = source.to(device=x.device, dtype=x.dtype)
+        else:
+            x[:, -n:, index] = source[:, :, index].to(device=x.device, dtype=x.dtype)
         return x
 
     return patch
@@ -147,14 +174,22 @@ def patch_hooks(site: Site, source: PatchSource) -> Hooks:
     """Hooks that patch one head's counterfactual activation into the running batch.
 
     Args:
-        site: a query head (``HeadId``: its ``attn.hook_z`` slice) or a KV head
-            (``KVHeadId``: its ``hook_k`` and ``hook_v`` slices, i.e. the whole group).
+        site: a query head (``HeadId``: its ``attn.hook_z`` slice), a KV head
+            (``KVHeadId``: its ``hook_k`` and ``hook_v`` slices, i.e. the whole group), or a
+            whole sublayer output (``LayerSite``).
         source: the counterfactual activations of the same batch rows.
 
     Returns:
         ``(hook name, fn)`` pairs for :meth:`HookedModel.hooks` (empty for a layer the
         counterfactual run never reached).
     """
+    if isinstance(site, LayerSite):
+        recorded = source.activation(site.kind, site.layer)
+        return (
+            []
+            if recorded is None
+            else [(block_hook(site.kind, site.layer), _replace(recorded, None))]
+        )
     prefix = f"blocks.{site.layer}.attn"
     if isinstance(site, KVHeadId):
         if site.layer not in source.k:
@@ -168,12 +203,15 @@ def patch_hooks(site: Site, source: PatchSource) -> Hooks:
     return [(f"{prefix}.hook_z", _replace(source.z[site.layer], site.head))]
 
 
-def all_sites(model: HookedModel, kv: bool) -> list[Site]:
-    """Every query head, then (with ``kv``) every KV head, layer by layer."""
+def all_sites(model: HookedModel, kv: bool, blocks: bool = False) -> list[Site]:
+    """Every query head, then (with ``kv``) every KV head, then (with ``blocks``) every
+    attention block and MLP, layer by layer."""
     f = model.facts
     sites: list[Site] = [HeadId(layer, h) for layer in range(f.n_layers) for h in range(f.n_heads)]
     if kv:
         sites += [KVHeadId(layer, g) for layer in range(f.n_layers) for g in range(f.n_kv_heads)]
+    if blocks:
+        sites += [LayerSite(layer, kind) for layer in range(f.n_layers) for kind in BLOCK_KINDS]
     return sites
 
 
@@ -226,6 +264,7 @@ class PatchRun:
     n_positions: int | None
     kv: bool
     chat: bool
+    blocks: bool = False
 
     @classmethod
     def prepare(
@@ -237,6 +276,7 @@ class PatchRun:
         positions: Positions | Literal["all"],
         kv: bool,
         chat: bool,
+        blocks: bool = False,
     ) -> PatchRun:
         """Check the arguments of a patching call and resolve its positions."""
         harmful = list(harmful)
@@ -249,7 +289,7 @@ class PatchRun:
                 "positions='all' needs the same tokens in both runs: paired prompts differ in "
                 "length, so patch the last positions or use an intervention as counterfactual"
             )
-        return cls(model, harmful, paired, interventions, metric, n, kv, chat)
+        return cls(model, harmful, paired, interventions, metric, n, kv, chat, blocks)
 
     def batches(self, batch_size: int) -> Iterator[tuple[range, Batch, PatchSource]]:
         """Per batch of rows: the encoded harmful batch and its counterfactual source."""
@@ -260,6 +300,12 @@ class PatchRun:
             if self.paired is not None:
                 cf_batch = self.model.encode([self.paired[i] for i in rows], chat=self.chat)
             source = record_source(
-                self.model, cf_batch, self.metric, self.n_positions, self.interventions, self.kv
+                self.model,
+                cf_batch,
+                self.metric,
+                self.n_positions,
+                self.interventions,
+                self.kv,
+                self.blocks,
             )
             yield rows, batch, source
