@@ -354,7 +354,7 @@ def test_full_direction_ablation_empties_the_projection_metric(gqa):
 def test_circuit_round_trip_heat_map_and_head_ablation(gqa, tmp_path):
     model, u = gqa
     metric = DirectionMetric(u)
-    scores = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4)
+    scores = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, blocks=True)
     circuit = RefusalCircuit.from_scores(scores, model.facts, "tiny", harmful={"n": 4})
     path = circuit.save(tmp_path / "circuits" / "tiny.json")
     loaded = RefusalCircuit.load(path)
@@ -365,8 +365,10 @@ def test_circuit_round_trip_heat_map_and_head_ablation(gqa, tmp_path):
         "kv_group": 1,
         "importance": pytest.approx(scores.importance[1, 2].item()),
     }
-    assert len(loaded.heads) == 12 and len(loaded.kv_heads) == 6
+    assert len(loaded.heads) == 12 and len(loaded.kv_heads) == 6 and len(loaded.blocks) == 6
+    assert loaded.blocks[0].id == scores.ranked_blocks()[0][0]
     assert torch.allclose(loaded.to_scores().effect, scores.effect)
+    assert torch.allclose(loaded.to_scores().block_effect, scores.block_effect)
 
     png = plot_head_scores(loaded.to_scores(), tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

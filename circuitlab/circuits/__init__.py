@@ -6,7 +6,13 @@ into :class:`HeadScores`; :class:`RefusalCircuit` ranks and saves them, and
 :func:`head_ablation` turns its top heads into a foldable head-level intervention.
 """
 
-from circuitlab.circuits.circuit import CircuitHead, CircuitKVHead, RefusalCircuit, head_ablation
+from circuitlab.circuits.circuit import (
+    CircuitBlock,
+    CircuitHead,
+    CircuitKVHead,
+    RefusalCircuit,
+    head_ablation,
+)
 from circuitlab.circuits.metrics import (
     DEFAULT_REFUSAL_OPENINGS,
     DirectionMetric,
@@ -43,6 +49,7 @@ __all__ = [
     "BLOCK_KINDS",
     "DEFAULT_REFUSAL_OPENINGS",
     "AgreementCheck",
+    "CircuitBlock",
     "LayerSite",
     "check_agreement",
     "site_agreement",

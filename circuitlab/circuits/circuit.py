@@ -1,8 +1,9 @@
 """RefusalCircuit: the ranked heads that patching found, saved as JSON, turned into edits.
 
 A circuit lists every query head (layer, head, KV group, importance), most important
-first, and every KV head when they were patched; its :func:`head_ablation` is the
-head-level intervention the search and the exporter take.
+first, every KV head when they were patched, and every attention block and MLP when those
+were; its :func:`head_ablation` is the head-level intervention the search and the exporter
+take.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 
 import torch
 
-from circuitlab.circuits.scores import HeadScores, KVHeadId
+from circuitlab.circuits.scores import BLOCK_KINDS, HeadScores, KVHeadId, LayerSite
 from circuitlab.errors import CircuitlabError
 from circuitlab.interventions import DirectionRef, HeadAblation
 from circuitlab.models.facts import HeadId, ModelFacts
 
-__all__ = ["CircuitHead", "CircuitKVHead", "RefusalCircuit", "head_ablation"]
+__all__ = ["CircuitBlock", "CircuitHead", "CircuitKVHead", "RefusalCircuit", "head_ablation"]
 
 FORMAT = "circuitlab.RefusalCircuit/1"
 
@@ -54,6 +55,19 @@ class CircuitKVHead:
 
 
 @dataclass(frozen=True)
+class CircuitBlock:
+    """A whole attention block (``attn``) or MLP (``mlp``) output of one layer."""
+
+    layer: int
+    kind: str
+    importance: float
+
+    @property
+    def id(self) -> LayerSite:
+        return LayerSite(self.layer, self.kind)
+
+
+@dataclass(frozen=True)
 class RefusalCircuit:
     """Heads ranked by how much refusal they carry, with what is needed to reproduce them.
 
@@ -64,6 +78,7 @@ class RefusalCircuit:
         n_layers, n_heads, n_kv_heads: the model's shape (checked when the circuit is used).
         heads: every query head, most important first.
         kv_heads: every KV head, most important first (empty if not patched).
+        blocks: every attention block and MLP, most important first (empty if not patched).
         clean, counterfactual: mean metric of the harmful and the counterfactual runs.
         metadata: provenance (prompt sources and hashes, counterfactual, positions, timing).
     """
@@ -76,6 +91,7 @@ class RefusalCircuit:
     n_kv_heads: int
     heads: tuple[CircuitHead, ...]
     kv_heads: tuple[CircuitKVHead, ...] = ()
+    blocks: tuple[CircuitBlock, ...] = ()
     clean: float = 0.0
     counterfactual: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -105,6 +121,7 @@ class RefusalCircuit:
             n_kv_heads=facts.n_kv_heads,
             heads=heads,
             kv_heads=kv_heads,
+            blocks=tuple(CircuitBlock(b.layer, b.kind, v) for b, v in scores.ranked_blocks()),
             clean=scores.clean,
             counterfactual=scores.counterfactual,
             metadata=metadata,
@@ -126,6 +143,11 @@ class RefusalCircuit:
             kv_effect = torch.zeros(self.n_layers, self.n_kv_heads)
             for g in self.kv_heads:
                 kv_effect[g.layer, g.kv_group] = -g.importance
+        block_effect = None
+        if self.blocks:
+            block_effect = torch.zeros(self.n_layers, len(BLOCK_KINDS))
+            for b in self.blocks:
+                block_effect[b.layer, BLOCK_KINDS.index(b.kind)] = -b.importance
         return HeadScores(
             method=self.method,
             metric=self.metric,
@@ -135,6 +157,7 @@ class RefusalCircuit:
             counterfactual=self.counterfactual,
             n_prompts=int(self.metadata.get("n_prompts", 0)),
             n_positions=self.metadata.get("n_positions"),
+            block_effect=block_effect,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +172,7 @@ class RefusalCircuit:
         data["kv_heads"] = tuple(
             CircuitKVHead(**{**g, "heads": tuple(g["heads"])}) for g in data.get("kv_heads", ())
         )
+        data["blocks"] = tuple(CircuitBlock(**b) for b in data.get("blocks", ()))
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
