@@ -414,6 +414,17 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     page = out.with_suffix(".html").read_text()  # the run report, beside the circuit
     assert "report:" in text and page.count("data:image/png;base64,") == 1
     assert f"<tr><td>1</td><td>{PLANTED.layer}</td><td>{PLANTED.head}</td>" in page  # rank 1
+    assert circuit.metric == "refusal-logodds" and "agreement_check" not in circuit.metadata
+
+    # An estimate is checked against exact patching on a sample, and the check is kept.
+    igs = ["--method", "integrated-gradients", "--ig-steps", "2", "--check", "5", "--blocks"]
+    assert main([*argv, "--cache-dir", str(tmp_path), *igs]) == 0
+    text = capsys.readouterr().out
+    assert "agreement with exact patching on 5 sampled heads" in text
+    circuit = RefusalCircuit.load(out)
+    assert circuit.method == "integrated-gradients" and circuit.top(1)[0].id == PLANTED
+    assert len(circuit.metadata["agreement_check"]["sites"]) == 5
+    assert len(circuit.blocks) == 2 * model.n_layers
 
 
 def test_head_scores_annotations_check_shapes():

@@ -2,8 +2,11 @@
 
 Harmful prompts (train split) are the clean run; the counterfactual is the paired harmless
 prompts (default) or the harmful prompts with the refusal direction ablated. Every query
-head and KV head is scored; the ranked circuit is saved as JSON under ``cache/circuits/``
-with a heat map and an HTML run report next to it, and the top heads are printed.
+head and KV head (and with ``--blocks`` every attention block and MLP) is scored; the
+ranked circuit is saved as JSON under ``cache/circuits/`` with a heat map and an HTML run
+report next to it, and the top heads are printed. An estimate (attribution, integrated
+gradients) is checked against exact patching on a sample of heads, and the agreement is
+printed and stored with the circuit.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from rich.table import Table
 
 from circuitlab.config import Settings
 
-METHODS = ("attribution", "activation")
-METRICS = ("refusal-logprob", "refusal-logodds", "refusal-projection")
+METHODS = ("attribution", "integrated-gradients", "activation")
+METRICS = ("refusal-logodds", "refusal-logprob", "refusal-projection")
 COUNTERFACTUALS = ("harmless", "ablated")
+# Below this sampled Spearman the command suggests a more exact method.
+AGREEMENT_WARNING = 0.8
 # Where the refusal direction is taken when no layer is given: about three quarters of the
 # depth (layers 21-23 of 30 worked on the SmolLM2 organism, see DESIGN.md).
 DIRECTION_DEPTH = 0.75
@@ -36,7 +41,22 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
     p.add_argument("--n", type=int, default=32, help="prompts per side (train split)")
-    p.add_argument("--metric", choices=METRICS, default="refusal-logprob", help="what to patch")
+    p.add_argument("--metric", choices=METRICS, default="refusal-logodds", help="what to patch")
+    p.add_argument(
+        "--ig-steps",
+        type=int,
+        default=8,
+        metavar="N",
+        help="path points of --method integrated-gradients",
+    )
+    p.add_argument(
+        "--check",
+        type=int,
+        default=16,
+        metavar="N",
+        help="heads patched exactly to check an estimate's ranking (0: no check)",
+    )
+    p.add_argument("--blocks", action="store_true", help="also score every attention block and MLP")
     p.add_argument(
         "--openings",
         nargs="+",
@@ -149,6 +169,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         RefusalCircuit,
         activation_patching,
         attribution_patching,
+        check_agreement,
         plot_head_scores,
     )
     from circuitlab.commands.extract import prompt_sets
@@ -160,6 +181,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     harmful, harmless = harmful.take(n), harmless.take(n)
     metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)
     run = activation_patching if args.method == "activation" else attribution_patching
+    extra = {"ig_steps": args.ig_steps} if args.method == "integrated-gradients" else {}
     chat, positions = model.facts.has_chat_template, _positions(args.positions)
     if not chat and positions == "post_instruction":
         # Raw text has no template tokens after the prompt: only the last token is shared.
@@ -173,11 +195,20 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         metric,
         positions=positions,
         kv=not args.no_kv,
+        blocks=args.blocks,
         batch_size=settings.batch_size,
         chat=chat,
         progress=True,
+        **extra,
     )
     seconds = time.perf_counter() - started
+    check = None
+    if args.method != "activation" and args.check:
+        check = check_agreement(
+            model, harmful.prompts, counterfactual, metric, scores, sample=args.check,
+            seed=settings.seed, positions=positions, batch_size=settings.batch_size, chat=chat,
+        )  # fmt: skip
+        info["agreement_check"] = check.to_dict()
     provenance = {
         "harmful": {"source": args.harmful, "n": n, "hash": harmful.hash},
         "harmless": {"source": args.harmless, "n": n, "hash": harmless.hash},
@@ -194,6 +225,17 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
     cli.out.print(circuit_table(circuit, args.top))
     cli.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
+    if check is not None:
+        a = check.agreement
+        cli.out.print(
+            f"agreement with exact patching on {a.k} sampled heads ({check.seconds:.1f} s): "
+            f"Spearman {a.spearman:.3f}, top-1 {'matches' if a.top1_match else 'differs'}"
+        )
+        if a.spearman < AGREEMENT_WARNING:
+            cli.err.print(
+                f"the estimate ranks heads poorly here (Spearman < {AGREEMENT_WARNING}): "
+                "try --method integrated-gradients or activation"
+            )
     cli.out.print(f"saved: {path}\nheat map: {png}")
     report = circuit_report(
         circuit, scores, top=args.top, command=command_line(args), seed=settings.seed,
