@@ -45,6 +45,7 @@ from circuitlab.circuits import (
     head_ablation,
     plot_head_scores,
     rank_agreement,
+    refine,
 )
 from circuitlab.directions import extract_diff_means
 from circuitlab.engine import HookedModel
@@ -69,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--metric", choices=["logprob", "logodds"], default="logodds")
     p.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
     p.add_argument("--check-sample", type=int, default=16, help="heads in the sampled check")
+    p.add_argument("--refine", type=int, default=40, help="attribution's top heads re-scored")
+    p.add_argument("--no-edits", action="store_true", help="stop after discovery")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -142,6 +145,7 @@ def block_agreement(exact, estimate) -> dict:
 
 def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
     a = rank_agreement(exact, estimate, k=20)
+    blocks = {} if estimate.block_effect is None else {"blocks": block_agreement(exact, estimate)}
     return {
         "seconds": {"wall": seconds[0], "cpu": seconds[1]},
         "spearman_top20": a.spearman,
@@ -149,7 +153,7 @@ def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
         "overlap_top20": a.overlap,
         "top1_match": a.top1_match,
         "top_heads": [str(h) for h in estimate.top(10)],
-        "blocks": block_agreement(exact, estimate),
+        **blocks,
     }
 
 
@@ -168,11 +172,19 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
     check = check_agreement(
         model, harmful, harmless, metric, fast, sample=args.check_sample, **options
     )
+    refined, refine_wall, refine_cpu = timed(
+        refine, model, harmful, harmless, metric, fast, top=args.refine, **options
+    )
     exact, exact_wall, exact_cpu = timed(
         activation_patching, model, harmful, harmless, metric, **patch
     )
     circuits = {}
-    for scores, wall in ((fast, fast_wall), (ig, ig_wall), (exact, exact_wall)):
+    for scores, wall in (
+        (fast, fast_wall),
+        (ig, ig_wall),
+        (refined, refine_wall),
+        (exact, exact_wall),
+    ):
         circuit = RefusalCircuit.from_scores(
             scores, model.facts, args.model, seconds=round(wall, 2), n_pairs=args.n
         )
@@ -194,6 +206,12 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             "integrated_gradients": {
                 "steps": args.ig_steps,
                 **agreement_figures(exact, ig, (ig_wall, ig_cpu)),
+            },
+            "refined": {
+                "top": args.refine,
+                **agreement_figures(
+                    exact, refined, (fast_wall + refine_wall, fast_cpu + refine_cpu)
+                ),
             },
             "sampled_check": check.to_dict(),
             "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
@@ -246,13 +264,13 @@ def summary(result: dict) -> None:
         f"exact patching ({f['n_heads_scored']} query heads + KV heads + "
         f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['wall']:.1f} s wall"
     )
-    for name in ("attribution", "integrated_gradients"):
+    for name in ("attribution", "integrated_gradients", "refined"):
         g = f[name]
+        blocks = f"; blocks Spearman {g['blocks']['spearman']:.3f}" if "blocks" in g else ""
         print(
             f"{name}: {g['seconds']['wall']:.1f} s wall; Spearman on exact top 20 heads "
             f"{g['spearman_top20']:.3f} (p {g['spearman_p']:.2g}), overlap "
-            f"{g['overlap_top20']}/20, top-1 match {g['top1_match']}; blocks Spearman "
-            f"{g['blocks']['spearman']:.3f}"
+            f"{g['overlap_top20']}/20, top-1 match {g['top1_match']}{blocks}"
         )
     c = f["sampled_check"]
     print(
@@ -261,6 +279,8 @@ def summary(result: dict) -> None:
     )
     print(f"top blocks (exact): {', '.join(f'{s} {v:.2f}' for s, v in f['blocks_activation'][:6])}")
     e = result["edits"]
+    if e is None:
+        return
     u = e["unedited"]
     print(f"unedited: refusals {u['refusal_rate']:.1%}")
     print("layer-level DirectionalAblation:   calib  refusals  KL1    KL4")
@@ -291,7 +311,11 @@ def main() -> None:
     ds = direction(model, data, args.n_direction, args.cache_dir)
     found = discover(model, data, args, out, slug)
     found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
-    edits = compare_edits(model, data, ds, layer, found["circuits"]["attribution"], args)
+    edits = None
+    if not args.no_edits:
+        edits = compare_edits(model, data, ds, layer, found["circuits"]["attribution"], args)
+    else:
+        out = out.with_name(out.stem + "-discovery.json")
     result = {
         "model": args.model,
         "layer": layer,

@@ -18,8 +18,8 @@ from circuitlab.circuits import (
     DirectionMetric,
     HeadScores,
     KVHeadId,
-    RefusalCircuit,
     LayerSite,
+    RefusalCircuit,
     RefusalTokenMetric,
     activation_patching,
     attribution_patching,
@@ -30,6 +30,7 @@ from circuitlab.circuits import (
     plot_head_scores,
     rank_agreement,
     record_source,
+    refine,
 )
 from circuitlab.engine import HookedModel
 from circuitlab.hooks import apply
@@ -227,6 +228,20 @@ def test_patching_every_block_reproduces_the_counterfactual_run_and_scores_block
     assert exact.ranked_blocks()[0][0] == LayerSite(1, "attn")
 
 
+def test_refine_patches_the_leading_candidates_exactly(gqa):
+    model, _ = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    approx = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4)
+    refined = refine(model, HARMFUL, HARMLESS, metric, approx, top=3, batch_size=4)
+    exact = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, kv=False)
+    assert refined.method == "attribution+exact"
+    for head in approx.top(3, by="abs"):
+        assert refined.importance_of(head) == pytest.approx(exact.importance_of(head))
+    rest = approx.top(5, by="abs")[3:]
+    assert all(refined.importance_of(h) == approx.importance_of(h) for h in rest)
+    assert torch.equal(refined.kv_effect, approx.kv_effect)
+
+
 def test_agreement_check_patches_a_sample_and_compares(gqa):
     model, _ = gqa
     metric = RefusalTokenMetric.from_openings(model.tokenizer)
@@ -418,11 +433,12 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
 
     # An estimate is checked against exact patching on a sample, and the check is kept.
     igs = ["--method", "integrated-gradients", "--ig-steps", "2", "--check", "5", "--blocks"]
+    igs += ["--refine", "3"]
     assert main([*argv, "--cache-dir", str(tmp_path), *igs]) == 0
     text = capsys.readouterr().out
     assert "agreement with exact patching on 5 sampled heads" in text
     circuit = RefusalCircuit.load(out)
-    assert circuit.method == "integrated-gradients" and circuit.top(1)[0].id == PLANTED
+    assert circuit.method == "integrated-gradients+exact" and circuit.top(1)[0].id == PLANTED
     assert len(circuit.metadata["agreement_check"]["sites"]) == 5
     assert len(circuit.blocks) == 2 * model.n_layers
 

@@ -25,6 +25,7 @@ from circuitlab.circuits.patching import (
     activation_patching,
     attribution_patching,
     check_agreement,
+    refine,
 )
 from circuitlab.circuits.scores import (
     BLOCK_KINDS,
@@ -52,6 +53,7 @@ __all__ = [
     "CircuitBlock",
     "LayerSite",
     "check_agreement",
+    "refine",
     "site_agreement",
     "CircuitHead",
     "CircuitKVHead",

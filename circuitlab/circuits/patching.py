@@ -24,14 +24,16 @@ too (``HeadScores.block_effect``): refusal on the SmolLM2 organism is written mo
 MLPs, which head scores cannot show.
 
 :func:`check_agreement` measures, on a sample of sites, how well an estimate agrees with
-exact patching, so a user sees when the linear approximation is poor.
+exact patching, so a user sees when the linear approximation is poor; :func:`refine`
+patches an estimate's leading candidates exactly, so the ranking that matters is exact at a
+fraction of exact patching's cost.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -64,7 +66,13 @@ from circuitlab.progress import progress_bar
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, HookFn, Positions
 
-__all__ = ["AgreementCheck", "activation_patching", "attribution_patching", "check_agreement"]
+__all__ = [
+    "AgreementCheck",
+    "activation_patching",
+    "attribution_patching",
+    "check_agreement",
+    "refine",
+]
 
 log = logging.getLogger(__name__)
 
@@ -391,3 +399,38 @@ def check_agreement(
     seconds = time.perf_counter() - start
     agreement = site_agreement(exact, estimate, picked)
     return AgreementCheck(tuple(str(h) for h in picked), agreement, exact, seconds)
+
+
+def refine(
+    model: HookedModel,
+    harmful: Sequence[str],
+    counterfactual: Counterfactual,
+    metric: Metric,
+    estimate: HeadScores,
+    *,
+    top: int = 40,
+    **options: Any,
+) -> HeadScores:
+    """The estimate with its ``top`` query heads (by absolute importance) patched exactly.
+
+    Attribution screens every head in one pass; exact patching then re-scores only the
+    candidates, whose order is what a circuit is read for. Heads outside the candidates
+    keep their estimated values (the same units: mean change of the metric).
+
+    Args:
+        model, harmful, counterfactual, metric: as given to the estimate.
+        estimate: the screening scores.
+        top: candidates patched exactly.
+        **options: ``positions``, ``batch_size``, ``chat``, ``progress`` as for the estimate.
+
+    Returns:
+        HeadScores with ``method`` = the estimate's method + ``+exact``.
+    """
+    candidates = estimate.top(min(top, estimate.n_layers * estimate.n_heads), by="abs")
+    exact = activation_patching(
+        model, harmful, counterfactual, metric, kv=False, sites=candidates, **options
+    )
+    effect = estimate.effect.clone()
+    for head in candidates:
+        effect[head.layer, head.head] = exact.effect[head.layer, head.head]
+    return replace(estimate, method=f"{estimate.method}+exact", effect=effect)

@@ -25,7 +25,14 @@ __all__ = [
     "site_agreement",
 ]
 
-Method = Literal["activation", "attribution", "integrated-gradients"]
+# "+exact" marks an estimate whose leading heads were re-scored by exact patching.
+Method = Literal[
+    "activation",
+    "attribution",
+    "integrated-gradients",
+    "attribution+exact",
+    "integrated-gradients+exact",
+]
 # A layer's two sublayer outputs, as the residual stream receives them.
 BLOCK_KINDS = ("attn", "mlp")
 

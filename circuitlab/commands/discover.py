@@ -56,6 +56,13 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="N",
         help="heads patched exactly to check an estimate's ranking (0: no check)",
     )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=40,
+        metavar="K",
+        help="re-score an estimate's top K heads by exact patching (0: keep the estimate)",
+    )
     p.add_argument("--blocks", action="store_true", help="also score every attention block and MLP")
     p.add_argument(
         "--openings",
@@ -171,6 +178,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         attribution_patching,
         check_agreement,
         plot_head_scores,
+        refine,
     )
     from circuitlab.commands.extract import prompt_sets
     from circuitlab.report import circuit_report, command_line
@@ -201,7 +209,6 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         progress=True,
         **extra,
     )
-    seconds = time.perf_counter() - started
     check = None
     if args.method != "activation" and args.check:
         check = check_agreement(
@@ -209,6 +216,12 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
             seed=settings.seed, positions=positions, batch_size=settings.batch_size, chat=chat,
         )  # fmt: skip
         info["agreement_check"] = check.to_dict()
+    if args.method != "activation" and args.refine:
+        scores = refine(
+            model, harmful.prompts, counterfactual, metric, scores, top=args.refine,
+            positions=positions, batch_size=settings.batch_size, chat=chat, progress=True,
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
     provenance = {
         "harmful": {"source": args.harmful, "n": n, "hash": harmful.hash},
         "harmless": {"source": args.harmless, "n": n, "hash": harmless.hash},
