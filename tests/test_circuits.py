@@ -252,7 +252,7 @@ def test_agreement_check_patches_a_sample_and_compares(gqa):
     assert check.exact.importance_of(PLANTED) == pytest.approx(exact.importance_of(PLANTED))
     outside = next(h for h, _ in exact.ranked() if str(h) not in check.sites)
     assert check.exact.importance_of(outside) == 0  # only the sample was patched
-    assert check.agreement.top1_match and -1 <= check.agreement.spearman <= 1
+    assert check.agreement.k == 3 and check.agreement.top1_match and 0 <= check.missed <= 3
     assert set(check.to_dict()) >= {"spearman", "sites", "seconds", "top1_match"}
 
 
@@ -432,14 +432,14 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     assert circuit.metric == "refusal-logodds" and "agreement_check" not in circuit.metadata
 
     # An estimate is checked against exact patching on a sample, and the check is kept.
-    igs = ["--method", "integrated-gradients", "--ig-steps", "2", "--check", "5", "--blocks"]
+    igs = ["--method", "integrated-gradients", "--ig-steps", "2", "--check", "6", "--blocks"]
     igs += ["--refine", "3"]
     assert main([*argv, "--cache-dir", str(tmp_path), *igs]) == 0
     text = capsys.readouterr().out
-    assert "agreement with exact patching on 5 sampled heads" in text
+    assert "agreement with exact patching on 6 sampled heads" in text and "top 3," in text
     circuit = RefusalCircuit.load(out)
     assert circuit.method == "integrated-gradients+exact" and circuit.top(1)[0].id == PLANTED
-    assert len(circuit.metadata["agreement_check"]["sites"]) == 5
+    assert len(circuit.metadata["agreement_check"]["sites"]) == 6
     assert len(circuit.blocks) == 2 * model.n_layers
 
 

@@ -334,14 +334,19 @@ class AgreementCheck:
     """How an estimate (attribution) agreed with exact patching on a sample of sites.
 
     Attributes:
-        sites: the sites patched exactly (as strings).
-        agreement: Spearman, overlap of the top halves and top-1 match on those sites.
+        sites: the sites patched exactly (as strings): the estimate's leaders first, then
+            the random others.
+        agreement: on the estimate's leaders only, Spearman of the two orderings, overlap
+            of their top halves and top-1 match (the order a circuit is read for).
+        missed: random others whose exact importance is larger than the smallest exact
+            importance among the leaders (heads the estimate should have ranked higher).
         exact: the exact scores (zero outside the sample).
         seconds: wall time of the exact patching.
     """
 
     sites: tuple[str, ...]
     agreement: RankAgreement
+    missed: int
     exact: HeadScores
     seconds: float
 
@@ -350,6 +355,7 @@ class AgreementCheck:
         return {
             "sites": list(self.sites),
             "spearman": a.spearman,
+            "missed": self.missed,
             "p_value": a.p_value,
             "overlap_top_half": a.overlap,
             "top1_match": a.top1_match,
@@ -372,12 +378,14 @@ def check_agreement(
 
     The sample is the estimate's top ``sample // 2`` heads by absolute importance (where a
     wrong ranking matters) plus as many others drawn at random (``seed``), so a poor linear
-    approximation shows both as misordered leaders and as missed heads.
+    approximation shows both as misordered leaders (Spearman over the leaders alone: over
+    the whole sample, the gap between leaders and near-zero others would hide it) and as
+    missed heads.
 
     Args:
         model, harmful, counterfactual, metric: as given to the estimate.
         estimate: the attribution scores to check.
-        sample: query heads patched exactly (at least 3).
+        sample: query heads patched exactly (at least 6).
         seed: the random draw of the other half.
         **options: ``positions``, ``batch_size``, ``chat`` as for the estimate.
 
@@ -388,7 +396,7 @@ def check_agreement(
     import time
 
     n = estimate.n_layers * estimate.n_heads
-    sample = max(3, min(sample, n))
+    sample = max(6, min(sample, n))  # >= 3 leaders for a rank correlation
     top = estimate.top(sample // 2, by="abs")
     rest = [h for h, _ in estimate.ranked("abs")[sample // 2 :]]
     picked = top + random.Random(seed).sample(rest, sample - len(top))
@@ -397,8 +405,10 @@ def check_agreement(
         model, harmful, counterfactual, metric, kv=False, sites=picked, **options
     )
     seconds = time.perf_counter() - start
-    agreement = site_agreement(exact, estimate, picked)
-    return AgreementCheck(tuple(str(h) for h in picked), agreement, exact, seconds)
+    agreement = site_agreement(exact, estimate, top)
+    floor = min(abs(exact.importance_of(h)) for h in top)
+    missed = sum(abs(exact.importance_of(h)) > floor for h in picked[len(top) :])
+    return AgreementCheck(tuple(str(h) for h in picked), agreement, missed, exact, seconds)
 
 
 def refine(

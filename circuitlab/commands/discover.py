@@ -241,13 +241,15 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     if check is not None:
         a = check.agreement
         cli.out.print(
-            f"agreement with exact patching on {a.k} sampled heads ({check.seconds:.1f} s): "
-            f"Spearman {a.spearman:.3f}, top-1 {'matches' if a.top1_match else 'differs'}"
+            f"agreement with exact patching on {len(check.sites)} sampled heads "
+            f"({check.seconds:.1f} s): Spearman {a.spearman:.3f} over the estimate's top "
+            f"{a.k}, top-1 {'matches' if a.top1_match else 'differs'}, {check.missed} of "
+            f"{len(check.sites) - a.k} other heads should have ranked among them"
         )
-        if a.spearman < AGREEMENT_WARNING:
+        if a.spearman < AGREEMENT_WARNING or check.missed:
             cli.err.print(
-                f"the estimate ranks heads poorly here (Spearman < {AGREEMENT_WARNING}): "
-                "try --method integrated-gradients or activation"
+                "the first-order estimate ranks heads poorly here: keep --refine (or raise "
+                "it), or use --method activation"
             )
     cli.out.print(f"saved: {path}\nheat map: {png}")
     report = circuit_report(
