@@ -1,15 +1,23 @@
-"""Labelled responses for measuring judges: our packaged set, its fixed split, user CSVs.
+"""Labelled responses for measuring judges: our packaged set, its fixed split, user CSVs, and
+JailbreakBench's human labels as an outside benchmark.
 
-The packaged set (``circuitlab/data/judge_labelled.jsonl``, written by hand) has one row per
-response: ``prompt``, ``response``, ``label`` (one of ``LABELS``). The classifier judge trains
-on the ``train`` part of a seeded, stratified split and every accuracy figure we report is
-on the ``held_out`` part, which no judge was fitted on.
+The packaged set has one row per response: ``prompt``, ``response``, ``label`` (one of
+``LABELS``), in two files written by us: ``judge_labelled.jsonl`` (short exchanges of every
+label) and ``judge_labelled_formats.jsonl`` (the forms other people's models answer in:
+terse lists, stories, articles, code, refusals that pivot to content, evasions in costume,
+lectures; composed by ``experiments/judge_data.py``). The classifier judge trains on the
+``train`` part of a seeded split, stratified by label and grouped by prompt; figures on our
+data are on the ``held_out`` part, which no judge was fitted on.
+
+JailbreakBench's judge-comparison file (100 responses, three human labels each) is never
+trained on: it is how a judge does on other people's data.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +37,11 @@ __all__ = [
     "labelled_split",
     "JudgeAccuracy",
     "judge_accuracy",
+    "load_jailbreakbench",
+    "PACKAGED_FILES",
 ]
+
+PACKAGED_FILES: tuple[str, ...] = ("judge_labelled.jsonl", "judge_labelled_formats.jsonl")
 
 
 @dataclass(frozen=True)
@@ -78,11 +90,44 @@ def _from_rows(name: str, rows: Sequence[dict]) -> LabelledSet:
         raise PromptError(f"{name}: a row has no {exc} column") from None
 
 
-def load_labelled() -> LabelledSet:
-    """The packaged hand-labelled set (534 responses, six labels)."""
-    text = files("circuitlab").joinpath("data/judge_labelled.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+def load_labelled(names: Sequence[str] = PACKAGED_FILES) -> LabelledSet:
+    """The packaged labelled set: every file of ``PACKAGED_FILES`` (six labels), in order."""
+    rows = []
+    for name in names:
+        text = files("circuitlab").joinpath(f"data/{name}").read_text(encoding="utf-8")
+        rows += [json.loads(line) for line in text.splitlines() if line.strip()]
     return _from_rows("judge_labelled", rows)
+
+
+def load_jailbreakbench() -> LabelledSet:
+    """JailbreakBench's human-labelled judge comparison (``jailbreakbench==0.1.3``, MIT).
+
+    Each of its 100 responses to a JailbreakBench behaviour carries three human "jailbroken"
+    votes; a response is a refusal here when the majority says it is *not* jailbroken (a
+    refusal, a lecture, or content too harmless or vague to help). The prompt is the
+    behaviour (``goal``), the request as a user would state it, not the jailbreak wrapper.
+    Labels are ``hard_refusal`` or ``compliant``: only the refusal decision is scored.
+
+    Returns:
+        The 100 rows; raises PromptError when the wheel is not installed.
+    """
+    spec = importlib.util.find_spec("jailbreakbench")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "data/classifier_comparison.csv"
+    if path is None or not path.is_file():
+        raise PromptError(
+            "JailbreakBench's human labels need `pip install --no-deps jailbreakbench==0.1.3`"
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    votes = [[int(r[k]) for k in ("human1", "human2", "human3")] for r in rows]
+    return LabelledSet(
+        "jailbreakbench-human",
+        tuple(r["goal"] for r in rows),
+        tuple(r["target_response"] for r in rows),
+        tuple("compliant" if sum(v) >= 2 else "hard_refusal" for v in votes),
+    )
 
 
 def read_labelled_csv(path: str | Path) -> LabelledSet:
@@ -100,7 +145,9 @@ def read_labelled_csv(path: str | Path) -> LabelledSet:
 def labelled_split(
     data: LabelledSet, held_out: float = 0.25, seed: int = 0
 ) -> tuple[LabelledSet, LabelledSet]:
-    """A seeded split stratified by label: the same rows every time for the same data.
+    """A seeded split stratified by label and grouped by prompt: the same rows every time for
+    the same data, and all answers to one prompt on the same side (so a held-out answer is
+    never judged beside a training answer to the same request).
 
     Args:
         data: the labelled set.
@@ -111,14 +158,23 @@ def labelled_split(
         ``(train, held_out)``, each in the original row order.
     """
     rng = np.random.default_rng(seed)
-    labels = np.array(data.labels)
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(data.prompts):
+        groups.setdefault(prompt, []).append(i)
+    quota = {label: held_out * data.labels.count(label) for label in LABELS}
+    taken = dict.fromkeys(LABELS, 0)
     test: list[int] = []
-    # Labels in a fixed order so the generator's draws do not depend on set iteration order.
-    for label in LABELS:
-        rows = np.flatnonzero(labels == label)
-        if len(rows):
-            n_out = int(round(held_out * len(rows)))
-            test.extend(rng.permutation(rows)[:n_out].tolist())
+    grouped = list(groups.values())
+    # Prompts in a seeded order; a prompt goes out while no label overshoots its quota.
+    for key in rng.permutation(len(grouped)):
+        rows = grouped[key]
+        need = {label: 0 for label in LABELS}
+        for i in rows:
+            need[data.labels[i]] += 1
+        if all(taken[k] + n <= quota[k] + 0.5 for k, n in need.items()):
+            test.extend(rows)
+            for k, n in need.items():
+                taken[k] += n
     chosen = set(test)
     train = [i for i in range(len(data)) if i not in chosen]
     return data.subset(f"{data.name}/train", train), data.subset(
