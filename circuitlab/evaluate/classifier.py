@@ -185,6 +185,7 @@ class ClassifierJudge:
     threshold: float = 0.5
     name: str = "classifier"
     temperature: float = 1.0
+    agreement: str = ""
 
     def probabilities(
         self, prompts: Sequence[str], responses: Sequence[str]

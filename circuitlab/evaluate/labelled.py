@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -38,6 +38,8 @@ __all__ = [
     "JudgeAccuracy",
     "judge_accuracy",
     "load_jailbreakbench",
+    "bootstrap_intervals",
+    "jailbreakbench_reference",
     "PACKAGED_FILES",
 ]
 
@@ -99,6 +101,30 @@ def load_labelled(names: Sequence[str] = PACKAGED_FILES) -> LabelledSet:
     return _from_rows("judge_labelled", rows)
 
 
+def _jailbreakbench_rows() -> list[dict]:
+    spec = importlib.util.find_spec("jailbreakbench")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "data/classifier_comparison.csv"
+    if path is None or not path.is_file():
+        raise PromptError(
+            "JailbreakBench's human labels need `pip install --no-deps jailbreakbench==0.1.3`"
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# The other judges whose verdicts the file records (1 = jailbroken), for comparison.
+REFERENCE_JUDGES = ("llama_guard", "gpt_4", "gpt_4_turbo", "TDC", "GCG", "BERT")
+
+
+def jailbreakbench_reference() -> dict[str, list[bool]]:
+    """Refusal decisions (True = not jailbroken) of the judges JailbreakBench compared, in
+    the rows' order: the agreement a model judge of that kind reached on the same data."""
+    rows = _jailbreakbench_rows()
+    return {name: [int(r[name]) == 0 for r in rows] for name in REFERENCE_JUDGES}
+
+
 def load_jailbreakbench() -> LabelledSet:
     """JailbreakBench's human-labelled judge comparison (``jailbreakbench==0.1.3``, MIT).
 
@@ -111,16 +137,7 @@ def load_jailbreakbench() -> LabelledSet:
     Returns:
         The 100 rows; raises PromptError when the wheel is not installed.
     """
-    spec = importlib.util.find_spec("jailbreakbench")
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "data/classifier_comparison.csv"
-    if path is None or not path.is_file():
-        raise PromptError(
-            "JailbreakBench's human labels need `pip install --no-deps jailbreakbench==0.1.3`"
-        )
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = _jailbreakbench_rows()
     votes = [[int(r[k]) for k in ("human1", "human2", "human3")] for r in rows]
     return LabelledSet(
         "jailbreakbench-human",
@@ -193,6 +210,8 @@ class JudgeAccuracy:
         labels: row/column order of ``confusion``.
         confusion: ``confusion[i][j]``: true ``labels[i]`` judged ``labels[j]``.
         uncertain: responses whose confidence was below the judge's threshold.
+        intervals: 95 % bootstrap intervals of ``precision``, ``recall``, ``f1`` and
+            ``accuracy`` of the refusal decision.
     """
 
     judge: str
@@ -201,6 +220,16 @@ class JudgeAccuracy:
     labels: tuple[str, ...]
     confusion: tuple[tuple[int, ...], ...]
     uncertain: int
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def figures(self) -> dict:
+        """The refusal metrics with their intervals, as plain JSON-ready values."""
+        m = self.refusal
+        out: dict = {"data": self.data, "n": m.n, "tp": m.tp, "fp": m.fp, "fn": m.fn, "tn": m.tn}
+        for name in ("precision", "recall", "f1", "accuracy"):
+            out[name] = round(getattr(m, name), 4)
+            out[f"{name}_ci"] = [round(v, 4) for v in self.intervals.get(name, (0.0, 1.0))]
+        return out
 
     def per_label_recall(self) -> dict[str, float]:
         """Share of each true label the judge named exactly."""
@@ -222,19 +251,56 @@ class JudgeAccuracy:
         return out
 
 
-def judge_accuracy(judge: Judge, data: LabelledSet) -> JudgeAccuracy:
+def bootstrap_intervals(
+    truth: Sequence[bool], predicted: Sequence[bool], n_boot: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95 % percentile-bootstrap intervals of refusal precision, recall, F1 and accuracy.
+
+    Rows are resampled with replacement ``n_boot`` times (seeded, so the same data gives the
+    same intervals); a resample without any predicted or true refusal scores 0 for the
+    undefined metric, as :class:`BinaryMetrics` does.
+    """
+    t, p = np.asarray(truth, bool), np.asarray(predicted, bool)
+    if not len(t):
+        return {name: (0.0, 1.0) for name in ("precision", "recall", "f1", "accuracy")}
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
+    tb, pb = t[idx], p[idx]
+    tp = (tb & pb).sum(1)
+    fp = (~tb & pb).sum(1)
+    fn = (tb & ~pb).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
+    accuracy = (tb == pb).mean(1)
+    out = {}
+    for name, values in (
+        ("precision", precision),
+        ("recall", recall),
+        ("f1", f1),
+        ("accuracy", accuracy),
+    ):
+        low, high = np.percentile(values, [2.5, 97.5])
+        out[name] = (float(low), float(high))
+    return out
+
+
+def judge_accuracy(judge: Judge, data: LabelledSet, n_boot: int = 2000) -> JudgeAccuracy:
     """Run ``judge`` on ``data`` and score it against the true labels.
 
     Args:
         judge: any judge.
         data: labelled responses (e.g. the held-out part of :func:`labelled_split`).
+        n_boot: bootstrap resamples for the intervals (0: none).
 
     Returns:
-        Refusal precision/recall/F1 and the per-label confusion matrix.
+        Refusal precision/recall/F1/accuracy with intervals and the per-label confusion
+        matrix.
     """
     verdict = judge.judge(list(data.prompts), list(data.responses))
     truth = [label in REFUSAL_LABELS for label in data.labels]
     matrix = confusion_matrix(data.labels, verdict.labels, LABELS)
+    intervals = bootstrap_intervals(truth, verdict.is_refusal, n_boot) if n_boot else {}
     return JudgeAccuracy(
         judge=judge.name,
         data=data.name,
@@ -242,4 +308,5 @@ def judge_accuracy(judge: Judge, data: LabelledSet) -> JudgeAccuracy:
         labels=LABELS,
         confusion=tuple(tuple(row) for row in matrix),
         uncertain=sum(verdict.uncertain),
+        intervals=intervals,
     )
