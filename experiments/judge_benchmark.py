@@ -122,9 +122,8 @@ def main() -> None:
         AGREEMENT.write_text(json.dumps({"note": note, "judges": agreement}, indent=1) + "\n")
     for row in results:
         low, high = row["accuracy_ci"]
-        print(
-            f"{row['judge']:32s} {row['data']:26s} acc {row['accuracy']:.3f} [{low:.2f}, {high:.2f}]"
-        )  # noqa: T201
+        line = f"{row['judge']:32s} {row['data']:26s} acc {row['accuracy']:.3f}"
+        print(f"{line} [{low:.2f}, {high:.2f}]")  # noqa: T201
 
 
 if __name__ == "__main__":

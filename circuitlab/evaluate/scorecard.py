@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from circuitlab.engine import HookedModel
-from circuitlab.evaluate.capability import CapabilityResult, Question, capability
 from circuitlab.evaluate.agreement import describe_judge
+from circuitlab.evaluate.capability import CapabilityResult, Question, capability
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.refusals import judged_generate
