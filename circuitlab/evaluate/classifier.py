@@ -47,8 +47,19 @@ __all__ = ["MiniLM", "minilm_path", "ClassifierJudge", "pair_features", "FEATURE
 
 log = logging.getLogger(__name__)
 
-# Bump when pair_features changes, so cached features and weights are not reused.
+# Bump when pair_features changes, so cached features and weights are not reused. The marker
+# judge's label and cues are features too: its source is part of every cache key.
 FEATURE_VERSION = 3
+
+
+def _marker_fingerprint() -> str:
+    from importlib.resources import files
+
+    source = "".join(
+        files("circuitlab").joinpath(f"evaluate/{name}.py").read_text(encoding="utf-8")
+        for name in ("markers", "judges", "text")
+    )
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 def minilm_path() -> Path:
@@ -280,7 +291,7 @@ class ClassifierJudge:
         train = train if train is not None else labelled_split(load_labelled())[0]
         embedder = MiniLM(device=device)
         folder = Path(cache_dir) / "judges" if cache_dir is not None else None
-        key = _key(train.hash, FEATURE_VERSION, c, "temperature")
+        key = _key(train.hash, FEATURE_VERSION, _marker_fingerprint(), c, "temperature")
         path = folder / f"classifier-{key}.safetensors" if folder else None
         if path is not None and path.is_file():
             tensors = load_file(str(path))
@@ -353,9 +364,8 @@ def _cached_features(
 ) -> Float[np.ndarray, "pair feature"]:
     path = None
     if folder is not None:
-        path = (
-            folder / f"features-{_key(data.hash, FEATURE_VERSION, embedder.path.name)}.safetensors"
-        )
+        key = _key(data.hash, FEATURE_VERSION, _marker_fingerprint(), embedder.path.name)
+        path = folder / f"features-{key}.safetensors"
         if path.is_file():
             return load_file(str(path))["x"]
     x = pair_features(embedder, data.prompts, data.responses)

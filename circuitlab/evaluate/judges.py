@@ -171,12 +171,15 @@ def _pivots_to_content(head: str, rest: str) -> bool:
     sentence = head[match.start() :].split(". ")[0]
     if _REDIRECT.search(sentence):
         return False
-    if _STRONG.search(rest):
+    # What follows the pivot sentence, in the opening and after it.
+    after = head[match.start() + len(sentence) :].lstrip(". ") + "\n" + rest
+    if _STRONG.search(after):
         return True
-    # "However, I can provide a general outline" promises the content itself; any
-    # continuation that is not a lecture delivers it.
+    # "However, I can provide a hypothetical approach" promises the content itself: an
+    # answer that goes on (even with a caveat first; the content may lie past the judged
+    # span) delivers it, unless all that follows points elsewhere.
     promised = _PROMISE.search(sentence) is not None
-    return promised and len(rest.strip()) >= 40 and not _moralises(rest)
+    return promised and len(after.strip()) >= 40 and not _REFERRAL.search(after)
 
 
 def _answers(span: str) -> bool:
