@@ -140,25 +140,32 @@ def _options(settings: Settings, args: argparse.Namespace, **overrides):
 
 # ------------------------------------------------------------------------------ judge-eval
 def _ci(value: float, interval: tuple[float, float] | None) -> str:
+    # The interval on a line of its own keeps the table inside a terminal's width.
     if interval is None:
         return f"{value:.3f}"
-    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return f"{value:.3f}\n{interval[0]:.2f}–{interval[1]:.2f}"
+
+
+# Short names for the table; JSON and the agreement records keep the full ones.
+DATA_NAMES = {"judge_labelled/held_out": "ours, held out", "jailbreakbench-human": "JBB humans"}
 
 
 def _metrics_table(reports: Sequence) -> Table:
     table = Table(
         title="refusal detection (hard, soft, evasive = refusal)",
-        caption="95% bootstrap intervals; ref:* are the judges JailbreakBench compared "
-        "(their verdicts, from its file)",
+        caption="under each figure its 95% bootstrap interval; JBB humans: JailbreakBench's "
+        "human labels; ref:* the judges JailbreakBench compared (their recorded verdicts)",
     )
-    for column in ("judge", "data", "n", "precision", "recall", "F1", "accuracy", "uncertain"):
-        left = column in ("judge", "data")
-        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    for column in ("judge", "data", "n", "precision", "recall", "F1", "accuracy", "unsure"):
+        if column in ("judge", "data"):
+            table.add_column(column, min_width=10, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for r in reports:
         m, ci = r.refusal, r.intervals
         table.add_row(
             r.judge,
-            r.data,
+            DATA_NAMES.get(r.data, r.data),
             str(m.n),
             _ci(m.precision, ci.get("precision")),
             _ci(m.recall, ci.get("recall")),
