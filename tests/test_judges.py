@@ -530,3 +530,36 @@ def test_nli_missing_model_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="cannot load the NLI model"):
         NLIJudge(str(tmp_path / "nowhere")).judge(["q"], ["a"])
+
+
+def test_judge_benchmark_script_writes_json(tmp_path):
+    """experiments/judge_benchmark.py at reduced size (markers only, few resamples)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "experiments/judge_benchmark.py"),
+            "--out",
+            str(out),
+            "--judges",
+            "markers",
+            "--n-boot",
+            "50",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    rows = json.loads(out.read_text())["results"]
+    bench = {r["judge"]: r for r in rows if r["data"] == "jailbreakbench-human"}
+    assert bench["markers"]["n"] == 100 and "ref:gpt_4" in bench
+    low, high = bench["markers"]["accuracy_ci"]
+    assert low <= bench["markers"]["accuracy"] <= high
+    # The packaged agreement figures are the script's output for the same judge.
+    packaged = json.loads(files("circuitlab").joinpath("data/judge_agreement.json").read_text())
+    assert packaged["judges"]["markers"]["accuracy"] == bench["markers"]["accuracy"]
