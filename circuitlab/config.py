@@ -52,10 +52,22 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(
         False, description="Allow model repositories to run their own Python code (off: unsafe)."
     )
-    judge: Literal["markers", "classifier", "combined", "nli"] = Field(
+    judge: Literal["markers", "classifier", "combined", "nli", "model"] = Field(
         "markers",
         description="Refusal judge for evaluation and search: markers (phrases), classifier "
-        "(local MiniLM + logistic regression), combined (markers or classifier) or nli.",
+        "(local MiniLM + logistic regression), combined (markers where they are sure, the "
+        "classifier elsewhere), nli, or model (the --model-judge model).",
+    )
+    model_judge: str = Field(
+        "rubric",
+        description="Model judge for --judge model: harmbench, harmbench-mistral, wildguard, "
+        "llama-guard, rejection, rubric, rubric:MODEL (our rubric on any chat model), "
+        "classifier:MODEL (any sequence classifier), or a hub id / folder.",
+    )
+    model_judge_for_search: bool = Field(
+        False,
+        description="Also use the model judge inside search trials (slow); off: trials use "
+        "the marker judge and the final scorecard the model judge.",
     )
     judge_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Judgements less confident than this count as uncertain."
@@ -72,7 +84,9 @@ class Settings(BaseSettings):
         description="Also use the NLI judge inside search trials (slow); off: only for the "
         "final test-split scorecard.",
     )
-    neural_device: str = Field("cpu", description="Device of the NLI model.")
+    neural_device: str = Field(
+        "cpu", description="Device of the NLI model and the model judge (e.g. cuda:1)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Logging level of the command-line tool."
     )

@@ -198,7 +198,13 @@ def test_cli_judge_eval_with_a_user_csv(tmp_path, capsys):
     assert main(["judge-eval", "--judges", "markers", "--csv", str(path)]) == 0
     text = capsys.readouterr().out
     assert "judge_labelled/held_out" in text and "mine.csv" in text
-    assert "0.766" in text  # markers' held-out refusal F1, printed beside the CSV's
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.evaluate.labelled import judge_accuracy, labelled_split, load_labelled
+
+    held = labelled_split(load_labelled())[1]
+    f1 = judge_accuracy(MarkerJudge(), held, n_boot=0).refusal.f1
+    assert f"{f1:.3f}" in text  # markers' held-out refusal F1, printed beside the CSV's
+    assert "jailbreakbench-human" in text and "ref:gpt_4" in text
     assert main(["judge-eval", "--judges", "markers", "--csv", str(tmp_path / "none.csv")]) == 2
 
 

@@ -1,9 +1,12 @@
 """``circuitlab judge-eval`` and ``circuitlab evaluate``: how good the judges are, and what an
 edit did to a model.
 
-``judge-eval`` scores judges on the held-out part of our labelled set (and on a user CSV
-with columns prompt, response, label): refusal precision / recall / F1 side by side, then
-each judge's confusion matrix.
+``judge-eval`` scores judges on the held-out part of our labelled set, on JailbreakBench's
+human labels (never trained on; the judges JailbreakBench compared are listed beside), and
+on a user CSV with columns prompt, response, label: refusal precision / recall / F1 /
+accuracy with 95 % bootstrap intervals, then each judge's confusion matrix. Each judge's
+agreement with the human labels is stored in the cache and printed beside its rates in
+later scorecards.
 
 ``evaluate MODEL`` prints the scorecard of the model, and next to it the same model under
 ``--intervention`` files and/or an exported model given with ``--compare``: refusals on a
@@ -24,7 +27,7 @@ from rich.table import Table
 
 from circuitlab.config import Settings
 
-JUDGES = ("markers", "classifier", "combined", "nli")
+JUDGES = ("markers", "classifier", "combined", "nli", "model")
 SPLITS = ("test", "val", "train", "all")
 SHORT = {
     "hard_refusal": "hard",
@@ -44,8 +47,15 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         default=None,
         metavar="LIST",
         help=f"judges to measure, comma-separated, from {', '.join(JUDGES)} (default: "
-        "markers,classifier,combined; with --judge other than markers, that judge alone)",
+        "markers,classifier,combined; with --judge other than markers, that judge alone); "
+        "model is the --model-judge model, on --neural-device",
     )
+    p.add_argument(
+        "--no-benchmark",
+        action="store_true",
+        help="skip JailbreakBench's human labels (only our held-out set and --csv)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     _judge_flags(p)
 
     p = command("evaluate", cmd_evaluate, "Print the scorecard of a model and its edits.")
@@ -129,20 +139,38 @@ def _options(settings: Settings, args: argparse.Namespace, **overrides):
 
 
 # ------------------------------------------------------------------------------ judge-eval
+def _ci(value: float, interval: tuple[float, float] | None) -> str:
+    # The interval on a line of its own keeps the table inside a terminal's width.
+    if interval is None:
+        return f"{value:.3f}"
+    return f"{value:.3f}\n{interval[0]:.2f}–{interval[1]:.2f}"
+
+
+# Short names for the table; JSON and the agreement records keep the full ones.
+DATA_NAMES = {"judge_labelled/held_out": "ours, held out", "jailbreakbench-human": "JBB humans"}
+
+
 def _metrics_table(reports: Sequence) -> Table:
-    table = Table(title="refusal detection (hard, soft, evasive = refusal)")
-    for column in ("judge", "data", "n", "precision", "recall", "F1", "uncertain"):
-        left = column in ("judge", "data")
-        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    table = Table(
+        title="refusal detection (hard, soft, evasive = refusal)",
+        caption="under each figure its 95% bootstrap interval; JBB humans: JailbreakBench's "
+        "human labels; ref:* the judges JailbreakBench compared (their recorded verdicts)",
+    )
+    for column in ("judge", "data", "n", "precision", "recall", "F1", "accuracy", "unsure"):
+        if column in ("judge", "data"):
+            table.add_column(column, min_width=10, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
     for r in reports:
-        m = r.refusal
+        m, ci = r.refusal, r.intervals
         table.add_row(
             r.judge,
-            r.data,
+            DATA_NAMES.get(r.data, r.data),
             str(m.n),
-            f"{m.precision:.3f}",
-            f"{m.recall:.3f}",
-            f"[bold]{m.f1:.3f}",
+            _ci(m.precision, ci.get("precision")),
+            _ci(m.recall, ci.get("recall")),
+            f"[bold]{_ci(m.f1, ci.get('f1'))}",
+            _ci(m.accuracy, ci.get("accuracy")),
             str(r.uncertain),
         )
     return table
@@ -159,6 +187,8 @@ def _confusion_table(report) -> Table:
     table.add_column("recall", justify="right")
     recall = report.per_label_recall()
     for label, row in zip(report.labels, report.confusion, strict=True):
+        if not sum(row):
+            continue  # labels a data set does not use (JailbreakBench: refusal or not)
         cells = [
             f"[bold]{v}" if j == label else str(v) for v, j in zip(row, report.labels, strict=True)
         ]
@@ -166,35 +196,90 @@ def _confusion_table(report) -> Table:
     return table
 
 
-def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import err, out
+def _reference_reports(data) -> list:
+    """The judges JailbreakBench compared, scored from their recorded verdicts."""
+    from circuitlab.evaluate.judges import LABELS, REFUSAL_LABELS
+    from circuitlab.evaluate.labelled import (
+        JudgeAccuracy,
+        bootstrap_intervals,
+        jailbreakbench_reference,
+    )
+    from circuitlab.evaluate.stats import binary_metrics, confusion_matrix
+
+    truth = [label in REFUSAL_LABELS for label in data.labels]
+    out = []
+    for name, refused in jailbreakbench_reference().items():
+        judged = ["hard_refusal" if r else "compliant" for r in refused]
+        out.append(
+            JudgeAccuracy(
+                judge=f"ref:{name}",
+                data=data.name,
+                refusal=binary_metrics(truth, refused),
+                labels=LABELS,
+                confusion=tuple(map(tuple, confusion_matrix(data.labels, judged, LABELS))),
+                uncertain=0,
+                intervals=bootstrap_intervals(truth, refused),
+            )
+        )
+    return out
+
+
+def _judges_to_measure(args: argparse.Namespace, settings: Settings) -> list:
+    from circuitlab.cli import err
     from circuitlab.errors import ConfigError
     from circuitlab.evaluate.factory import build_judge
-    from circuitlab.evaluate.labelled import (
-        judge_accuracy,
-        labelled_split,
-        load_labelled,
-        read_labelled_csv,
-    )
 
-    data = [labelled_split(load_labelled(), seed=0)[1]]
-    if args.csv:
-        data.append(read_labelled_csv(args.csv))
-    reports = []
     default = "markers,classifier,combined" if settings.judge == "markers" else settings.judge
     kinds = [k.strip() for k in (args.judges or default).split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(JUDGES))
     if unknown or not kinds:
         raise ConfigError(f"--judges: unknown {unknown or 'empty list'}; choose from {JUDGES}")
-    for kind in kinds:
-        with err.status(f"building the {kind} judge…"):
-            options = _options(settings, args, kind=kind)
-            judge = build_judge(options, settings.cache_dir, device=settings.device)
+    options = [_options(settings, args, kind=kind) for kind in kinds]
+    judges = []
+    for option in options:
+        with err.status(f"building the {option.kind} judge…"):
+            judges.append(build_judge(option, settings.cache_dir, device=settings.device))
+    return judges
+
+
+def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from circuitlab.cli import err, out
+    from circuitlab.errors import PromptError
+    from circuitlab.evaluate.agreement import BENCHMARK, record_agreement
+    from circuitlab.evaluate.labelled import (
+        judge_accuracy,
+        labelled_split,
+        load_jailbreakbench,
+        load_labelled,
+        read_labelled_csv,
+    )
+
+    data = [labelled_split(load_labelled(), seed=0)[1]]
+    if not args.no_benchmark:
+        try:
+            data.append(load_jailbreakbench())
+        except PromptError as exc:
+            err.print(f"[yellow]skipping JailbreakBench's human labels: {exc}")
+    if args.csv:
+        data.append(read_labelled_csv(args.csv))
+    reports = []
+    for judge in _judges_to_measure(args, settings):
         for labelled in data:
             with err.status(f"judging {labelled.name} with {judge.name}…"):
-                reports.append(judge_accuracy(judge, labelled))
+                report = judge_accuracy(judge, labelled)
+            reports.append(report)
+            if labelled.name == BENCHMARK:
+                record_agreement(settings.cache_dir, judge.name, report.figures())
+    benchmark = [d for d in data if d.name == BENCHMARK]
+    if benchmark:
+        reports += _reference_reports(benchmark[0])
     out.print(_metrics_table(reports))
-    out.print(Columns([_confusion_table(r) for r in reports]))
+    out.print(Columns([_confusion_table(r) for r in reports if not r.judge.startswith("ref:")]))
+    if args.json:
+        figures = [{"judge": r.judge, **r.figures()} for r in reports]
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
 

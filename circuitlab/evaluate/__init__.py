@@ -2,9 +2,10 @@
 hand-off to lm-eval.
 
 Judges share one signature, ``judge(prompts, responses) -> Judgements``. Heavy pieces
-(MiniLM, the NLI pipeline) load only when such a judge is built.
+(MiniLM, the NLI pipeline, model judges) load only when such a judge is built or first used.
 """
 
+from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability, load_mmlu
 from circuitlab.evaluate.classifier import ClassifierJudge, MiniLM
 from circuitlab.evaluate.factory import JudgeOptions, build_judge
@@ -24,8 +25,15 @@ from circuitlab.evaluate.labelled import (
     LabelledSet,
     judge_accuracy,
     labelled_split,
+    load_jailbreakbench,
     load_labelled,
     read_labelled_csv,
+)
+from circuitlab.evaluate.model_judges import (
+    MODEL_JUDGES,
+    LLMJudge,
+    SequenceClassifierJudge,
+    model_judge,
 )
 from circuitlab.evaluate.nli import NLIJudge
 from circuitlab.evaluate.questions import QuestionColumns, QuestionSource, load_questions
@@ -35,6 +43,7 @@ from circuitlab.evaluate.stats import BinaryMetrics, binary_metrics, wilson_inte
 
 __all__ = [
     "LABELS",
+    "MODEL_JUDGES",
     "REFUSAL_LABELS",
     "UNCERTAIN",
     "BinaryMetrics",
@@ -48,6 +57,7 @@ __all__ = [
     "Judgements",
     "KLBaseline",
     "KLScores",
+    "LLMJudge",
     "LabelledSet",
     "MarkerJudge",
     "MiniLM",
@@ -56,18 +66,22 @@ __all__ = [
     "QuestionColumns",
     "QuestionSource",
     "Scorecard",
+    "SequenceClassifierJudge",
     "binary_metrics",
     "build_judge",
     "capability",
+    "describe_judge",
     "judge_accuracy",
     "judged_generate",
     "kl_divergence",
     "lm_eval_handoff",
     "lm_eval_tasks",
     "labelled_split",
+    "load_jailbreakbench",
     "load_labelled",
     "load_mmlu",
     "load_questions",
+    "model_judge",
     "read_labelled_csv",
     "score_model",
     "scorecard_table",

@@ -12,8 +12,8 @@ from circuitlab.evaluate.nli import DEFAULT_NLI_MODEL
 
 __all__ = ["JudgeOptions", "build_judge", "JUDGE_KINDS"]
 
-JudgeKind = Literal["markers", "classifier", "combined", "nli"]
-JUDGE_KINDS: tuple[str, ...] = ("markers", "classifier", "combined", "nli")
+JudgeKind = Literal["markers", "classifier", "combined", "nli", "model"]
+JUDGE_KINDS: tuple[str, ...] = ("markers", "classifier", "combined", "nli", "model")
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,16 @@ class JudgeOptions:
 
     Attributes:
         kind: ``markers`` (phrases), ``classifier`` (local MiniLM + logistic regression),
-            ``combined`` (markers ``combine_rule`` classifier) or ``nli`` (zero-shot model).
+            ``combined`` (markers ``combine_rule`` classifier), ``nli`` (zero-shot model) or
+            ``model`` (``model_judge``: a sequence classifier or an LLM with a rubric).
         user_markers: extra refusal phrases for the marker judge.
         threshold: confidences below this are reported as uncertain.
-        combine_rule: ``or`` (a refusal if either judge says so) or ``and``.
+        combine_rule: ``first`` (markers decide where they are sure, the classifier
+            elsewhere), ``or`` (a refusal if either judge says so) or ``and``.
+        model_judge: the model judge's spec (see
+            :func:`~circuitlab.evaluate.model_judges.model_judge`).
+        model_judge_for_search: also use the model judge in search trials; off by default
+            (trials use markers, the final scorecard the model judge).
         use_neural_refusal_detection: add the NLI judge to the chosen judge with ``or``
             (a second opinion for refusals phrases cannot catch).
         neural_detection_model: the NLI model (hub id or folder).
@@ -38,7 +44,9 @@ class JudgeOptions:
     kind: JudgeKind = "markers"
     user_markers: tuple[str, ...] = ()
     threshold: float = 0.5
-    combine_rule: Literal["or", "and"] = "or"
+    combine_rule: Literal["first", "or", "and"] = "first"
+    model_judge: str = "rubric"
+    model_judge_for_search: bool = False
     use_neural_refusal_detection: bool = False
     neural_detection_model: str = DEFAULT_NLI_MODEL
     neural_detection_for_optuna: bool = False
@@ -56,6 +64,8 @@ class JudgeOptions:
             "neural_detection_model": settings.neural_detection_model,
             "neural_detection_for_optuna": settings.neural_detection_for_optuna,
             "neural_device": settings.neural_device,
+            "model_judge": getattr(settings, "model_judge", "rubric"),
+            "model_judge_for_search": getattr(settings, "model_judge_for_search", False),
         }
         return cls(**{**values, **overrides})
 
@@ -75,8 +85,16 @@ def build_judge(
         device: device of the MiniLM embedder of the classifier.
 
     Returns:
-        A judge; ``judge.name`` says what it is (e.g. ``markers-or-classifier``).
+        A judge; ``judge.name`` says what it is (e.g. ``markers-first-classifier``) and
+        ``judge.agreement`` how it agreed with human labels where that was measured (see
+        :func:`~circuitlab.evaluate.agreement.agreement_note`).
     """
+    from circuitlab.evaluate.agreement import with_agreement
+
+    return with_agreement(_build(options, cache_dir, for_search, device), cache_dir)
+
+
+def _build(options: JudgeOptions, cache_dir, for_search: bool, device: str) -> Judge:
     from circuitlab.evaluate.nli import NLIJudge
 
     markers = MarkerJudge(user_markers=tuple(options.user_markers), threshold=options.threshold)
@@ -102,6 +120,17 @@ def build_judge(
         judge = CombinedJudge(markers, classifier(), options.combine_rule, options.threshold)
     elif options.kind == "nli":
         return nli()
+    elif options.kind == "model":
+        if for_search and not options.model_judge_for_search:
+            return markers
+        from circuitlab.evaluate.model_judges import model_judge
+
+        return model_judge(
+            options.model_judge,
+            device=options.neural_device,
+            threshold=options.threshold,
+            cache_dir=cache_dir,
+        )
     else:
         raise ValueError(f"unknown judge {options.kind!r}; choose from {JUDGE_KINDS}")
     neural = options.use_neural_refusal_detection and (

@@ -1,18 +1,26 @@
-"""Labelled responses for measuring judges: our packaged set, its fixed split, user CSVs.
+"""Labelled responses for measuring judges: our packaged set, its fixed split, user CSVs, and
+JailbreakBench's human labels as an outside benchmark.
 
-The packaged set (``circuitlab/data/judge_labelled.jsonl``, written by hand) has one row per
-response: ``prompt``, ``response``, ``label`` (one of ``LABELS``). The classifier judge trains
-on the ``train`` part of a seeded, stratified split and every accuracy figure we report is
-on the ``held_out`` part, which no judge was fitted on.
+The packaged set has one row per response: ``prompt``, ``response``, ``label`` (one of
+``LABELS``), in two files written by us: ``judge_labelled.jsonl`` (short exchanges of every
+label) and ``judge_labelled_formats.jsonl`` (the forms other people's models answer in:
+terse lists, stories, articles, code, refusals that pivot to content, evasions in costume,
+lectures; composed by ``experiments/judge_data.py``). The classifier judge trains on the
+``train`` part of a seeded split, stratified by label and grouped by prompt; figures on our
+data are on the ``held_out`` part, which no judge was fitted on.
+
+JailbreakBench's judge-comparison file (100 responses, three human labels each) is never
+trained on: it is how a judge does on other people's data.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -29,7 +37,13 @@ __all__ = [
     "labelled_split",
     "JudgeAccuracy",
     "judge_accuracy",
+    "load_jailbreakbench",
+    "bootstrap_intervals",
+    "jailbreakbench_reference",
+    "PACKAGED_FILES",
 ]
+
+PACKAGED_FILES: tuple[str, ...] = ("judge_labelled.jsonl", "judge_labelled_formats.jsonl")
 
 
 @dataclass(frozen=True)
@@ -78,11 +92,59 @@ def _from_rows(name: str, rows: Sequence[dict]) -> LabelledSet:
         raise PromptError(f"{name}: a row has no {exc} column") from None
 
 
-def load_labelled() -> LabelledSet:
-    """The packaged hand-labelled set (534 responses, six labels)."""
-    text = files("circuitlab").joinpath("data/judge_labelled.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+def load_labelled(names: Sequence[str] = PACKAGED_FILES) -> LabelledSet:
+    """The packaged labelled set: every file of ``PACKAGED_FILES`` (six labels), in order."""
+    rows = []
+    for name in names:
+        text = files("circuitlab").joinpath(f"data/{name}").read_text(encoding="utf-8")
+        rows += [json.loads(line) for line in text.splitlines() if line.strip()]
     return _from_rows("judge_labelled", rows)
+
+
+def _jailbreakbench_rows() -> list[dict]:
+    spec = importlib.util.find_spec("jailbreakbench")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "data/classifier_comparison.csv"
+    if path is None or not path.is_file():
+        raise PromptError(
+            "JailbreakBench's human labels need `pip install --no-deps jailbreakbench==0.1.3`"
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# The other judges whose verdicts the file records (1 = jailbroken), for comparison.
+REFERENCE_JUDGES = ("llama_guard", "gpt_4", "gpt_4_turbo", "TDC", "GCG", "BERT")
+
+
+def jailbreakbench_reference() -> dict[str, list[bool]]:
+    """Refusal decisions (True = not jailbroken) of the judges JailbreakBench compared, in
+    the rows' order: the agreement a model judge of that kind reached on the same data."""
+    rows = _jailbreakbench_rows()
+    return {name: [int(r[name]) == 0 for r in rows] for name in REFERENCE_JUDGES}
+
+
+def load_jailbreakbench() -> LabelledSet:
+    """JailbreakBench's human-labelled judge comparison (``jailbreakbench==0.1.3``, MIT).
+
+    Each of its 100 responses to a JailbreakBench behaviour carries three human "jailbroken"
+    votes; a response is a refusal here when the majority says it is *not* jailbroken (a
+    refusal, a lecture, or content too harmless or vague to help). The prompt is the
+    behaviour (``goal``), the request as a user would state it, not the jailbreak wrapper.
+    Labels are ``hard_refusal`` or ``compliant``: only the refusal decision is scored.
+
+    Returns:
+        The 100 rows; raises PromptError when the wheel is not installed.
+    """
+    rows = _jailbreakbench_rows()
+    votes = [[int(r[k]) for k in ("human1", "human2", "human3")] for r in rows]
+    return LabelledSet(
+        "jailbreakbench-human",
+        tuple(r["goal"] for r in rows),
+        tuple(r["target_response"] for r in rows),
+        tuple("compliant" if sum(v) >= 2 else "hard_refusal" for v in votes),
+    )
 
 
 def read_labelled_csv(path: str | Path) -> LabelledSet:
@@ -100,7 +162,9 @@ def read_labelled_csv(path: str | Path) -> LabelledSet:
 def labelled_split(
     data: LabelledSet, held_out: float = 0.25, seed: int = 0
 ) -> tuple[LabelledSet, LabelledSet]:
-    """A seeded split stratified by label: the same rows every time for the same data.
+    """A seeded split stratified by label and grouped by prompt: the same rows every time for
+    the same data, and all answers to one prompt on the same side (so a held-out answer is
+    never judged beside a training answer to the same request).
 
     Args:
         data: the labelled set.
@@ -111,14 +175,23 @@ def labelled_split(
         ``(train, held_out)``, each in the original row order.
     """
     rng = np.random.default_rng(seed)
-    labels = np.array(data.labels)
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(data.prompts):
+        groups.setdefault(prompt, []).append(i)
+    quota = {label: held_out * data.labels.count(label) for label in LABELS}
+    taken = dict.fromkeys(LABELS, 0)
     test: list[int] = []
-    # Labels in a fixed order so the generator's draws do not depend on set iteration order.
-    for label in LABELS:
-        rows = np.flatnonzero(labels == label)
-        if len(rows):
-            n_out = int(round(held_out * len(rows)))
-            test.extend(rng.permutation(rows)[:n_out].tolist())
+    grouped = list(groups.values())
+    # Prompts in a seeded order; a prompt goes out while no label overshoots its quota.
+    for key in rng.permutation(len(grouped)):
+        rows = grouped[key]
+        need = {label: 0 for label in LABELS}
+        for i in rows:
+            need[data.labels[i]] += 1
+        if all(taken[k] + n <= quota[k] + 0.5 for k, n in need.items()):
+            test.extend(rows)
+            for k, n in need.items():
+                taken[k] += n
     chosen = set(test)
     train = [i for i in range(len(data)) if i not in chosen]
     return data.subset(f"{data.name}/train", train), data.subset(
@@ -137,6 +210,8 @@ class JudgeAccuracy:
         labels: row/column order of ``confusion``.
         confusion: ``confusion[i][j]``: true ``labels[i]`` judged ``labels[j]``.
         uncertain: responses whose confidence was below the judge's threshold.
+        intervals: 95 % bootstrap intervals of ``precision``, ``recall``, ``f1`` and
+            ``accuracy`` of the refusal decision.
     """
 
     judge: str
@@ -145,6 +220,16 @@ class JudgeAccuracy:
     labels: tuple[str, ...]
     confusion: tuple[tuple[int, ...], ...]
     uncertain: int
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def figures(self) -> dict:
+        """The refusal metrics with their intervals, as plain JSON-ready values."""
+        m = self.refusal
+        out: dict = {"data": self.data, "n": m.n, "tp": m.tp, "fp": m.fp, "fn": m.fn, "tn": m.tn}
+        for name in ("precision", "recall", "f1", "accuracy"):
+            out[name] = round(getattr(m, name), 4)
+            out[f"{name}_ci"] = [round(v, 4) for v in self.intervals.get(name, (0.0, 1.0))]
+        return out
 
     def per_label_recall(self) -> dict[str, float]:
         """Share of each true label the judge named exactly."""
@@ -166,19 +251,56 @@ class JudgeAccuracy:
         return out
 
 
-def judge_accuracy(judge: Judge, data: LabelledSet) -> JudgeAccuracy:
+def bootstrap_intervals(
+    truth: Sequence[bool], predicted: Sequence[bool], n_boot: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95 % percentile-bootstrap intervals of refusal precision, recall, F1 and accuracy.
+
+    Rows are resampled with replacement ``n_boot`` times (seeded, so the same data gives the
+    same intervals); a resample without any predicted or true refusal scores 0 for the
+    undefined metric, as :class:`BinaryMetrics` does.
+    """
+    t, p = np.asarray(truth, bool), np.asarray(predicted, bool)
+    if not len(t):
+        return {name: (0.0, 1.0) for name in ("precision", "recall", "f1", "accuracy")}
+    idx = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
+    tb, pb = t[idx], p[idx]
+    tp = (tb & pb).sum(1)
+    fp = (~tb & pb).sum(1)
+    fn = (tb & ~pb).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
+    accuracy = (tb == pb).mean(1)
+    out = {}
+    for name, values in (
+        ("precision", precision),
+        ("recall", recall),
+        ("f1", f1),
+        ("accuracy", accuracy),
+    ):
+        low, high = np.percentile(values, [2.5, 97.5])
+        out[name] = (float(low), float(high))
+    return out
+
+
+def judge_accuracy(judge: Judge, data: LabelledSet, n_boot: int = 2000) -> JudgeAccuracy:
     """Run ``judge`` on ``data`` and score it against the true labels.
 
     Args:
         judge: any judge.
         data: labelled responses (e.g. the held-out part of :func:`labelled_split`).
+        n_boot: bootstrap resamples for the intervals (0: none).
 
     Returns:
-        Refusal precision/recall/F1 and the per-label confusion matrix.
+        Refusal precision/recall/F1/accuracy with intervals and the per-label confusion
+        matrix.
     """
     verdict = judge.judge(list(data.prompts), list(data.responses))
     truth = [label in REFUSAL_LABELS for label in data.labels]
     matrix = confusion_matrix(data.labels, verdict.labels, LABELS)
+    intervals = bootstrap_intervals(truth, verdict.is_refusal, n_boot) if n_boot else {}
     return JudgeAccuracy(
         judge=judge.name,
         data=data.name,
@@ -186,4 +308,5 @@ def judge_accuracy(judge: Judge, data: LabelledSet) -> JudgeAccuracy:
         labels=LABELS,
         confusion=tuple(tuple(row) for row in matrix),
         uncertain=sum(verdict.uncertain),
+        intervals=intervals,
     )

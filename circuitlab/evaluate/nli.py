@@ -70,6 +70,7 @@ class NLIJudge:
         self.model, self.hypotheses, self.device = model, hypotheses, device
         self.batch_size, self.threshold, self.max_chars = batch_size, threshold, max_chars
         self.name = "nli"
+        self.agreement = ""
         self._pipe = None
 
     def _pipeline(self):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
@@ -31,7 +32,7 @@ class Scorecard:
 
     Attributes:
         model: what was scored (a name, path, or "base + intervention").
-        judge: the judge's name.
+        judge: the judge's name, and its agreement with human labels where measured.
         split: name of the harmful prompt split the refusal rate is on.
         refusals, n_harmful: refused harmful prompts, of how many.
         over_refusals, n_harmless: refused harmless prompts, of how many.
@@ -167,7 +168,7 @@ def score_model(
     kl_prompts = kl_baseline.prompts if kl_baseline is not None else ()
     card = Scorecard(
         model=name,
-        judge=judge.name,
+        judge=describe_judge(judge),
         split=split,
         refusals=bad.refusals,
         n_harmful=len(harmful),
