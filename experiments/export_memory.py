@@ -74,7 +74,26 @@ def build_tiny_shards(path: Path, cache_dir: Path, shard: str = "8MB") -> Path:
     return path
 
 
-def measure(source: str, cache_dir: Path, dtype: str) -> dict:
+def _phased(model, interventions, out: Path, before: float):
+    """export(), stage by stage, with the peak of each stage above ``before`` (new API)."""
+    from circuitlab.export import ExportResult, manifest, plan_fold, save_streamed
+    from circuitlab.export import verify_in_place as verify
+    from circuitlab.models.loading import source_files
+
+    phases = {}
+    plan = plan_fold(model, interventions)
+    files = source_files(model.resolved)
+    _reset_peak()
+    parity, digests = verify(model, interventions, plan, files)
+    phases["parity"] = _status("VmHWM") - before
+    data = manifest(model, interventions, plan, parity)
+    _reset_peak()
+    path = save_streamed(plan, model, files, out, data, digests=digests)
+    phases["write"] = _status("VmHWM") - before
+    return ExportResult(path, parity, data), phases
+
+
+def measure(source: str, cache_dir: Path, dtype: str, phased: bool = False) -> dict:
     from circuitlab.engine import HookedModel
     from circuitlab.export import export
     from circuitlab.interventions import DirectionalAblation, DirectionRef
@@ -88,13 +107,17 @@ def measure(source: str, cache_dir: Path, dtype: str) -> dict:
     before = _status("VmRSS")
     _reset_peak()
     start = time.perf_counter()
+    phases = {}
     with tempfile.TemporaryDirectory() as tmp:
         tolerance = {"float32": 1e-3}.get(dtype)
         options = {"tolerance": tolerance} if tolerance is not None else {}
-        result = export(model, [ablation], Path(tmp) / "out", **options)
+        if phased:
+            result, phases = _phased(model, [ablation], Path(tmp) / "out", before)
+        else:
+            result = export(model, [ablation], Path(tmp) / "out", **options)
         files = sorted(p.name for p in result.path.iterdir())
     seconds = time.perf_counter() - start
-    peak = _status("VmHWM")
+    peak = max(_status("VmHWM"), *(before + v for v in phases.values()))
     weights = sum(p.numel() * p.element_size() for p in model.hf_model.parameters())
     return {
         "model": source,
@@ -106,6 +129,7 @@ def measure(source: str, cache_dir: Path, dtype: str) -> dict:
         "export_extra_mib": round(peak - before, 1),
         "extra_per_weights": round((peak - before) / (weights / 2**20), 2),
         "seconds": round(seconds, 1),
+        "phase_extra_mib": {k: round(v, 1) for k, v in phases.items()},
         "parity": result.parity.as_dict(),
         "files": files,
     }
@@ -118,6 +142,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--phases", action="store_true", help="peak per stage (parity, write): new API only"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("CIRCUITLAB_THREADS", "1")))
     source = args.model
@@ -125,7 +152,7 @@ def main() -> None:
         source = str(build_tiny_shards(args.tiny_shards, args.cache_dir))
     if source is None:
         parser.error("give --model or --tiny-shards")
-    figures = measure(source, args.cache_dir, args.dtype)
+    figures = measure(source, args.cache_dir, args.dtype, args.phases)
     text = json.dumps(figures, indent=1)
     print(text)  # noqa: T201 - the script's output
     if args.json:

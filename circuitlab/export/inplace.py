@@ -196,8 +196,18 @@ def _swap(hf_model, plan: FoldPlan, key: str, slots, stored, digests) -> callabl
     digests[key] = digest(value)
     setattr(module, attr, nn.Parameter(value.to(old.device), requires_grad=False))
     device = old.device
-    tied = any(source == key for source in plan.copies.values())
-    if device.type != "cpu" and not tied:
+    if any(source == key for source in plan.copies.values()):
+        return lambda: setattr(module, attr, old)  # the tied lm_head still computes with it
+    if _same_as_stored(old, stored, key):
+        # Free it: the source file holds the same bits, so it comes back from there.
+        old.data = torch.empty(0, dtype=old.dtype, device=device)
+
+        def reload() -> None:
+            old.data = _read(stored, key).to(device)
+            setattr(module, attr, old)
+
+        return reload
+    if device.type != "cpu":
         old.data = old.data.cpu()  # park: one version of the tensor on the accelerator
 
     def restore() -> None:
@@ -206,3 +216,19 @@ def _swap(hf_model, plan: FoldPlan, key: str, slots, stored, digests) -> callabl
         setattr(module, attr, old)
 
     return restore
+
+
+def _same_as_stored(live: Tensor, stored: dict[str, Path], key: str) -> bool:
+    """The source file holds exactly this tensor (same dtype, shape and bits)."""
+    if key not in stored:
+        return False
+    with safe_open(stored[key], framework="pt") as handle:
+        view = handle.get_slice(key)
+        if tuple(view.get_shape()) != tuple(live.shape) or str(live.dtype) != _TORCH.get(
+            view.get_dtype()
+        ):
+            return False
+    return torch.equal(_read(stored, key).to(live.device), live.detach())
+
+
+_TORCH = {"F32": "torch.float32", "BF16": "torch.bfloat16", "F16": "torch.float16"}

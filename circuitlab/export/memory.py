@@ -1,21 +1,25 @@
 """How much memory a search and an export need, on paper, and whether this machine has it.
 
-The formula counts the large allocations only (weights, KV cache, logits, the float64
-fold of one matrix, one shard); ``experiments/export_memory.py`` measures what it leaves
-out (interpreter, libraries, allocator slack) on the models that run here.
+The formula counts the large allocations (weights, KV cache, logits, the float64 fold of
+one matrix, one tensor of a shard); ``experiments/export_memory.py`` measures the rest
+(interpreter, libraries, allocator slack) on the models that run here. ``P`` parity
+positions (16 prompts x their tokens), ``V`` vocabulary, ``b`` bytes per weight:
 
-Export (streamed from the source files, parity in place), on top of the loaded model:
+Export (parity in place, then the source files folded tensor by tensor):
 
-- accelerator: the parity logits (``B x T x V`` in the model dtype and in float32) and
-  one edited matrix in float64 while it is folded; the folded tensors replace the
-  originals, which wait on the host.
-- host: the originals of the edited tensors (embedding, every ``o_proj`` and
-  ``down_proj``), the reference logits (``B x T x V x 4``), then while writing one
-  source shard in and one out, plus one float64 matrix.
+- accelerator, beyond the loaded model: one batch's full logits (``B x T x V x b``), their
+  float32 copy at real positions (``P x V x 4``) and the greedy steps' scores
+  (``2 x 16 x B x V x 4``). The folded tensors take the place of the originals, which
+  are freed and read back from the source files afterwards (or parked on the host when
+  the files hold other bits); a tied embedding stays, so its folded copy is extra, and
+  so do a quantized load's edited tensors (their re-quantized copies are extra).
+- host: the reference and folded logits (``2 x P x V x 4``), one matrix folded in
+  float64 (three ``d x d_mlp`` float64 buffers), and while writing one stored tensor,
+  its folded copy (and ``lm_head``'s copy of the embedding when untied).
 
-Search, on top of the loaded model: the KV cache (``2 x layers x kv_heads x d_head`` per
-token) and first-token logits (``B x V x 4``) of a generation batch on the accelerator;
-residual caches (``prompts x layers x d_model x 4``) on the host.
+Search, beyond the loaded model: the KV cache (``2 x layers x kv_heads x d_head x b`` per
+token) of a generation batch and its first-token logits on the accelerator; residual
+caches (``prompts x layers x d_model x 4`` per prompt set) on the host.
 """
 
 from __future__ import annotations
@@ -95,50 +99,50 @@ class MemoryPlan:
 def plan_memory(
     shape: ModelShape,
     weights: str = "bfloat16",
-    source: str = "bfloat16",
     *,
     batch: int = 16,
     prompt_tokens: int = 64,
     new_tokens: int = 100,
-    parity_tokens: int = 64,
-    shard_bytes: float = 5e9,
+    parity_tokens: int = 48,
     activation_prompts: int = 512,
     on_accelerator: bool = True,
 ) -> MemoryPlan:
     """Peak memory of search and export for a model of ``shape``.
 
     Args:
-        weights: how the model is loaded (``bfloat16``, ``4bit``, ...).
-        source: the dtype of the source files (what the export writes).
+        weights: how the model is loaded (``bfloat16``, ``float32``, ``4bit``, ``8bit``).
         batch, prompt_tokens, new_tokens: the generation batch of a search trial.
-        parity_tokens: tokens per parity prompt (prompt and continuation).
-        shard_bytes: the largest source shard (hub models: 5 GB or less).
-        activation_prompts: prompts whose residuals are cached for the directions.
-        on_accelerator: False: everything is on the host (a CPU run).
+        parity_tokens: real tokens per parity prompt (16 prompts, 16 new tokens each).
+        activation_prompts: prompts per set whose residuals are cached for the directions.
+        on_accelerator: False: one memory (a CPU run); the accelerator's share is the host's.
     """
-    compute = "bfloat16" if weights in QUANT_OVERHEAD else weights
-    b_compute, b_source = BYTES[compute], BYTES[source]
+    quantized = weights in QUANT_OVERHEAD
+    b = BYTES["bfloat16"] if quantized else BYTES[weights]
     dense = shape.embed_params + shape.n_layers * 2 * shape.d_model  # embeddings, norms
-    quantized = shape.n_params - dense
-    if weights in QUANT_OVERHEAD:
-        loaded = dense * b_compute + quantized * (BYTES[weights] + QUANT_OVERHEAD[weights])
+    if quantized:
+        bits = BYTES[weights] + QUANT_OVERHEAD[weights]
+        loaded = dense * b + (shape.n_params - dense) * bits
     else:
-        loaded = shape.n_params * BYTES[weights]
-    kv_per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * b_compute
-    kv = batch * (prompt_tokens + new_tokens) * kv_per_token
-    first_logits = batch * prompt_tokens * shape.vocab * b_compute + batch * shape.vocab * 4
-    search_acc = kv + first_logits
+        loaded = shape.n_params * b
+    v, positions = shape.vocab, 16 * parity_tokens
+    kv_per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.d_head * b
+    search_acc = batch * (prompt_tokens + new_tokens) * kv_per_token + batch * v * 4
     search_host = 2 * activation_prompts * shape.n_layers * shape.d_model * 4
-    logits = batch * parity_tokens * shape.vocab
-    matrix64 = 3 * shape.largest_matrix * 8  # original, result, product, float64
-    export_acc = logits * (b_compute + 4) + matrix64
-    parked = shape.edited_params * b_compute
-    export_host = max(parked + logits * 4 + matrix64, 2 * shard_bytes + matrix64)
-    if not on_accelerator:  # one memory: add the accelerator's share to the host's
-        search_host += search_acc
-        export_host = max(parked + logits * (b_compute + 8) + matrix64, 2 * shard_bytes)
-        search_acc = export_acc = 0.0
-    del b_source  # the written dtype changes the files, not the peak (one shard at a time)
+    full_logits = 16 * parity_tokens * 1.3 * v * b  # padded to the longest prompt
+    scores = 2 * 16 * 16 * v * 4
+    tied_copy = shape.vocab * shape.d_model * b if shape.tied else 0.0
+    # The full logits are freed before the greedy steps' scores are kept: one or the other.
+    export_acc = max(full_logits + positions * v * 4, scores) + tied_copy
+    if quantized:  # the re-quantized folded tensors sit beside the originals
+        export_acc += shape.edited_params * (BYTES[weights] + QUANT_OVERHEAD[weights])
+    matrix64 = 3 * shape.largest_matrix * 8
+    embed = shape.vocab * shape.d_model * BYTES["bfloat16" if quantized else weights]
+    write = 3 * embed if shape.tied else 2 * embed
+    export_host = max(2 * positions * v * 4 + matrix64, write + matrix64)
+    if not on_accelerator:
+        search_host, search_acc = search_host + search_acc, 0.0
+        export_host = max(2 * positions * v * 4 + matrix64 + export_acc, write + matrix64)
+        export_acc = 0.0
     return MemoryPlan(loaded, search_acc, search_host, export_acc, export_host)
 
 
@@ -152,7 +156,7 @@ def available_host() -> float:
     return float("inf")
 
 
-def check_export_memory(model, shard_bytes: float) -> MemoryPlan:
+def check_export_memory(model) -> MemoryPlan:
     """Raise :class:`CircuitlabError` now if this machine cannot hold the export's peak
     (on top of the model already loaded); return the plan otherwise."""
     import torch
@@ -160,9 +164,8 @@ def check_export_memory(model, shard_bytes: float) -> MemoryPlan:
     shape = ModelShape.from_facts(model.facts)
     dtype = str(model.hf_model.dtype).removeprefix("torch.")
     plan = plan_memory(
-        shape, dtype if dtype in BYTES else "bfloat16", shard_bytes=shard_bytes,
-        on_accelerator=model.on_accelerator,
-    )  # fmt: skip
+        shape, dtype if dtype in BYTES else "bfloat16", on_accelerator=model.on_accelerator
+    )
     host = available_host()
     if plan.export_host > host:
         raise CircuitlabError(

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from circuitlab.export.fold import ExportError, FoldPlan
 from circuitlab.export.inplace import digest, stored_keys
@@ -70,7 +69,7 @@ def check_source(plan: FoldPlan, files: Sequence[Path]) -> None:
 def write_streamed(
     plan: FoldPlan, files: Sequence[Path], folder: Path, digests: dict[str, str] | None = None
 ) -> Streamed:
-    """Fold the source shards into ``folder``, one at a time.
+    """Fold the source shards into ``folder``, one tensor at a time.
 
     Args:
         plan: the fold (its config is written by the caller).
@@ -88,25 +87,26 @@ def write_streamed(
     weight_map: dict[str, str] = {}
     total = 0
     for path in files:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                stored = handle.get_tensor(key)
-                tensors[key] = plan.tensor(key, stored)
-                for new in anchors.get(key, []):
-                    tensors[new] = plan.new_tensor(new, stored)
-                if stored.is_floating_point() and result.dtype is None:
-                    result.dtype = stored.dtype
-                del stored
-        for key in plan.edited:
-            if key in tensors and key not in plan.copies:  # a copy is the unedited source
-                _check_digest(key, tensors[key], digests, result)
-        save_file(tensors, folder / path.name, metadata={"format": "pt"})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map.update(dict.fromkeys(tensors, path.name))
+        with open(path, "rb") as source:
+            header, base = _read_header(source)
+            metadata = header.pop("__metadata__", None)
+            keys = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+            layout = _layout(plan, header, keys, anchors)
+            with open(folder / path.name, "wb") as out:
+                _write_header(out, layout, metadata)
+                for key in keys:
+                    stored = _read_tensor(source, header[key], base)
+                    if stored.is_floating_point() and result.dtype is None:
+                        result.dtype = stored.dtype
+                    _write_tensor(out, key, plan.tensor(key, stored), layout, plan, digests, result)
+                    for new in anchors.get(key, []):
+                        value = plan.new_tensor(new, stored)
+                        _write_tensor(out, new, value, layout, plan, digests, result)
+                    del stored
+        total += sum(end - start for _, _, (start, end) in layout.values())
+        weight_map.update(dict.fromkeys(layout, path.name))
         result.shards.append(path.name)
-        log.info("folded %s (%d tensors)", path.name, len(tensors))
-        del tensors
+        log.info("folded %s (%d tensors)", path.name, len(layout))
     missing = sorted(set(plan.expected) - set(weight_map))
     tied = getattr(plan.config, "tie_word_embeddings", False)
     missing = [k for k in missing if not (tied and "lm_head" in k)]
@@ -116,6 +116,83 @@ def write_streamed(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return result
+
+
+# The safetensors format, written tensor by tensor: an 8-byte header length, a JSON header
+# (dtype, shape, byte offsets), then the raw bytes. safetensors' own writer first turns
+# every tensor of a file into a Python bytes copy; this holds one tensor at a time.
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+_NAMES = {name: dtype for dtype, name in _DTYPES.items()}
+
+
+def _layout(plan: FoldPlan, header: dict, keys: list[str], anchors: dict[str, list[str]]) -> dict:
+    """key -> (dtype name, shape, (start, end)) for every tensor the output shard holds,
+    in the order they are written (each stored key, then the keys made from it)."""
+    layout: dict[str, tuple[str, list[int], tuple[int, int]]] = {}
+    offset = 0
+    for key in keys:
+        dtype, shape = header[key]["dtype"], list(header[key]["shape"])
+        for name in [key, *anchors.get(key, [])]:
+            made = name != key and name not in plan.copies
+            new_shape = list(plan.created[name][0]) if made else shape
+            size = _NAMES[dtype].itemsize * _numel(new_shape)
+            layout[name] = (dtype, new_shape, (offset, offset + size))
+            offset += size
+    return layout
+
+
+def _read_header(source) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and where its data starts."""
+    length = int.from_bytes(source.read(8), "little")
+    return json.loads(source.read(length)), 8 + length
+
+
+def _read_tensor(source, entry: dict, base: int) -> torch.Tensor:
+    """One tensor, read with plain file reads: a memory map would keep every page of the
+    shard it touched resident until the file is closed."""
+    start, end = entry["data_offsets"]
+    tensor = torch.empty(entry["shape"], dtype=_NAMES[entry["dtype"]])
+    if end > start:
+        source.seek(base + start)
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        if source.readinto(view) != end - start:
+            raise ExportError("a source safetensors file ends early")
+    return tensor
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _write_header(out, layout: dict, metadata: dict | None) -> None:
+    header = {
+        k: {"dtype": d, "shape": s, "data_offsets": list(o)} for k, (d, s, o) in layout.items()
+    }
+    header["__metadata__"] = {**(metadata or {}), "format": "pt"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    out.write(len(text).to_bytes(8, "little"))
+    out.write(text)
+
+
+def _write_tensor(out, key, tensor, layout, plan, digests, result) -> None:
+    dtype, shape, (start, end) = layout[key]
+    if _DTYPES[tensor.dtype] != dtype or list(tensor.shape) != shape:
+        raise ExportError(f"{key}: folded to {tensor.dtype} {list(tensor.shape)}, laid out {dtype}")
+    if key in plan.edits or key in plan.created:
+        _check_digest(key, tensor, digests, result)
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    if len(data) != end - start:
+        raise ExportError(f"{key}: {len(data)} bytes, expected {end - start}")
+    out.write(memoryview(data))
 
 
 def _check_digest(key: str, tensor: torch.Tensor, digests: dict[str, str], out: Streamed) -> None:

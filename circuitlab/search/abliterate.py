@@ -120,8 +120,7 @@ def check_export_plan(model: HookedModel, space: SearchSpace | None = None) -> N
             "a quantized model is exported from its source safetensors, and "
             f"{model.resolved.location} has none; search without --out, or load it unquantized"
         )
-    shard = max((f.stat().st_size for f in files), default=0)
-    check_export_memory(model, float(shard))
+    check_export_memory(model)
     if space is not None and space.addition_max > 0:
         log.warning("trials with an activation addition cannot be exported (not foldable)")
 
