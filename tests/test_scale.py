@@ -269,3 +269,19 @@ def test_an_unexportable_model_fails_before_the_first_trial(
     monkeypatch.setattr("circuitlab.export.plan_fold", unsupported)
     done, note = export_choice(model, result, tmp_path / "o2")
     assert done is None and "no table" in note
+
+
+def test_the_gpu_check_script_runs_dry(tmp_path, monkeypatch):
+    """The device check itself, with cuda:0 replaced by the CPU (split: host + disk)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import gpu_check
+
+    out = tmp_path / "dry.json"
+    monkeypatch.setattr(sys, "argv", ["gpu_check", "--dry", "--only", "split", "--json", str(out)])
+    assert gpu_check.main() == 0
+    result = json.loads(out.read_text())
+    assert (
+        result["split"]["parity"]["passed"] and result["split"]["device_map"]["lm_head"] == "disk"
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "is_quantized",
     "load_hf",
     "module_device",
+    "readable_parameters",
     "resolve_source",
     "source_files",
 ]
@@ -315,6 +316,25 @@ def dense_weight(module: torch.nn.Module) -> torch.Tensor:
     if weight.dtype == torch.int8 and scale is not None:  # bitsandbytes 8-bit (LLM.int8)
         return weight.data.float() * (scale.float()[:, None] / 127.0)
     return weight
+
+
+def readable_parameters(model: torch.nn.Module):
+    """``(name, tensor)`` for every parameter, an offloaded one (on ``meta``) read from the
+    dispatcher's host copy, so that hashing or inspecting weights works on split models.
+    Names and order are ``named_parameters()``'s (a tied parameter comes once)."""
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{module_name}.{attr}" if module_name else attr
+            if param.device.type == "meta":
+                weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+                if weights is not None:
+                    yield name, weights[attr]
+                    continue
+            yield name, param
 
 
 def source_files(resolved: ResolvedSource) -> list[Path]:
