@@ -117,7 +117,7 @@ def measure(source: str, cache_dir: Path, dtype: str, phased: bool = False) -> d
             result = export(model, [ablation], Path(tmp) / "out", **options)
         files = sorted(p.name for p in result.path.iterdir())
     seconds = time.perf_counter() - start
-    peak = max(_status("VmHWM"), *(before + v for v in phases.values()))
+    peak = max([_status("VmHWM"), *(before + v for v in phases.values())])
     weights = sum(p.numel() * p.element_size() for p in model.hf_model.parameters())
     return {
         "model": source,
