@@ -22,6 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from circuitlab.models.loading import readable_parameters
+
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, Positions
 
@@ -53,7 +55,7 @@ def model_fingerprint(model: HookedModel) -> str:
     """
     digest = hashlib.sha256(model.hf_model.config.to_json_string().encode())
     with torch.no_grad():
-        for name, param in model.hf_model.named_parameters():
+        for name, param in readable_parameters(model.hf_model):
             flat = param.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // _FINGERPRINT_SAMPLES)][:_FINGERPRINT_SAMPLES]
             digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())

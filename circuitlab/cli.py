@@ -86,13 +86,7 @@ def load_model(source: str, settings: Settings):
     from circuitlab.engine import HookedModel
     from circuitlab.models import ModelSpec
 
-    spec = ModelSpec(
-        source,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    spec = ModelSpec.from_settings(source, settings)
     with err.status(f"loading {source}…"):
         return HookedModel.load(
             spec, system_prompt=settings.system_prompt, chat_template=settings.chat_template

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from circuitlab.errors import ChatTemplateError, CircuitlabError
 from circuitlab.models.facts import ModelFacts, read_facts
-from circuitlab.models.loading import ModelSpec, ResolvedSource, load_hf
+from circuitlab.models.loading import ModelSpec, ResolvedSource, input_device, load_hf
 from circuitlab.progress import progress_bar
 
 __all__ = ["HookedModel", "HookFn", "Positions"]
@@ -66,6 +66,8 @@ class HookedModel:
         # Left padding puts every prompt's last token at position -1 of the batch.
         tokenizer.padding_side = "left"
         self.facts: ModelFacts = read_facts(self.hf_model, bool(tokenizer.chat_template))
+        self._batch_cap: int | None = None  # lowered after an out-of-memory error
+        self._measuring = False  # measure_batch_size wants the error, not the back-off
 
     @classmethod
     def load(
@@ -80,19 +82,39 @@ class HookedModel:
 
         spec = ModelSpec(source) if isinstance(source, str) else source
         model, tokenizer, resolved = load_hf(spec, progress=progress)
-        bridge = TransformerBridge.boot_transformers(
-            resolved.location,
-            hf_model=model,
-            tokenizer=tokenizer,
-            device=spec.torch_device,
-            dtype=model.dtype,
-        )
+        device_map = getattr(model, "hf_device_map", None)
+        mixed = _mixed_gpu_offload(device_map)
+        if mixed:
+            # TL 4.3 refuses GPU + CPU maps it has not verified; the dispatcher still places
+            # every computation, and the export's parity check vouches for the result.
+            log.warning("device map mixes GPU and CPU offload: %s", sorted(set(mixed)))
+            del model.hf_device_map
+        try:
+            bridge = TransformerBridge.boot_transformers(
+                resolved.location,
+                hf_model=model,
+                tokenizer=tokenizer,
+                device=None if device_map else spec.torch_device,
+                dtype=model.dtype,
+            )
+        finally:
+            if mixed:
+                model.hf_device_map = device_map
         bridge.eval()
         return cls(bridge, tokenizer, resolved, system_prompt, chat_template)
 
     @property
     def device(self) -> torch.device:
-        return self.hf_model.device
+        """Where inputs go: the input embedding's device (a split model's first device).
+        Hooks and readouts put their tensors on the device of the activation they meet."""
+        return input_device(self.hf_model)
+
+    @property
+    def on_accelerator(self) -> bool:
+        return (
+            any(p.device.type not in ("cpu", "meta") for p in self.hf_model.parameters())
+            or self.device.type != "cpu"
+        )
 
     @property
     def n_layers(self) -> int:
@@ -184,7 +206,58 @@ class HookedModel:
         )
 
     def _batches(self, n: int, batch_size: int) -> list[range]:
-        return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        size = min(batch_size, self._batch_cap or batch_size)
+        return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def _each(self, rows: range, fn: Callable[[range], None]) -> None:
+        """``fn(rows)``; after an accelerator out-of-memory error, the two halves instead.
+
+        The smaller size is remembered, so later batches start there rather than failing
+        again.
+        """
+        try:
+            fn(rows)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1 or self._measuring:
+                raise
+            _free_accelerator_memory()
+            half = len(rows) // 2
+            self._batch_cap = half
+            log.warning("out of memory at batch %d; retrying with %d", len(rows), half)
+            self._each(range(rows.start, rows.start + half), fn)
+            self._each(range(rows.start + half, rows.stop), fn)
+
+    def measure_batch_size(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        default: int = 16,
+        cap: int = 64,
+        chat: bool = True,
+    ) -> int:
+        """The largest power of two up to ``cap`` that generates without running out of
+        memory on the longest prompts; ``default`` on CPU, where memory is not the limit.
+        """
+        if not self.on_accelerator or not prompts:
+            return default
+        longest = sorted(prompts, key=len)[-1:]
+        best, size = 0, 1
+        self._measuring = True
+        try:
+            while size <= cap:
+                try:
+                    self.generate(longest * size, max_new_tokens, batch_size=size, chat=chat)
+                except torch.OutOfMemoryError:
+                    break
+                finally:
+                    _free_accelerator_memory()
+                best, size = size, size * 2
+        finally:
+            self._measuring = False
+        if best == 0:
+            raise CircuitlabError("one prompt does not fit in the accelerator's memory")
+        log.info("batch size %d (largest power of two <= %d that fits)", best, cap)
+        return best
 
     # ----------------------------------------------------------------------- activations
     @torch.no_grad()
@@ -223,12 +296,16 @@ class HookedModel:
 
         fwd = [(f"blocks.{layer}.{hook}", make_hook(i, layer)) for i, layer in enumerate(layers)]
         with self.hooks(fwd), progress_bar(len(prompts), "collecting", progress) as advance:
-            for rows in self._batches(len(prompts), batch_size):
+
+            def run(rows: range) -> None:
                 current["rows"] = rows
                 batch = self.encode([prompts[i] for i in rows], chat=chat)
                 with suppress(_StopForward):
                     self.hf_model.model(**batch, use_cache=False)
                 advance(len(rows))
+
+            for rows in self._batches(len(prompts), batch_size):
+                self._each(rows, run)
         return out
 
     @torch.no_grad()
@@ -237,10 +314,14 @@ class HookedModel:
     ) -> Float[Tensor, "prompt vocab"]:
         """Log-probabilities of the first generated token (float32, CPU)."""
         chunks = []
-        for rows in self._batches(len(prompts), batch_size):
+
+        def run(rows: range) -> None:
             batch = self.encode([prompts[i] for i in rows], chat=chat)
             logits = self.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             chunks.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+
+        for rows in self._batches(len(prompts), batch_size):
+            self._each(rows, run)
         return torch.cat(chunks)
 
     # ------------------------------------------------------------------------ generation
@@ -276,7 +357,8 @@ class HookedModel:
             eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
         )
         with progress_bar(len(prompts), "generating", progress) as advance:
-            for rows in self._batches(len(prompts), batch_size):
+
+            def run(rows: range) -> None:
                 idx = [order[i] for i in rows]
                 batch = self.encode([prompts[i] for i in idx], chat=chat)
                 start = batch["input_ids"].shape[1]
@@ -290,7 +372,25 @@ class HookedModel:
                 for i, text in zip(idx, texts, strict=True):
                     results[i] = text
                 advance(len(rows))
+
+            for rows in self._batches(len(prompts), batch_size):
+                self._each(rows, run)
         return results
+
+
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _mixed_gpu_offload(device_map: dict | None) -> list[str]:
+    """The CPU/disk targets of a map that also uses a GPU (empty if it does not mix)."""
+    if not device_map:
+        return []
+    values = [str(v).lower() for v in device_map.values()]
+    offload = [v for v in values if v in ("cpu", "disk")]
+    gpu = any(v not in ("cpu", "disk", "meta") for v in values)
+    return offload if gpu else []
 
 
 class _JudgeStop(StoppingCriteria):

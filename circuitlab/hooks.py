@@ -40,6 +40,7 @@ from circuitlab.interventions import (
     SubspaceAblation,
     _Weighted,
 )
+from circuitlab.models.loading import dense_weight, module_device
 
 __all__ = ["Applied", "SiteEdit", "apply", "plan", "writer_hook", "layer_vectors"]
 
@@ -89,7 +90,7 @@ def _post_norm_gain(model: HookedModel, writer: Writer, layer: int) -> Tensor | 
     # An RMSNorm maps the all-ones vector to its gain (up to 1/sqrt(1 + eps)); a norm that
     # centres (LayerNorm) maps it to 0 and would need an affine, non-foldable treatment.
     with torch.no_grad():
-        ones = torch.ones(1, model.facts.d_model, device=model.device, dtype=torch.float32)
+        ones = torch.ones(1, model.facts.d_model, device=module_device(norm), dtype=torch.float32)
         gain = norm(ones)[0].double().cpu()
     if not torch.isfinite(gain).all() or gain.abs().max() == 0:
         raise UnsupportedArchitectureError(f"{type(norm).__name__} is not an RMS-style norm")
@@ -265,9 +266,21 @@ class _Built:
     needs_phase: bool = False
 
 
-def _on_device(model: HookedModel, *tensors: Tensor) -> list[Tensor]:
-    dtype = model.hf_model.dtype
-    return [t.to(device=model.device, dtype=dtype) for t in tensors]
+class _Placed:
+    """Tensors a hook needs, copied once per (device, dtype) of the activations they meet:
+    on a model split over devices each layer's hook finds them where its layer runs."""
+
+    def __init__(self, *tensors: Tensor):
+        self.tensors = tensors
+        self.copies: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = {}
+
+    def on(self, x: Tensor) -> tuple[Tensor, ...]:
+        key = (x.device, x.dtype)
+        found = self.copies.get(key)
+        if found is None:
+            found = tuple(t.to(device=x.device, dtype=x.dtype) for t in self.tensors)
+            self.copies[key] = found
+        return found
 
 
 def _row_state(state: _State, key: int, x: Tensor) -> Tensor:
@@ -281,11 +294,12 @@ def _row_state(state: _State, key: int, x: Tensor) -> Tensor:
 
 
 def _static_hook(model: HookedModel, edit: SiteEdit, state: _State) -> HookFn:
-    basis, scaled = _on_device(model, edit.basis, edit.basis * edit.weights[:, None])
+    placed = _Placed(edit.basis, edit.basis * edit.weights[:, None])
 
     def project(x: Tensor, hook: Any) -> Tensor | None:
         if state.clean:
             return None
+        basis, scaled = placed.on(x)
         return x - (x @ basis.T) @ scaled
 
     return project
@@ -309,19 +323,20 @@ def _head_hooks(model: HookedModel, edit: SiteEdit, state: _State) -> Hooks:
             return z
 
         return [(z_hook, zero)]
-    o_proj = model.bridge.blocks[edit.layer].attn.o.original_component.weight
-    basis, scaled = _on_device(model, edit.basis, edit.basis * edit.weights[:, None])
-    readout = basis @ o_proj[:, h * d_head : (h + 1) * d_head].detach()  # [m, d_head]
+    o_proj = dense_weight(model.bridge.blocks[edit.layer].attn.o.original_component)
+    columns = o_proj[:, h * d_head : (h + 1) * d_head].detach().double().cpu()
+    readout = _Placed(edit.basis.double() @ columns)  # [m, d_head]
+    scaled = _Placed(edit.basis * edit.weights[:, None])
     share: dict[str, Tensor] = {}
 
     def read(z: Tensor, hook: Any) -> None:
         if not state.clean:
-            share["coef"] = z[:, :, h] @ readout.T
+            share["coef"] = z[:, :, h] @ readout.on(z)[0].T
 
     def remove(x: Tensor, hook: Any) -> Tensor | None:
         if state.clean:
             return None
-        return x - share.pop("coef") @ scaled
+        return x - share.pop("coef").to(x.device) @ scaled.on(x)[0]
 
     return [(z_hook, read), (edit.hook, remove)]
 
@@ -344,11 +359,12 @@ def _build_addition(model: HookedModel, iv: ActivationAddition, state: _State, k
     vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers) * iv.strength
     hooks: Hooks = []
     for layer in iv.layers:
-        (vector,) = _on_device(model, vectors[layer])
+        placed = _Placed(vectors[layer])
 
-        def add(x: Tensor, hook: Any, vector: Tensor = vector) -> Tensor | None:
+        def add(x: Tensor, hook: Any, placed: _Placed = placed) -> Tensor | None:
             if state.clean:
                 return None
+            (vector,) = placed.on(x)
             if iv.positions == "all" or (iv.positions == "generated" and not state.prefill):
                 return x + vector
             if not state.prefill:  # 'last': nothing to steer while decoding
@@ -364,12 +380,13 @@ def _build_addition(model: HookedModel, iv: ActivationAddition, state: _State, k
 def _per_row_hook(bases: Tensor, weights: Tensor, state: _State, key: int, routed: bool) -> HookFn:
     """Projection chosen per batch row: ``bases`` [option, m, d] by the row's decision
     (``routed``), or one basis [1, m, d] with weights scaled by the row's strength."""
-    scaled = bases * weights[..., None]
+    placed = _Placed(bases, bases * weights[..., None])
 
     def project(x: Tensor, hook: Any) -> Tensor | None:
         if state.clean:
             return None
-        rows = _row_state(state, key, x)
+        bases, scaled = placed.on(x)
+        rows = _row_state(state, key, x).to(x.device)
         if routed:
             basis, row_scaled = bases[rows], scaled[rows]
         else:
@@ -407,9 +424,8 @@ def _build_cones(model: HookedModel, iv: ConeRouting, state: _State, key: int) -
         per_cone.append(_plan_weighted(model, iv, vectors[:, None], torch.ones(n, 1).double()))
     hooks: Hooks = []
     for edits in zip(*per_cone, strict=True):  # the same sites for every cone
-        bases, weights = _on_device(
-            model, torch.stack([e.basis for e in edits]), torch.stack([e.weights for e in edits])
-        )
+        bases = torch.stack([e.basis for e in edits])
+        weights = torch.stack([e.weights for e in edits])
         hooks.append((edits[0].hook, _per_row_hook(bases, weights, state, key, routed=True)))
     unit_centroids = centroids.double() / centroids.double().norm(dim=-1, keepdim=True)
 
@@ -425,7 +441,7 @@ def _build_dynamic(model: HookedModel, iv: DynamicStrength, state: _State, key: 
     layer = _check_layer(model, iv.layer, "DynamicStrength layer")
     hooks: Hooks = []
     for edit in plan(model, iv.ablation):
-        basis, weights = _on_device(model, edit.basis[None], edit.weights[None])
+        basis, weights = edit.basis[None], edit.weights[None]
         hooks.append((edit.hook, _per_row_hook(basis, weights, state, key, routed=False)))
     ablation = iv.ablation
     ds = ablation.directions.load()

@@ -287,18 +287,17 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_an_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
-    import transformers.modeling_utils as modeling_utils
+    import circuitlab.export.stream as stream
 
     model = tiny_models["tiny-llama-mha-untied"]
-    real_save, written = modeling_utils.safe_save_file, []
+    real_write, written = stream._write_tensor, []
 
-    def fail_after_first_shard(tensors, filename, *args, **kwargs):
-        if written:
-            raise RuntimeError("killed mid-export")
-        real_save(tensors, filename, *args, **kwargs)
-        written.append(filename)
+    def fail_after_first_tensor(out, key, *args, **kwargs):
+        real_write(out, key, *args, **kwargs)
+        written.append(key)
+        raise RuntimeError("killed mid-export")
 
-    monkeypatch.setattr(modeling_utils, "safe_save_file", fail_after_first_shard)
+    monkeypatch.setattr(stream, "_write_tensor", fail_after_first_tensor)
     before = _listing(tmp_path)
     with pytest.raises(RuntimeError, match="killed mid-export"):
         export(
@@ -306,9 +305,8 @@ def test_an_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch
             example_interventions(model, "directional"),
             tmp_path / "out",
             prompts=HELD_OUT_PROMPTS[:2],
-            max_shard_size="4MB",  # the tiny model's 12 MB embedding alone fills a shard
         )
-    assert len(written) == 1  # it did die after writing a shard
+    assert len(written) == 1  # it did die after writing a tensor
     assert not (tmp_path / "out").exists() and _listing(tmp_path) == before
 
 

@@ -100,7 +100,9 @@ def register(command) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument(
-        "--tolerance", type=float, default=1e-3, help="max |Δlogit| allowed (default: 1e-3)"
+        "--tolerance",
+        type=float,
+        help="max |Δlogit| allowed (default: 1e-3 in float32, else fitted to the measured noise)",
     )
     p.add_argument("--prompts", metavar="FILE", help="held-out prompts for the check, one a line")
     p.add_argument("--scorecard", metavar="FILE.json", help="evaluation results to record")

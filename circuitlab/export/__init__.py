@@ -1,6 +1,10 @@
 """Export: fold validated interventions into Hugging Face weights, prove parity, save.
 
-``export(model, interventions, out)`` runs the three stages; each is usable alone:
+``export(model, interventions, out)`` runs the three stages: :func:`plan_fold` (which
+tensors change and how), :func:`verify_in_place` (the hooked model against the same loaded
+modules holding the folded weights, with a tolerance fitted to the dtype) and
+:func:`save_streamed` (the source safetensors folded shard by shard into the output). For a
+model without source files the in-memory stages stay usable alone:
 :func:`fold` (interventions -> :class:`FoldedWeights`), :func:`verify` (hooked vs folded on
 held-out prompts -> :class:`Parity`, raising over tolerance; built from :func:`reference`,
 :func:`run_plain` and :func:`compare`) and :func:`save` (atomic write of safetensors,
@@ -19,25 +23,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitlab.errors import UnsupportedArchitectureError
 from circuitlab.export.fold import (
     FAMILIES,
     ExportError,
     Family,
     FoldedWeights,
+    FoldPlan,
+    check_exportable,
     check_foldable,
     fold,
+    plan_fold,
 )
-from circuitlab.export.save import MANIFEST, check_destination, describe, manifest, save
+from circuitlab.export.save import (
+    MANIFEST,
+    check_destination,
+    describe,
+    manifest,
+    save,
+    save_streamed,
+)
+from circuitlab.export.stream import check_source
 from circuitlab.export.verify import (
     HELD_OUT_PROMPTS,
     Parity,
     Reference,
     compare,
+    derive_tolerance,
     reference,
     run_plain,
     verify,
+    verify_in_place,
 )
 from circuitlab.interventions import Intervention
+from circuitlab.models.loading import is_quantized, source_files
 
 __all__ = [
     "FAMILIES",
@@ -46,20 +65,26 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "Family",
+    "FoldPlan",
     "FoldedWeights",
     "Parity",
     "Reference",
     "check_destination",
+    "check_exportable",
     "check_foldable",
     "compare",
+    "derive_tolerance",
     "describe",
     "export",
     "fold",
     "manifest",
+    "plan_fold",
     "reference",
     "run_plain",
     "save",
+    "save_streamed",
     "verify",
+    "verify_in_place",
 ]
 
 
@@ -79,12 +104,13 @@ def export(
     *,
     prompts: Sequence[str] | None = None,
     chat: bool | None = None,
-    tolerance: float = 1e-3,
+    tolerance: float | None = None,
     max_new_tokens: int = 16,
     force: bool = False,
     scorecard: Any = None,
     seed: int | None = None,
     max_shard_size: str | int = "4GB",
+    stream: bool | None = None,
 ) -> ExportResult:
     """Fold, verify against the hooks, and only then write the edited model.
 
@@ -92,34 +118,48 @@ def export(
         model: the hooked model the interventions were validated on.
         interventions: foldable interventions, in the order they were applied.
         out: destination folder (must not exist unless ``force``; never the source).
-        prompts, chat, tolerance, max_new_tokens: the parity check (see :func:`verify`).
+        prompts, chat, max_new_tokens: the parity check (see :func:`verify_in_place`).
+        tolerance: bound on max |Δlogit|; None fits it to the dtype (:func:`derive_tolerance`).
         scorecard: evaluation results to record in the manifest and card (dict, dataclass
             or anything with ``as_dict``).
         seed: the seed the interventions were found with, for the manifest.
-        max_shard_size: bound per safetensors file.
+        max_shard_size: bound per safetensors file of the in-memory path (the streamed
+            path keeps the source's shards).
+        stream: fold the source safetensors shard by shard (default: whenever the model
+            has them); False folds the loaded weights in memory.
 
     Returns:
         The :class:`ExportResult`.
 
     Raises:
-        ExportError: nothing foldable, a refused intervention, failed parity, or a
-            destination that may not be written; nothing is written in any of these cases.
+        ExportError: nothing foldable, a refused intervention, an unknown architecture,
+            failed parity, or a destination that may not be written; nothing is written
+            in any of these cases.
     """
     interventions = list(interventions)
     if not interventions:
         raise ExportError("nothing to export: give at least one intervention")
     check_destination(out, model, force)  # before minutes of folding and checking
-    folded = fold(model, interventions)
-    hf_model = folded.build()
-    parity = verify(
-        model,
-        interventions,
-        hf_model,
-        prompts,
-        chat=chat,
-        tolerance=tolerance,
+    try:
+        plan = plan_fold(model, interventions)
+    except UnsupportedArchitectureError as exc:
+        raise ExportError(str(exc)) from None
+    files = source_files(model.resolved) if stream is not False else []
+    if files:
+        check_source(plan, files)
+    elif stream or is_quantized(model.hf_model):
+        raise ExportError(
+            f"{model.resolved.location} has no safetensors files to fold from; a quantized "
+            "load can only be exported from its source weights"
+        )
+    parity, digests = verify_in_place(
+        model, interventions, plan, files, prompts, chat=chat, tolerance=tolerance,
         max_new_tokens=max_new_tokens,
-    )
-    data = manifest(model, interventions, folded, parity, scorecard, seed)
-    path = save(hf_model, model, out, data, force=force, max_shard_size=max_shard_size)
+    )  # fmt: skip
+    data = manifest(model, interventions, plan, parity, scorecard, seed)
+    if files:
+        path = save_streamed(plan, model, files, out, data, force=force, digests=digests)
+    else:
+        hf_model = fold(model, interventions).build()
+        path = save(hf_model, model, out, data, force=force, max_shard_size=max_shard_size)
     return ExportResult(path, parity, data)

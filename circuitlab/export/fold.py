@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -40,9 +40,13 @@ __all__ = [
     "FAMILIES",
     "ExportError",
     "Family",
+    "FoldPlan",
     "FoldedWeights",
+    "TensorEdit",
+    "check_exportable",
     "check_foldable",
     "fold",
+    "plan_fold",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,100 @@ FAMILIES: dict[str, Family] = {
 
 
 @dataclass(eq=False)
+class TensorEdit:
+    """The edits of one tensor, in order: float64 functions ``op(value, original)``.
+
+    ``original`` is the tensor as stored (a head edit reads the unedited columns); the
+    edits compose in float64 and the result is cast back to the stored dtype once.
+
+    Attributes:
+        rowwise: every op acts on rows independently (the embedding), so a large matrix is
+            folded a block of rows at a time.
+    """
+
+    key: str
+    ops: list[Callable[[Tensor, Tensor], Tensor]] = field(default_factory=list)
+    rowwise: bool = False
+
+    def apply(self, original: Tensor) -> Tensor:
+        """The edited tensor: same dtype and device as ``original``, never in place."""
+        if not self.rowwise:
+            return self._run(original)
+        out = torch.empty_like(original)
+        for start in range(0, original.shape[0], EMBED_CHUNK):
+            out[start : start + EMBED_CHUNK] = self._run(original[start : start + EMBED_CHUNK])
+        return out
+
+    def _run(self, original: Tensor) -> Tensor:
+        value = original.to(torch.float64, copy=True)
+        for op in self.ops:
+            value = op(value, original)
+        return value.to(original.dtype).contiguous()
+
+
+@dataclass(eq=False)
+class FoldPlan:
+    """What :func:`plan_fold` decided: which tensors change and how, with no tensor touched.
+
+    The same plan folds the hooked model's live weights (:meth:`fold_state_dict`) or the
+    source files one shard at a time (:mod:`circuitlab.export.stream`), and gives the
+    tensors the parity check swaps into the loaded modules.
+
+    Attributes:
+        edits: key -> its edits.
+        created: key -> (shape, anchor key) for tensors the source lacks (the zero biases a
+            bias flag adds); a created tensor takes its anchor's dtype, device and shard.
+        copies: key -> key whose *unedited* tensor it copies (``lm_head`` when untied).
+        expected: every key (and shape) a model of ``config`` holds.
+        config: an edited copy of the source config (untied embeddings, bias flags).
+        model_class: the HF class (``LlamaForCausalLM``, ...).
+        notes: what the fold did beyond editing tensors, for the manifest and the card.
+    """
+
+    edits: dict[str, TensorEdit]
+    created: dict[str, tuple[tuple[int, ...], str]]
+    copies: dict[str, str]
+    expected: dict[str, tuple[int, ...]]
+    config: object
+    model_class: type
+    notes: list[str]
+
+    @property
+    def edited(self) -> list[str]:
+        """Keys whose tensors differ from (or are absent in) the source."""
+        return sorted(set(self.edits) | set(self.created) | set(self.copies))
+
+    def tensor(self, key: str, original: Tensor) -> Tensor:
+        """``key``'s folded tensor from its stored one (unchanged keys come back as given)."""
+        edit = self.edits.get(key)
+        return original if edit is None else edit.apply(original)
+
+    def new_tensor(self, key: str, anchor: Tensor) -> Tensor:
+        """A created or copied key's tensor, given its anchor's stored tensor."""
+        if key in self.copies:
+            return anchor.clone()
+        shape, _ = self.created[key]
+        return self.tensor(key, torch.zeros(shape, dtype=anchor.dtype, device=anchor.device))
+
+    def anchors(self) -> dict[str, list[str]]:
+        """Stored key -> the new keys made from it (written beside it, in its shard)."""
+        found: dict[str, list[str]] = {}
+        for key, (_, anchor) in self.created.items():
+            found.setdefault(anchor, []).append(key)
+        for key, source in self.copies.items():
+            found.setdefault(source, []).append(key)
+        return found
+
+    def fold_state_dict(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The folded state dict from a complete one (the in-memory fold)."""
+        out = {k: self.tensor(k, v) for k, v in weights.items() if k in self.expected}
+        for anchor, keys in self.anchors().items():
+            for key in keys:
+                out[key] = self.new_tensor(key, weights[anchor])
+        return out
+
+
+@dataclass(eq=False)
 class FoldedWeights:
     """The result of :func:`fold`: a complete HF state dict and the config that loads it.
 
@@ -99,6 +197,7 @@ class FoldedWeights:
         model_class: the HF class (``LlamaForCausalLM``, ...).
         edited: keys whose tensors differ from the source model's.
         notes: what the fold did beyond editing tensors, for the manifest and the card.
+        plan: the :class:`FoldPlan` it came from.
     """
 
     state_dict: dict[str, Tensor]
@@ -106,6 +205,7 @@ class FoldedWeights:
     model_class: type
     edited: list[str]
     notes: list[str]
+    plan: FoldPlan | None = None
 
     def build(self) -> torch.nn.Module:
         """A plain HF model (eval mode, no hooks) holding these weights."""
@@ -199,22 +299,21 @@ def _source_weights(model, expected: dict[str, tuple[int, ...]]) -> dict[str, Te
 
 
 class _Folder:
-    """Edits applied in order to a copy-on-write view of the source tensors."""
+    """Collects each tensor's edits in the order the hooks apply them (no tensor is read)."""
 
-    def __init__(self, model, family: Family, weights: dict[str, Tensor]):
+    def __init__(self, model, family: Family, expected: dict[str, tuple[int, ...]]):
         self.model, self.family, self.facts = model, family, model.facts
-        self.source = weights
-        self.weights = dict(weights)
-        self.edited: set[str] = set()
+        self.keys = dict(expected)
+        self.edits: dict[str, TensorEdit] = {}
+        self.created: dict[str, tuple[tuple[int, ...], str]] = {}
 
-    def get(self, key: str) -> Float[Tensor, "..."]:
-        # Always a copy: a float64 source tensor must never be edited in place.
-        return self.weights[key].detach().to(torch.float64, copy=True)
-
-    def put(self, key: str, value: Tensor) -> None:
-        dtype = self.source[key].dtype if key in self.source else self.weights[key].dtype
-        self.weights[key] = value.to(dtype).contiguous()
-        self.edited.add(key)
+    def add(self, key: str, op: Callable[[Tensor, Tensor], Tensor], rowwise: bool = False) -> None:
+        if key not in self.keys:
+            raise ExportError(f"no tensor {key} to fold into")
+        edit = self.edits.setdefault(key, TensorEdit(key, rowwise=rowwise))
+        if not rowwise:
+            edit.rowwise = False
+        edit.ops.append(op)
 
     def writer_key(self, writer: str, layer: int) -> str:
         template = self.family.o_proj if writer == "attn" else self.family.down_proj
@@ -225,40 +324,34 @@ class _Folder:
         if edit.hook != expected:
             _refuse_unknown_site(self.model, edit)
         if edit.writer == "embed":
-            self.embed_rows(lambda rows: _project_rows(rows, edit))
+            self.add(self.family.embed, lambda rows, _: _project_rows(rows, edit), rowwise=True)
         elif edit.head is not None:
             self.head(edit)
         else:
             prefix = self.writer_key(edit.writer, edit.layer)
-            self.put(f"{prefix}.weight", _project(self.get(f"{prefix}.weight"), edit))
-            if f"{prefix}.bias" in self.weights:  # the hook sees the bias too
-                bias = self.get(f"{prefix}.bias")[:, None]
-                self.put(f"{prefix}.bias", _project(bias, edit)[:, 0])
+            self.add(f"{prefix}.weight", lambda w, _: _project(w, edit))
+            if f"{prefix}.bias" in self.keys:  # the hook sees the bias too
+                self.add(f"{prefix}.bias", lambda b, _: _project(b[:, None], edit)[:, 0])
 
     def head(self, edit: SiteEdit) -> None:
         key = f"{self.writer_key('attn', edit.layer)}.weight"
         d = self.facts.d_head
         cols = slice(edit.head * d, (edit.head + 1) * d)
-        weight = self.get(key)
-        if edit.zero:
+
+        def zero(weight: Tensor, _: Tensor) -> Tensor:
+            weight = weight.clone()
             weight[:, cols] = 0
-        else:
+            return weight
+
+        def project(weight: Tensor, original: Tensor) -> Tensor:
             # The hook reads the head's share through the columns as loaded (before any
             # edit), so composition with other edits of this layer matches the hooks.
-            original = self.source[key].double()[:, cols]
             basis, scaled = _basis(edit, weight.device)
-            weight[:, cols] -= scaled.T @ (basis @ original)
-        self.put(key, weight)
+            weight = weight.clone()
+            weight[:, cols] -= scaled.T @ (basis @ original[:, cols].double())
+            return weight
 
-    def embed_rows(self, fn) -> None:
-        key = self.family.embed
-        rows = self.weights[key]
-        out = torch.empty_like(rows)
-        for start in range(0, rows.shape[0], EMBED_CHUNK):
-            chunk = rows[start : start + EMBED_CHUNK].double()
-            out[start : start + EMBED_CHUNK] = fn(chunk).to(rows.dtype)
-        self.weights[key] = out
-        self.edited.add(key)
+        self.add(key, zero if edit.zero else project)
 
 
 def _basis(edit: SiteEdit, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -321,15 +414,15 @@ def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: li
         embed = _original(folder.model.hf_model.get_input_embeddings())
         # Gemma multiplies the looked-up rows by sqrt(d_model) (cast to the weight dtype).
         scale = float(getattr(embed, "embed_scale", torch.tensor(1.0)).to(embed.weight.dtype))
-        vector = (added[0] / scale).to(folder.weights[family.embed].device)
-        folder.embed_rows(lambda rows: rows + vector)
+        vector = added[0] / scale
+        folder.add(family.embed, lambda rows, _: rows + vector.to(rows.device), rowwise=True)
         notes.append("addition at layer 0 folded into every embedding row")
     if later:
         _enable_bias(folder, config, notes)
         for layer in later:
             key = f"{family.down_proj.format(layer=layer - 1)}.bias"
-            bias = folder.get(key)
-            folder.put(key, bias + added[layer].to(bias.device))
+            vector = added[layer]
+            folder.add(key, lambda bias, _, vector=vector: bias + vector.to(bias.device))
         notes.append(f"additions at layers {later} folded into down_proj.bias of the layer before")
 
 
@@ -340,39 +433,44 @@ def _enable_bias(folder: _Folder, config, notes: list[str]) -> None:
     setattr(config, flag, True)
     expected = _expected(folder.model.hf_model.__class__, config)
     for key, shape in expected.items():
-        if key not in folder.weights:
+        if key not in folder.keys:
             if not key.endswith(".bias"):
                 raise ExportError(f"{flag}=True adds {key}, which is not a bias")
-            model = folder.model.hf_model
-            folder.weights[key] = torch.zeros(shape, dtype=model.dtype, device=model.device)
-    if f"{folder.family.down_proj.format(layer=0)}.bias" not in folder.weights:
+            folder.created[key] = (shape, key.removesuffix(".bias") + ".weight")
+            folder.keys[key] = shape
+    if f"{folder.family.down_proj.format(layer=0)}.bias" not in folder.keys:
         raise ExportError(f"{flag}=True gives down_proj no bias in this transformers version")
     notes.append(f"config.{flag}=True: every bias it adds is zero except the folded additions")
 
 
 # ------------------------------------------------------------------------------- fold
-def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
-    """Fold interventions, in order, into a copy of the hooked model's HF weights.
+def check_exportable(model, interventions: Sequence[Intervention] = ()) -> None:
+    """Raise now what :func:`plan_fold` would raise later: an architecture the fold has no
+    table for, or an intervention that cannot be folded. Cheap (nothing is folded)."""
+    for iv in interventions:
+        check_foldable(iv)
+    _family(model)
+
+
+def plan_fold(model, interventions: Sequence[Intervention]) -> FoldPlan:
+    """Decide how each tensor changes, in order, without reading or copying any weight.
 
     Args:
         model: the :class:`~circuitlab.engine.HookedModel` the interventions were validated on.
         interventions: foldable interventions (applied as ``apply(model, *interventions)``
             would: the first edits first at a shared site).
 
-    Returns:
-        The folded state dict with its config; :meth:`FoldedWeights.build` makes a plain
-        HF model of it, :func:`circuitlab.export.verify` checks it against the hooks.
-
     Raises:
         ExportError: an intervention that cannot be folded exactly (with the alternative).
         UnsupportedArchitectureError: a model family the exporter has no table for.
     """
-    for iv in interventions:
-        check_foldable(iv)
+    check_exportable(model, interventions)
     family = _family(model)
     config = copy.deepcopy(model.hf_model.config)
+    if hasattr(config, "quantization_config"):  # the export holds plain weights
+        del config.quantization_config
     model_class = type(model.hf_model)
-    folder = _Folder(model, family, _source_weights(model, _expected(model_class, config)))
+    folder = _Folder(model, family, _expected(model_class, config))
     notes: list[str] = []
     added: dict[int, Tensor] = {}
     for iv in interventions:
@@ -385,19 +483,36 @@ def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
         if isinstance(iv, HeadAblation):
             notes.extend(_head_notes(model, iv))
     _fold_additions(folder, config, added, notes)
-    if family.embed in folder.edited and model.facts.tied_embeddings:
-        _untie(folder, config, notes)
-    return FoldedWeights(folder.weights, config, model_class, sorted(folder.edited), notes)
+    copies: dict[str, str] = {}
+    if family.embed in folder.edits and model.facts.tied_embeddings:
+        copies[family.lm_head] = family.embed
+        config.tie_word_embeddings = False
+        text = config.get_text_config()
+        if text is not config:
+            text.tie_word_embeddings = False
+        notes.append("lm_head untied (tie_word_embeddings=False): it keeps the original embedding")
+    expected = _expected(model_class, config)
+    return FoldPlan(folder.edits, folder.created, copies, expected, config, model_class, notes)
 
 
-def _untie(folder: _Folder, config, notes: list[str]) -> None:
-    """Give lm_head its own copy of the unedited embedding matrix."""
-    folder.weights[folder.family.lm_head] = folder.source[folder.family.embed].clone()
-    config.tie_word_embeddings = False
-    text = config.get_text_config()
-    if text is not config:
-        text.tie_word_embeddings = False
-    notes.append("lm_head untied (tie_word_embeddings=False): it keeps the original embedding")
+def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
+    """Fold interventions, in order, into a copy of the hooked model's HF weights (in memory).
+
+    Large or quantized models are exported from their source files instead
+    (:func:`circuitlab.export.export` chooses); this is the in-memory path, for models
+    without source files and for tests.
+
+    Returns:
+        The folded state dict with its config; :meth:`FoldedWeights.build` makes a plain
+        HF model of it, :func:`circuitlab.export.verify` checks it against the hooks.
+    """
+    folded_plan = plan_fold(model, interventions)
+    weights = _source_weights(model, _expected(type(model.hf_model), model.hf_model.config))
+    state = folded_plan.fold_state_dict(weights)
+    return FoldedWeights(
+        state, folded_plan.config, folded_plan.model_class, folded_plan.edited,
+        folded_plan.notes, folded_plan,
+    )  # fmt: skip
 
 
 def _head_notes(model, iv: HeadAblation) -> list[str]:

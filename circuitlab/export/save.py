@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from circuitlab.export.fold import ExportError, FoldedWeights
+from circuitlab.export.fold import ExportError, FoldedWeights, FoldPlan
+from circuitlab.export.stream import write_streamed
 from circuitlab.export.verify import Parity
 from circuitlab.interventions import Intervention, to_dict
 
-__all__ = ["MANIFEST", "check_destination", "describe", "manifest", "save"]
+__all__ = ["MANIFEST", "check_destination", "describe", "manifest", "save", "save_streamed"]
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _sha256(path: Path) -> str:
 def manifest(
     model,
     interventions: Sequence[Intervention],
-    folded: FoldedWeights,
+    folded: FoldedWeights | FoldPlan,
     parity: Parity,
     scorecard: Any = None,
     seed: int | None = None,
@@ -277,6 +278,56 @@ def save(
         (tmp / "README.md").write_text(_card(data, out.name))
         _install(tmp, out)
         log.info("exported to %s (%d safetensors file(s))", out, len(shards))
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_streamed(
+    plan: FoldPlan,
+    model,
+    files: Sequence[Path],
+    out: str | Path,
+    data: dict[str, Any],
+    *,
+    force: bool = False,
+    digests: dict[str, str] | None = None,
+) -> Path:
+    """Write the export by folding the source files shard by shard (see
+    :mod:`circuitlab.export.stream`), atomically, as :func:`save` does.
+
+    Args:
+        plan: the verified fold.
+        model: the hooked source model (tokenizer, generation config, source location).
+        files: the source safetensors.
+        out, data, force: as for :func:`save`.
+        digests: the parity check's tensors (``circuitlab.export.inplace.folded_in_place``);
+            a written tensor of the same dtype must equal its digest.
+
+    Returns:
+        The destination folder.
+    """
+    out = check_destination(out, model, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        streamed = write_streamed(plan, files, tmp, digests)
+        config = copy.deepcopy(plan.config)
+        if streamed.dtype is not None:
+            config.dtype = streamed.dtype  # the source's dtype, whatever the load's was
+        config.save_pretrained(tmp)
+        copy.deepcopy(model.hf_model.generation_config).save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        data["fold"]["written_from"] = "source safetensors, shard by shard"
+        data["fold"]["stored_dtype"] = str(streamed.dtype).removeprefix("torch.")
+        data["fold"]["identical_to_verified"] = len(streamed.identical)
+        data["fold"]["not_compared"] = streamed.unchecked
+        data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(_manifest_text(data))
+        (tmp / "README.md").write_text(_card(data, out.name))
+        _install(tmp, out)
+        log.info("exported to %s (%d safetensors file(s))", out, len(streamed.shards))
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,12 +8,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from circuitlab.errors import (
+    CircuitlabError,
     HubUnreachableError,
     IntegrityError,
     ModelNotFoundError,
@@ -21,7 +22,19 @@ from circuitlab.errors import (
 )
 from circuitlab.models.presets import PRESETS, get_preset, sha256_file
 
-__all__ = ["ModelSpec", "ResolvedSource", "resolve_source", "convert_gguf", "load_hf"]
+__all__ = [
+    "ModelSpec",
+    "ResolvedSource",
+    "convert_gguf",
+    "dense_weight",
+    "input_device",
+    "is_quantized",
+    "load_hf",
+    "module_device",
+    "readable_parameters",
+    "resolve_source",
+    "source_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,11 @@ class ModelSpec:
         dtype: weight dtype name.
         cache_dir: where GGUF conversions and built presets are kept.
         trust_remote_code: let hub repositories run their own code (off unless asked).
+        device_map: ``auto``, ``balanced``, ``sequential`` or an explicit map (module name
+            -> device) for a model split over several devices; ``device`` is then ignored.
+        max_memory: per-device budget for the dispatcher (``{"0": "20GiB", "cpu": "64GiB"}``).
+        quantization: ``4bit`` (NF4) or ``8bit`` through bitsandbytes; the search runs on
+            the quantized weights and the export folds into the source files.
     """
 
     source: str
@@ -45,9 +63,30 @@ class ModelSpec:
     dtype: str = "float32"
     cache_dir: Path = Path("cache")
     trust_remote_code: bool = False
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[str, Any] | None = None
+    quantization: Literal["4bit", "8bit"] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))  # accept str paths too
+        if isinstance(self.device_map, str) and self.device_map.lstrip().startswith("{"):
+            object.__setattr__(self, "device_map", json.loads(self.device_map))
+        if isinstance(self.max_memory, str):
+            object.__setattr__(self, "max_memory", json.loads(self.max_memory))
+
+    @classmethod
+    def from_settings(cls, source: str, settings: Any) -> ModelSpec:
+        """The spec a command builds from :class:`circuitlab.config.Settings`."""
+        return cls(
+            source,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.cache_dir,
+            trust_remote_code=settings.trust_remote_code,
+            device_map=getattr(settings, "device_map", None),
+            max_memory=getattr(settings, "max_memory", None),
+            quantization=getattr(settings, "quantization", None),
+        )
 
     @property
     def torch_device(self) -> str:
@@ -175,20 +214,144 @@ def _check_architecture(location: str, spec: ModelSpec, kind: str) -> None:
         )
 
 
+def _quantization_config(spec: ModelSpec):
+    if spec.quantization is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401 - only to fail early with a clear message
+    except ImportError:
+        raise CircuitlabError(
+            f"quantization={spec.quantization!r} needs bitsandbytes (pip install bitsandbytes)"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    compute = DTYPES[spec.dtype] if spec.dtype != "float32" else torch.bfloat16
+    if spec.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def load_hf(
     spec: ModelSpec, progress: bool = False
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, ResolvedSource]:
-    """Load the HF model (eval mode, requested dtype and device) and its tokenizer."""
+    """Load the HF model (eval mode, requested dtype and placement) and its tokenizer.
+
+    With ``device_map`` (or a quantization, which bitsandbytes places itself) the
+    dispatcher places the weights; otherwise the whole model moves to ``spec.device``.
+    """
     resolved = resolve_source(spec, progress=progress)
     _check_architecture(resolved.location, spec, resolved.kind)
-    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if resolved.kind == "hub":
         kwargs["local_files_only"] = False
+    tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
+    quantization = _quantization_config(spec)
+    device_map = spec.device_map
+    if quantization is not None and device_map is None:
+        device_map = {"": spec.torch_device}  # bitsandbytes quantizes while placing
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if spec.max_memory is not None:
+            kwargs["max_memory"] = {_memory_key(k): v for k, v in spec.max_memory.items()}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     model = AutoModelForCausalLM.from_pretrained(
         resolved.location, dtype=DTYPES[spec.dtype], **kwargs
     )
-    tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
     model.config.architectures = model.config.architectures or [type(model).__name__]
-    model.to(spec.torch_device).eval()
+    if device_map is None:
+        model.to(spec.torch_device)
+    model.eval()
     model.requires_grad_(False)
     return model, tokenizer, resolved
+
+
+def _memory_key(key: str) -> str | int:
+    """``max_memory`` keys: GPU indices as ints, ``cpu``/``disk`` as names (JSON has only str)."""
+    return int(key) if str(key).isdigit() else key
+
+
+# ------------------------------------------------------------------------ placement facts
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: its weights' device, or for an offloaded module (weights
+    on ``meta``, streamed in by the dispatcher) the dispatcher's execution device."""
+    param = next(module.parameters(), None)
+    if param is not None and param.device.type != "meta":
+        return param.device
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    return torch.device(device if device is not None else "cpu")
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where token ids go: the device of the input embedding (the first device of a map)."""
+    return module_device(model.get_input_embeddings())
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Loaded through a quantizer (bitsandbytes): live weights are not the source tensors."""
+    return getattr(model, "hf_quantizer", None) is not None or bool(
+        getattr(model, "is_quantized", False)
+    )
+
+
+def dense_weight(module: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as a plain floating tensor: dequantized from bitsandbytes
+    storage, or read from the dispatcher's host copy when the module is offloaded."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        if weights is None:
+            raise CircuitlabError(f"{type(module).__name__}.weight is on meta with no copy")
+        return weights["weight"]
+    if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state)
+    scale = getattr(weight, "SCB", None)
+    if scale is None:
+        scale = getattr(getattr(module, "state", None), "SCB", None)
+    if weight.dtype == torch.int8 and scale is not None:  # bitsandbytes 8-bit (LLM.int8)
+        return weight.data.float() * (scale.float()[:, None] / 127.0)
+    return weight
+
+
+def readable_parameters(model: torch.nn.Module):
+    """``(name, tensor)`` for every parameter, an offloaded one (on ``meta``) read from the
+    dispatcher's host copy, so that hashing or inspecting weights works on split models.
+    Names and order are ``named_parameters()``'s (a tied parameter comes once)."""
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{module_name}.{attr}" if module_name else attr
+            if param.device.type == "meta":
+                weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+                if weights is not None:
+                    yield name, weights[attr]
+                    continue
+            yield name, param
+
+
+def source_files(resolved: ResolvedSource) -> list[Path]:
+    """The safetensors files a model was loaded from ([] when there are none to read:
+    a hub model not in the local cache, or weights stored some other way)."""
+    folder = Path(resolved.location)
+    if resolved.kind == "hub":
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(resolved.location, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached, offline, no hub client: no files
+            return []
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in names]
+        return files if all(f.is_file() for f in files) else []
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []

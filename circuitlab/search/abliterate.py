@@ -8,7 +8,7 @@ addition, which is not, is off unless ``SearchSpace.addition_max > 0``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,20 @@ from circuitlab.search.space import SearchSpace
 from circuitlab.search.storage import open_store
 from circuitlab.search.study import run_search
 
-__all__ = ["Abliteration", "abliterate", "export_choice"]
+__all__ = ["Abliteration", "abliterate", "check_export_plan", "export_choice"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_CAP = 64
+
+
+def _measured_batch(
+    model: HookedModel, prompts: SearchPrompts, objective: ObjectiveConfig, cap: int
+) -> ObjectiveConfig:
+    size = model.measure_batch_size(
+        list(prompts.harmful_train), objective.max_new_tokens, objective.batch_size, cap
+    )
+    return objective if size == objective.batch_size else replace(objective, batch_size=size)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ def export_choice(
     Returns:
         ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
     """
+    from circuitlab.errors import UnsupportedArchitectureError
     from circuitlab.export import ExportError, export
 
     chosen = result.chosen
@@ -82,9 +94,35 @@ def export_choice(
             scorecard=result.as_dict(),
             **options,
         )
-    except ExportError as exc:  # e.g. an addition on an architecture without the bias it needs
+    except (ExportError, UnsupportedArchitectureError) as exc:
+        # e.g. an addition on an architecture without the bias it needs: the search's
+        # results still stand, and the caller still writes its report
         return None, f"trial {chosen.number} cannot be exported: {exc}"
     return done, None
+
+
+def check_export_plan(model: HookedModel, space: SearchSpace | None = None) -> None:
+    """What would stop the export, raised before the first trial rather than after the
+    last: an architecture the fold has no table for, or a machine without the memory for
+    the streamed fold and the parity check. A space whose trials may add an activation
+    addition (which cannot be folded) is only warned about: trials without one export."""
+    from circuitlab.export import ExportError, check_exportable
+    from circuitlab.export.memory import check_export_memory
+    from circuitlab.models.loading import is_quantized, source_files
+
+    try:
+        check_exportable(model)
+    except Exception as exc:  # UnsupportedArchitectureError, ExportError
+        raise ExportError(f"this model cannot be exported, so no search was run: {exc}") from None
+    files = source_files(model.resolved)
+    if not files and is_quantized(model.hf_model):
+        raise ExportError(
+            "a quantized model is exported from its source safetensors, and "
+            f"{model.resolved.location} has none; search without --out, or load it unquantized"
+        )
+    check_export_memory(model)
+    if space is not None and space.addition_max > 0:
+        log.warning("trials with an activation addition cannot be exported (not foldable)")
 
 
 def abliterate(
@@ -110,6 +148,7 @@ def abliterate(
     progress: bool = False,
     fail_unknown: bool = False,
     export_options: dict[str, Any] | None = None,
+    batch_cap: int = DEFAULT_BATCH_CAP,
 ) -> Abliteration:
     """Search (or resume) a study, choose a trial, score it on the test split, export it.
 
@@ -125,12 +164,18 @@ def abliterate(
             slower, better judge belongs here (``neural_detection_for_optuna`` off).
         capability_n: MMLU questions in the test scorecards (0: no capability check).
         kl_target, rule: the choice (see :func:`circuitlab.search.choose`).
-        export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts).
+        export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts);
+            the parity tolerance fits the model's dtype unless ``tolerance`` is given.
+        batch_cap: on an accelerator the batch size is measured (the largest power of two
+            up to this that fits); on CPU the objective's batch size stands.
 
     Returns:
         The :class:`Abliteration`.
     """
     judge = judge or MarkerJudge()
+    if out is not None:
+        check_export_plan(model, space)
+    objective = _measured_batch(model, prompts, objective or ObjectiveConfig(), batch_cap)
     study = run_search(
         model, prompts, study_name, n_trials, storage=storage, space=space,
         objective=objective, judge=judge, seed=seed, profile=profile, family=family,

@@ -45,13 +45,14 @@ class _Rows:
     logits: Float[Tensor, "row vocab"]
 
     def keep(self, keep: Tensor) -> None:
-        rows = keep.nonzero().flatten()
+        # Host indices index a tensor on any device: a split model's cache spans several.
+        rows = keep.nonzero().flatten().cpu()
         self.index = [self.index[i] for i in rows.tolist()]
-        self.cache.batch_select_indices(rows.to(self.mask.device))
+        self.cache.batch_select_indices(rows)
         self.mask, self.positions, self.logits = (
-            self.mask[rows],
-            self.positions[rows],
-            self.logits[rows],
+            self.mask[rows.to(self.mask.device)],
+            self.positions[rows.to(self.positions.device)],
+            self.logits[rows.to(self.logits.device)],
         )
 
 
@@ -203,7 +204,8 @@ def _decode_batch(model, rows: _Rows, max_new_tokens, stop, check_every, eos, ou
         chosen = rows.logits.argmax(-1)
         for i, token in zip(rows.index, chosen.tolist(), strict=True):
             tokens[i].append(token)
-        done = torch.isin(chosen, eos)
+        # The logits come from the last device of a split model, the inputs go to the first.
+        done = torch.isin(chosen, eos.to(chosen.device))
         if stop is not None and step % check_every == 0:
             verdict = stop([text(i) for i in rows.index])
             done |= torch.tensor(list(verdict), dtype=torch.bool, device=done.device)
@@ -213,7 +215,8 @@ def _decode_batch(model, rows: _Rows, max_new_tokens, stop, check_every, eos, ou
             rows.keep(~done)
             chosen = chosen[~done]
         rows.mask = torch.cat([rows.mask, torch.ones_like(rows.mask[:, :1])], dim=1)
-        result = _forward(model, chosen[:, None], rows.mask, rows.positions[:, None], rows.cache)
+        ids = chosen[:, None].to(rows.mask.device)
+        result = _forward(model, ids, rows.mask, rows.positions[:, None], rows.cache)
         rows.logits = result.logits[:, -1].float()
         rows.positions = rows.positions + 1
     for i in tokens:
