@@ -150,16 +150,18 @@ def test_a_load_unlike_its_source_exports_the_source_weights(sharded, tmp_path):
     assert parity.passed and parity.max_abs_logit_diff < 1e-3
 
 
-def test_a_4bit_load_exports_the_original_weights(sharded, tmp_path):
-    """bitsandbytes quantizes on CPU too (0.50): the search's model is 4-bit NF4, the export
+@pytest.mark.parametrize(("bits", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_a_quantized_load_exports_the_original_weights(sharded, tmp_path, bits, layer):
+    """bitsandbytes quantizes on CPU too (0.50): the search's model is 4-bit NF4 (or
+    LLM.int8() 8-bit), the export
     is the float32 source folded -- bit for bit a float32 load's fold -- and reloads with
     plain transformers to match the float32 hooked model. Its parity in the loaded format
     (re-quantized folded weights against the hooked 4-bit model) is reported, not enforced:
     re-quantizing an edited matrix moves every weight by up to half a quantization step."""
     pytest.importorskip("bitsandbytes")
-    quantized = HookedModel.load(ModelSpec(str(sharded), quantization="4bit", dtype="bfloat16"))
+    quantized = HookedModel.load(ModelSpec(str(sharded), quantization=bits, dtype="bfloat16"))
     o_proj = quantized.bridge.blocks[0].attn.o.original_component
-    assert type(o_proj).__name__ == "Linear4bit"
+    assert type(o_proj).__name__ == layer
     interventions = example_interventions(quantized, "directional")
     before = quantized.next_token_logprobs(["Name a colour."])
     done = export(quantized, interventions, tmp_path / "out", **PARITY)

@@ -108,10 +108,14 @@ def _is_quantized(param: Tensor) -> bool:
 
 
 def _requantized(old: Tensor, value: Tensor) -> nn.Parameter:
-    """``value`` quantized the way ``old`` (a bitsandbytes 4-bit parameter) was."""
-    if getattr(old, "quant_state", None) is None:
-        raise ExportError("only 4-bit (NF4/FP4) weights can be swapped for the parity check")
+    """``value`` quantized the way ``old`` (a bitsandbytes 4-bit or 8-bit parameter) was."""
     cls = type(old)
+    if getattr(old, "quant_state", None) is None:
+        if not hasattr(old, "SCB"):
+            raise ExportError(f"cannot swap a {cls.__name__} weight for the parity check")
+        # LLM.int8(): moving a half-precision Int8Params to a device quantizes it row-wise.
+        fresh = cls(value.detach().cpu().half(), requires_grad=False, has_fp16_weights=False)
+        return fresh.to(old.device)
     fresh = cls(
         value.cpu(),
         requires_grad=False,
@@ -190,8 +194,20 @@ def _swap(hf_model, plan: FoldPlan, key: str, slots, stored, digests) -> callabl
         return lambda: _set_offloaded(module, attr, previous)
     if _is_quantized(old):
         value = _folded_value(plan, key, _read(stored, key), torch.empty(0, dtype=hf_model.dtype))
+        # LLM.int8() layers move a new weight's quantized rows into ``module.state`` at its
+        # first forward and keep using them from there: swap and restore that state too.
+        state = getattr(module, "state", None)
+        saved = None if state is None else (state.CB, state.SCB)
+        if state is not None:
+            state.CB = state.SCB = None
         setattr(module, attr, _requantized(old, value))
-        return lambda: setattr(module, attr, old)
+
+        def unquantize() -> None:
+            setattr(module, attr, old)
+            if state is not None:
+                state.CB, state.SCB = saved
+
+        return unquantize
     value = _folded_value(plan, key, old, old)
     digests[key] = digest(value)
     setattr(module, attr, nn.Parameter(value.to(old.device), requires_grad=False))
