@@ -505,6 +505,22 @@ def _decoder(model: HookedModel) -> torch.nn.Module:
     return getter() if getter is not None else model.hf_model.model
 
 
+def _finite_output(name: str, fn: HookFn) -> HookFn:
+    """``fn``, failing loudly when its edited activation is not finite: a NaN there turns
+    every later token into padding and generation "succeeds" with empty answers."""
+
+    def checked(x: Tensor, hook: Any) -> Tensor | None:
+        result = fn(x, hook)
+        if result is not None and not bool(torch.isfinite(result).all()):
+            raise InterventionError(
+                f"the edit at {name} produced non-finite activations (NaN or inf); "
+                "check the intervention's strengths and directions"
+            )
+        return result
+
+    return checked
+
+
 class Applied:
     """Yielded by :func:`apply`: the per-prompt decisions of the last prompt batch."""
 
@@ -549,6 +565,7 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         built.append(builder(model, iv, state, key))
     routers = [b.router for b in built if b.router is not None]
     hooks = (_read_hooks(routers, state) if routers else []) + [h for b in built for h in b.hooks]
+    hooks = [(name, _finite_output(name, fn)) for name, fn in hooks]
     log.debug("applying %d intervention(s) as %d hooks", len(interventions), len(hooks))
     handle = None
     try:
