@@ -213,7 +213,7 @@ def export_destination(
             raise ConfigError(f"{flag} {out} already exists; pass --force to replace it")
         if not empty and not is_circuitlab_export(out):
             raise ConfigError(
-                f"{flag} {out} holds files circuitlab did not write (no {EXPORT_MANIFEST}); "
+                f"{flag} {out} holds files circuitlab did not write (no valid {EXPORT_MANIFEST}); "
                 "refusing to replace it, even with --force"
             )
     _creatable(out, flag)

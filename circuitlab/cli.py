@@ -132,6 +132,7 @@ def load_model(source: str, settings: Settings):
     from circuitlab.engine import HookedModel
     from circuitlab.models import ModelSpec
 
+    source_config(source, settings)  # a missing, malformed or truncated model: one line
     spec = ModelSpec(
         source,
         device=settings.device,
@@ -209,8 +210,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="circuitlab",
         description="Find refusal mechanisms, test edits live through hooks, export them.",
     )
