@@ -257,6 +257,8 @@ def storage(url: str | None, flag: str = "--storage") -> None:
             database = parsed.database
             if database and database != ":memory:":
                 new_file(database, flag)
+                if not Path(database).exists():
+                    return  # opening it would create it; its folder was checked
         engine = create_engine(parsed)
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
         raise ConfigError(f"{flag} {url!r} is not a usable database URL: {exc}") from None

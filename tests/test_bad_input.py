@@ -430,6 +430,19 @@ CASES = [
     ("config-unknown-key", "generate {model} hi --config {unknown_toml}", 2, "unknown keys"),
     ("steer-no-intervention-file", "steer {model} --intervention {root} hi", 2, "not found"),
     ("export-no-out", "export {model} --intervention {good}", 2, "--out"),
+    # a storage that passed its checks is not created when a later check fails
+    (
+        "sqlite-not-created",
+        "search {truncated} --study s --storage sqlite:///{work}/s.db",
+        2,
+        "truncated",
+    ),
+    (
+        "journal-not-created",
+        "search {truncated} --study s --storage {work}/s.journal",
+        2,
+        "truncated",
+    ),
 ]
 
 
