@@ -605,3 +605,22 @@ def test_a_failed_set_up_leaves_no_journal(inputs, tmp_path):
         )  # fmt: skip
     assert not (tmp_path / "cache" / "studies" / "stub.journal").exists()
     assert not list((tmp_path / "cache" / "studies").glob("stub*"))
+
+
+def test_non_finite_edits_fail_loudly_and_leave_no_hooks(inputs):
+    """An edit whose activations overflow raises at the end of its block (no empty answers
+    pass for results), a sane one does not, and no hook is left behind either way."""
+    from circuitlab.engine import HookedModel
+    from circuitlab.hooks import NonFiniteError, apply
+    from circuitlab.interventions import load_interventions
+
+    model = HookedModel.load(str(inputs["model"]))
+    with (
+        pytest.raises(NonFiniteError, match="non-finite"),
+        apply(model, *load_interventions(inputs["huge"])),
+    ):
+        model.generate(["Name a colour."], max_new_tokens=2)
+    assert model.n_active_hooks() == 0
+    with apply(model, *load_interventions(inputs["good"])):
+        (text,) = model.generate(["Name a colour."], max_new_tokens=2)
+    assert model.n_active_hooks() == 0 and isinstance(text, str)

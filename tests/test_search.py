@@ -382,7 +382,11 @@ def _cli(journal: Path, trials: int, cache_dir: Path, *extra: str) -> list[str]:
 
 
 def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
-    return open_store("shared", str(journal)).load().get_trials()
+    """The study's trials; none while its first worker is still setting it up."""
+    try:
+        return open_store("shared", str(journal)).load().get_trials()
+    except SearchError:
+        return []
 
 
 @pytest.mark.slow
