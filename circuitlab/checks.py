@@ -21,6 +21,7 @@ from typing import Any
 from circuitlab.errors import ConfigError
 
 __all__ = [
+    "DEVICE_PATTERN",
     "EXPORT_MANIFEST",
     "NAME_PATTERN",
     "at_least",
@@ -92,12 +93,12 @@ def choices(flag: str, values: Iterable[str], known: Iterable[str]) -> tuple[str
 
 
 # ----------------------------------------------------------------------------- devices
-_DEVICE = re.compile(r"(cpu|cuda|mps|auto)(:(\d+))?")
+DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|auto)(:(\d+))?")
 
 
 def device(spec: str, flag: str = "--device") -> str:
     """A torch device string that exists on this machine, else ConfigError."""
-    match = _DEVICE.fullmatch(spec.strip()) if isinstance(spec, str) else None
+    match = DEVICE_PATTERN.fullmatch(spec.strip()) if isinstance(spec, str) else None
     if match is None:
         raise ConfigError(f"{flag} {spec!r} is not a device: use cpu, cuda, cuda:N, mps or auto")
     kind, index = match.group(1), match.group(3)

@@ -229,7 +229,7 @@ CASES = [
     ("profile-broken", "search {model} --study s --profile {bad_profile}", 2, "profile"),
     ("device-banana", "generate {model} hi --device banana", 2, "not a device"),
     ("device-cuda-index", "generate {model} hi --device cpu:3", 2, "takes no index"),
-    ("neural-device", "generate {model} hi --neural-device gpu", 2, "--neural-device"),
+    ("neural-device", "generate {model} hi --neural-device gpu", 2, "neural_device"),
     ("dtype", "generate {model} hi --dtype float8", 2, "--dtype"),
     ("judge", "search {model} --study s --judge vibes", 2, "--judge"),
     ("config-missing", "generate {model} hi --config {work}/nope.toml", 2, "config file not found"),

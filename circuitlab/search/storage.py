@@ -235,6 +235,8 @@ def open_store(
         assets = Path(cache_dir) / "studies" / f"{name}.assets"
         return StudyStore(name, _rdb(storage, heartbeat), None, assets)
     path = Path(storage) if storage else Path(cache_dir) / "studies" / f"{name}.journal"
+    if storage is None:  # a derived path stays inside the cache (the name is checked too)
+        checks.within(path, Path(cache_dir) / "studies", "study journal")
     lock = path.with_name(path.name + ".circuitlab-lock")
     if not path.exists() and not create:
         raise SearchError(f"no study named {name!r}: {path} does not exist")
