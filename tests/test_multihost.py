@@ -27,7 +27,7 @@ import pytest
 from optuna.trial import TrialState
 from tiny import tiny_llama
 
-from circuitlab.search import open_store
+from circuitlab.search import open_store, pareto_front
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def _search(model: Path, url: str, cache: Path, trials: int) -> list[str]:
         sys.executable, "-m", "circuitlab.cli", "search", str(model),
         "--study", "shared", "--storage", url, "--trials", str(trials),
         "--methods", "diff-means", "--no-prune", "--profile", "none",
-        "--n-train", "4", "--n-search", "6", "--n-kl", "2", "--max-new-tokens", "48",
+        "--n-train", "4", "--n-search", "8", "--n-kl", "2", "--max-new-tokens", "64",
         "--batch-size", "2", "--threads", "1", "--heartbeat", "1", "--cache-dir", str(cache),
     ]  # fmt: skip
 
@@ -121,10 +121,12 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _running_of(url: str, pid: int) -> optuna.trial.FrozenTrial | None:
+def _scoring(url: str, pid: int) -> optuna.trial.FrozenTrial | None:
+    """A trial of worker ``pid`` that is being scored (its parameters all drawn)."""
     for trial in _trials(url):
         worker = trial.user_attrs.get("worker", {})
-        if trial.state == TrialState.RUNNING and worker.get("pid") == pid:
+        running = trial.state == TrialState.RUNNING and "interventions" in trial.user_attrs
+        if running and worker.get("pid") == pid:
             return trial
     return None
 
@@ -139,7 +141,7 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     b = subprocess.Popen(_search(model, postgres_url, caches["b"], budget), **spawn)
     try:
         deadline = time.monotonic() + 300
-        while (killed := _running_of(postgres_url, a.pid)) is None:
+        while (killed := _scoring(postgres_url, a.pid)) is None:
             assert a.poll() is None, a.communicate()
             assert time.monotonic() < deadline, "worker a never ran a trial"
             time.sleep(0.05)
@@ -160,7 +162,8 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     # Its point re-run by the other worker, found by the heartbeat, with no flag.
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    (failed,) = by_state[TrialState.FAIL]
+    assert retry.state == TrialState.COMPLETE and retry.params == failed.params == killed.params
     assert retry.user_attrs["worker"]["pid"] == b.pid
     # The directions travelled inside the database: host b extracted nothing itself, or
     # read them from there; no trial of b refers to a file of a.
@@ -175,3 +178,9 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     assert "Pareto front of shared" in out
     store = open_store("shared", postgres_url, caches["b"])
     assert store.heartbeat
+    # On host b, every trial's edit (a's too) reads b's own copy of the directions.
+    shutil.rmtree(caches["a"])  # host a's files are not reachable from host b
+    front = pareto_front(store.load(), caches["b"])
+    refs = [iv.directions for point in front for iv in point.interventions]
+    assert refs and all(Path(ref.folder).is_relative_to(caches["b"]) for ref in refs)
+    assert all(ref.load().hash == ref.hash for ref in refs)
