@@ -624,3 +624,37 @@ def test_non_finite_edits_fail_loudly_and_leave_no_hooks(inputs):
     with apply(model, *load_interventions(inputs["good"])):
         (text,) = model.generate(["Name a colour."], max_new_tokens=2)
     assert model.n_active_hooks() == 0 and isinstance(text, str)
+
+
+def test_a_failed_resume_leaves_the_study_untouched(inputs, tmp_path):
+    """Resuming with other prompts or another judge is refused, and the journal stays byte
+    for byte what it was (no appended lines, no stale-trial bookkeeping)."""
+    from circuitlab.engine import HookedModel
+    from circuitlab.evaluate.judges import CombinedJudge, MarkerJudge
+    from circuitlab.search import (
+        ObjectiveConfig,
+        SearchError,
+        SearchPrompts,
+        SearchSpace,
+        run_search,
+    )
+
+    model = HookedModel.load(str(inputs["model"]))
+    journal = tmp_path / "r.journal"
+    options = {
+        "storage": str(journal),
+        "space": SearchSpace(methods=("diff-means",), calibrate=False),
+        "objective": ObjectiveConfig(max_new_tokens=2, batch_size=4, prune_kl=None),
+        "profile": None,
+        "cache_dir": tmp_path / "cache",
+    }
+    prompts = SearchPrompts.from_testbed(n_train=4, n_search=2, n_kl=2, n_test=0)
+    run_search(model, prompts, "r", 1, **options)
+    before = journal.read_bytes()
+    other = SearchPrompts.from_testbed(n_train=4, n_search=3, n_kl=2, n_test=0)
+    with pytest.raises(SearchError, match="other prompts"):
+        run_search(model, other, "r", 2, **options)
+    with pytest.raises(SearchError, match="judged by"):
+        judge = CombinedJudge(MarkerJudge(), MarkerJudge(), "and")
+        run_search(model, prompts, "r", 2, judge=judge, **options)
+    assert journal.read_bytes() == before
