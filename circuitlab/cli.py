@@ -6,18 +6,23 @@ Only this module configures logging, threads, seeds and progress display.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import logging
 import os
 import random
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from circuitlab import checks
 from circuitlab.config import Settings, load_settings
 from circuitlab.errors import CircuitlabError
 
@@ -82,10 +87,52 @@ def configure_runtime(settings: Settings) -> None:
     torch.manual_seed(settings.seed)
 
 
+def source_config(source: str, settings: Settings) -> tuple[str, dict | None]:
+    """Where the model is and its ``config.json``, read without loading weights (whose
+    files are checked for truncation); a GGUF file or preset is converted first (once,
+    cached). The config is None for hub ids."""
+    from circuitlab import checks
+    from circuitlab.models import ModelSpec
+    from circuitlab.models.loading import resolve_source
+
+    spec = ModelSpec(source, cache_dir=settings.cache_dir)
+    location = resolve_source(spec, progress=True).location
+    return location, checks.model_config(location)
+
+
+def model_shape(config: dict | None) -> tuple[int | None, int | None, int | None]:
+    """(layers, d_model, query heads) from an HF config, None where it does not say."""
+    if not config:
+        return None, None, None
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    width = config.get("hidden_size", config.get("n_embd"))
+    return layers, width, config.get("num_attention_heads", config.get("n_head"))
+
+
+def check_interventions(paths: Sequence[str], source: str, settings: Settings) -> list:
+    """Interventions read from files and checked against the model's config (direction
+    folders present, widths, layers and heads in range), before the model loads."""
+    from circuitlab.interventions import check_fits, load_interventions
+
+    interventions = [iv for path in paths for iv in load_interventions(path)]
+    if interventions:
+        check_fits(interventions, *model_shape(source_config(source, settings)[1]))
+    return interventions
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """Prompts given on the command line: none empty."""
+    from circuitlab.errors import PromptError
+
+    if any(not p.strip() for p in prompts):
+        raise PromptError("empty prompt: every PROMPT needs some text")
+
+
 def load_model(source: str, settings: Settings):
     from circuitlab.engine import HookedModel
     from circuitlab.models import ModelSpec
 
+    source_config(source, settings)  # a missing, malformed or truncated model: one line
     spec = ModelSpec.from_settings(source, settings)
     with err.status(f"loading {source}…"):
         return HookedModel.load(
@@ -129,6 +176,7 @@ def _print_completions(prompts: Sequence[str], completions: Sequence[str]) -> No
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    check_prompts(args.prompts)
     model = load_model(args.model, settings)
     chat = model.facts.has_chat_template and not args.raw
     completions = model.generate(
@@ -156,8 +204,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="circuitlab",
         description="Find refusal mechanisms, test edits live through hooks, export them.",
     )
@@ -181,20 +236,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_file(exc: BaseException, cache_dir: Path) -> Path | None:
+    """Write the traceback under ``cache_dir/logs``; None if that cannot be written."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(cache_dir) / "logs" / f"crash-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return path
+
+
+def _fallback_cache() -> Path:
+    return Path(os.environ.get("CIRCUITLAB_CACHE_DIR") or "cache")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for run reports
+    settings = None
     try:
         settings = settings_from_args(args)
         configure_runtime(settings)
+        checks.device(settings.device)
+        checks.device(settings.neural_device, "--neural-device")
         return args.fn(args, settings)
     except CircuitlabError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as exc:  # the last resort: a bug, or an error we did not foresee
+        debug = settings is not None and settings.log_level == "DEBUG"
+        if debug:
+            err.print_exception()
+        where = _log_file(exc, settings.cache_dir if settings else _fallback_cache())
+        note = f"; traceback in {where}" if where else ""
+        hint = "" if debug else " (--log-level DEBUG shows it here)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        line = f"{type(exc).__name__}: {first}{note}{hint}"
+        err.print(
+            f"[bold red]unexpected error:[/] {escape(line)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from circuitlab.checks import DEVICE_PATTERN
 from circuitlab.errors import ConfigError
 
 __all__ = ["Settings", "default_toml", "load_settings"]
@@ -106,6 +107,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Logging level of the command-line tool."
     )
+
+    @field_validator("device", "neural_device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        # Whether the device exists is checked at start-up (checks.device), not here.
+        if not DEVICE_PATTERN.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a device: use cpu, cuda, cuda:N, mps or auto")
+        return value.strip()
 
 
 class _TomlSource(PydanticBaseSettingsSource):

@@ -42,7 +42,7 @@ from circuitlab.interventions import (
 )
 from circuitlab.models.loading import dense_weight, module_device
 
-__all__ = ["Applied", "SiteEdit", "apply", "plan", "writer_hook", "layer_vectors"]
+__all__ = ["Applied", "NonFiniteError", "SiteEdit", "apply", "plan", "writer_hook", "layer_vectors"]
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +521,28 @@ def _decoder(model: HookedModel) -> torch.nn.Module:
     return getter() if getter is not None else model.hf_model.model
 
 
+class NonFiniteError(InterventionError):
+    """An edit produced NaN or infinite activations."""
+
+
+def _finite_output(fn: HookFn, bad: dict[torch.device, Tensor]) -> HookFn:
+    """``fn``, recording (per device, without a host sync) whether its edited activation
+    was ever non-finite: a NaN there turns every later token into padding, and generation
+    would "succeed" with empty answers. :func:`apply` raises at the end of its block."""
+
+    def checked(x: Tensor, hook: Any) -> Tensor | None:
+        result = fn(x, hook)
+        if result is not None:
+            flag = ~torch.isfinite(result).all()
+            if result.device in bad:
+                bad[result.device] |= flag
+            else:
+                bad[result.device] = flag
+        return result
+
+    return checked
+
+
 class Applied:
     """Yielded by :func:`apply`: the per-prompt decisions of the last prompt batch."""
 
@@ -565,6 +587,8 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         built.append(builder(model, iv, state, key))
     routers = [b.router for b in built if b.router is not None]
     hooks = (_read_hooks(routers, state) if routers else []) + [h for b in built for h in b.hooks]
+    bad: dict[torch.device, Tensor] = {}
+    hooks = [(name, _finite_output(fn, bad)) for name, fn in hooks]
     log.debug("applying %d intervention(s) as %d hooks", len(interventions), len(hooks))
     handle = None
     try:
@@ -574,6 +598,11 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
             )
         with model.hooks(hooks):
             yield Applied(state, len(interventions))
+        if any(bool(flag) for flag in bad.values()):
+            raise NonFiniteError(
+                f"the edit ({', '.join(type(iv).__name__ for iv in interventions)}) produced "
+                "non-finite activations (NaN or inf); check its strengths and directions"
+            )
     finally:
         if handle is not None:
             handle.remove()

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ __all__ = [
     "load_interventions",
     "save_intervention",
     "save_interventions",
+    "check_fits",
     "to_dict",
     "to_json",
     "with_strength",
@@ -164,7 +168,7 @@ class DirectionRef:
     def load(self) -> DirectionSet:
         """The DirectionSet referred to; raises InterventionError on a hash mismatch."""
         if self.folder is not None:
-            loaded = DirectionSet.load(self.folder)
+            loaded = _load_folder(self.folder)
             if self.hash is not None and loaded.hash != self.hash:
                 raise InterventionError(
                     f"{self.folder} holds directions {loaded.hash}, the intervention was made "
@@ -180,6 +184,22 @@ class DirectionRef:
         extra = {k: torch.tensor(v, dtype=torch.float32) for k, v in self.tensors}
         meta = {} if self.cone_layer is None else {"cone_layer": self.cone_layer}
         return DirectionSet(self.method, directions, scores, meta, extra)
+
+
+def _load_folder(folder: str) -> DirectionSet:
+    """A saved DirectionSet, or InterventionError saying what is wrong with the folder."""
+    from safetensors import SafetensorError
+
+    path = Path(folder)
+    if not (path / "directions.json").is_file() or not (path / "directions.safetensors").is_file():
+        raise InterventionError(f"directions folder {folder} not found (or not a saved set)")
+    try:
+        loaded = DirectionSet.load(path)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise InterventionError(f"directions folder {folder} is unreadable: {exc}") from None
+    if not torch.isfinite(loaded.directions).all():
+        raise InterventionError(f"directions in {folder} are not all finite numbers")
+    return loaded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -438,6 +458,126 @@ def with_strength(intervention: Intervention, strength: float) -> Intervention:
     return dataclasses.replace(intervention, calibration=strength)
 
 
+# ------------------------------------------------------------------------------- validation
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON-decoded value (lists already tuples) fits a field's annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(map(_matches, value, args)))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _check_types(cls: type, values: dict[str, Any]) -> None:
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name, Any)
+        if not _matches(value, hint):
+            expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise InterventionError(
+                f"{cls.__name__}.{name} must be {expected}, got {json.dumps(to_dict(value))}"
+            )
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Every number in ``value`` (nested lists and dicts too) is finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InterventionError(f"{where} is {value}: interventions take finite numbers only")
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(item, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}" if where else str(key))
+
+
+def _in_range(what: str, value: int | float, high: int | None) -> None:
+    if high is not None and not 0 <= value < high:
+        raise InterventionError(f"{what} {value} out of range [0, {high})")
+
+
+def _fits(obj: Any, n_layers: int | None, d_model: int | None, n_heads: int | None) -> None:
+    name = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, DirectionRef):
+            ds = value.load()
+            if d_model is not None and ds.d_model != d_model:
+                raise InterventionError(
+                    f"{name}: directions have d_model {ds.d_model}, the model {d_model}"
+                )
+            if getattr(obj, "index", None) is not None and not 0 <= obj.index <= ds.n_layers - 1:
+                raise InterventionError(
+                    f"{name}.index {obj.index} outside the set's layers [0, {ds.n_layers - 1}]"
+                )
+            _in_range(f"{name}.component", getattr(obj, "component", 0), ds.k)
+            per_layer = {"index": None, "layer": None, "direction_layer": None}
+            # Each layer's own direction is used where the selecting field is None.
+            selector = next((k for k in per_layer if hasattr(obj, k)), None)
+            if (
+                selector is not None
+                and getattr(obj, selector) is None
+                and n_layers is not None
+                and ds.n_layers != n_layers
+            ):
+                raise InterventionError(
+                    f"{name}: per-layer directions need {n_layers} layers, the set has "
+                    f"{ds.n_layers}; give {selector} to use one layer's direction everywhere"
+                )
+        elif isinstance(value, HeadId):
+            _in_range(f"{name} head layer", value.layer, n_layers)
+            _in_range(f"{name} head", value.head, n_heads)
+        elif dataclasses.is_dataclass(value):
+            _fits(value, n_layers, d_model, n_heads)
+        elif f.name in ("layer", "direction_layer", "max_weight_position") and isinstance(
+            value, int
+        ):
+            _in_range(f"{name}.{f.name}", value, n_layers)
+        elif f.name in ("layers", "heads") and isinstance(value, tuple):
+            for item in value:
+                if isinstance(item, HeadId):
+                    _in_range(f"{name} head layer", item.layer, n_layers)
+                    _in_range(f"{name} head", item.head, n_heads)
+                else:
+                    _in_range(f"{name}.{f.name}", item, n_layers)
+
+
+def check_fits(
+    interventions: Sequence[Intervention],
+    n_layers: int | None = None,
+    d_model: int | None = None,
+    n_heads: int | None = None,
+) -> None:
+    """Check interventions against a model's sizes before it loads: referenced direction
+    folders present (and unchanged), of width ``d_model``, layers and heads in range,
+    indices inside their sets. Sizes left None are not checked.
+
+    Raises:
+        InterventionError: naming the first problem.
+    """
+    for iv in interventions:
+        _fits(iv, n_layers, d_model, n_heads)
+
+
 # -------------------------------------------------------------------------------------- JSON
 _TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -480,7 +620,13 @@ def from_dict(data: Any) -> Any:
     unknown = sorted(set(data) - names - {"type"})
     if unknown:
         raise InterventionError(f"{name} has no field(s) {unknown}")
-    return cls(**{k: from_dict(v) for k, v in data.items() if k != "type"})
+    _check_finite({k: v for k, v in data.items() if k != "type"}, name)
+    values = {k: from_dict(v) for k, v in data.items() if k != "type"}
+    _check_types(cls, values)
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field left out
+        raise InterventionError(f"{name}: {exc}") from None
 
 
 def to_json(intervention: Intervention) -> str:
@@ -525,17 +671,22 @@ def load_interventions(path: str | Path) -> tuple[Intervention, ...]:
     if not path.is_file():
         raise InterventionError(f"intervention file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-            raise InterventionError(
-                f"{path} is not a circuitlab intervention file (format {FORMAT_VERSION})"
-            )
-        if "interventions" in data:
-            found = tuple(from_dict(item) for item in data["interventions"])
-        else:
-            found = (from_dict(data["intervention"]),)
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise InterventionError(f"not a circuitlab intervention file (format {FORMAT_VERSION})")
+        items = data["interventions"] if "interventions" in data else [data["intervention"]]
+        if not isinstance(items, list):
+            raise InterventionError("'interventions' must be a list")
+        found = tuple(from_dict(item) for item in items)
+        for item in found:
+            if not hasattr(item, "foldable"):  # a building block or a bare value
+                raise InterventionError(f"not an intervention: {json.dumps(to_dict(item))[:80]}")
+    except UnicodeDecodeError:
+        raise InterventionError(f"{path} is not UTF-8 text") from None
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
         raise InterventionError(f"{path} is not a valid intervention: {exc}") from None
+    except InterventionError as exc:
+        raise InterventionError(f"{path}: {exc}") from None
     if not found:
         raise InterventionError(f"{path} holds no intervention")
     return found

@@ -240,10 +240,13 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> P
         raise PromptError(
             f"no prompt file {source!r}; packaged sets: {', '.join(PACKAGED)}, or hf:org/name"
         )
-    if path.suffix == ".csv":
-        prompts = _read_csv(path, column)
-    elif path.suffix in (".json", ".jsonl"):
-        prompts = _read_json(path, column)
-    else:
-        prompts = path.read_text(encoding="utf-8").splitlines()
+    try:
+        if path.suffix == ".csv":
+            prompts = _read_csv(path, column)
+        elif path.suffix in (".json", ".jsonl"):
+            prompts = _read_json(path, column)
+        else:
+            prompts = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     return _dedup(str(path), prompts)

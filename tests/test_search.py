@@ -45,6 +45,7 @@ from circuitlab.search.objective import prune_reason
 from circuitlab.search.profiles import FAMILIES, resolve_profile
 from circuitlab.search.space import build_interventions, clamp_params, suggest
 from circuitlab.search.storage import recover_stale, worker_id
+from circuitlab.search.study import study_refs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"n_train": 8, "n_search": 4, "n_kl": 4}
@@ -336,7 +337,6 @@ def test_profiles_learn_writes_a_loadable_profile(study_3, tmp_path, cache_dir):
 def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prompts, study_3):
     """A study without heads keeps its parameters; a 1-trial study with heads applies them
     (and, with ``remove_massive``, edits along directions free of the sinks' direction)."""
-    from circuitlab.directions import DirectionSet
     from circuitlab.interventions import HeadAblation
 
     study, journal, _ = study_3
@@ -358,7 +358,10 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     assert "head_weight" in trial.params
     setup = heads.user_attrs["setup"]
     assert setup["space"]["heads"] == [[20, 1], [22, 3]] and setup["space"]["remove_massive"]
-    saved = DirectionSet.load(setup["directions"]["diff-means"]["folder"])
+    # The directions travel inside the storage, never as a path of one host.
+    assert "folder" not in json.dumps(setup["directions"])
+    store = open_store("heads", str(journal.with_name("heads.journal")))
+    saved = study_refs(store, setup, "cache")["diff-means"].load()
     massive = saved.tensors["massive_directions"]
     assert massive.shape == (1, smollm.facts.d_model) and "without_massive" in saved.metadata
     assert float((saved.directions.double() @ massive[0].double()).abs().max()) < 1e-6
@@ -379,7 +382,11 @@ def _cli(journal: Path, trials: int, cache_dir: Path, *extra: str) -> list[str]:
 
 
 def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
-    return open_store("shared", str(journal)).load().get_trials()
+    """The study's trials; none while its first worker is still setting it up."""
+    try:
+        return open_store("shared", str(journal)).load().get_trials()
+    except SearchError:
+        return []
 
 
 @pytest.mark.slow

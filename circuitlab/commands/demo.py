@@ -24,7 +24,11 @@ def register(command) -> None:
         help="study name (default: demo-MODEL-WEIGHTS-seedN, WEIGHTS a hash of the weights)",
     )
     p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/STUDY)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out folder (only an earlier export, or an empty one)",
+    )
     p.add_argument("--trials", type=int, default=16, help="trial budget of the search")
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
     p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
@@ -54,21 +58,34 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
 
 
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
-    """Bad sizes fail now, not after a quarter of an hour of search."""
-    from circuitlab.commands.search import check_capability_n
+    """Bad sizes, names and paths fail now, not after a quarter of an hour of search."""
+    from circuitlab import checks
+    from circuitlab.commands.search import check_capability_n, check_export_destination
     from circuitlab.errors import ConfigError
 
-    if args.trials < 1 or args.n_test < 1:
-        raise ConfigError("--trials and --n-test must be at least 1")
+    checks.at_least("--trials", args.trials)
+    checks.at_least("--n-test", args.n_test)
+    checks.at_least("--kl-target", args.kl_target, 0.0)
     if not 0 <= args.n_jbb <= 100:
         raise ConfigError(f"--n-jbb must be between 0 and 100 (JailbreakBench), got {args.n_jbb}")
     check_capability_n(args.capability_n, settings.seed)
+    if args.study is not None:
+        checks.study_name(args.study)
+    checks.new_folder(Path(settings.cache_dir) / "studies", "--cache-dir")
+    if args.out is not None:
+        check_export_destination(args.out, args.model, settings, args.force)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.activations import model_fingerprint
     from circuitlab.cli import err, facts_table, load_model, out
-    from circuitlab.commands.search import front_table, quiet_optuna, report_path, search_judges
+    from circuitlab.commands.search import (
+        _slug,
+        front_table,
+        quiet_optuna,
+        report_path,
+        search_judges,
+    )
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.report import Clock, abliteration_report, command_line
@@ -90,7 +107,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     # The weights' fingerprint in the name: a rebuilt organism starts its own study instead
     # of failing on the old one's (a study refuses other weights).
     study = args.study or (
-        f"demo-{Path(args.model).name}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
+        f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
     )
     # The organism's own splits: its training prompts never reach the search or the test.
     prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)

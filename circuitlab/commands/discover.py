@@ -108,6 +108,38 @@ def _positions(text: str):
     return int(text) if text.isdigit() else text
 
 
+def _check_args(args: argparse.Namespace, settings: Settings) -> None:
+    """Sizes, positions, the direction folder and layer, and the output file: checked
+    before the model loads, so a bad value writes nothing."""
+    from circuitlab import checks
+    from circuitlab.cli import model_shape, source_config
+    from circuitlab.errors import ConfigError
+    from circuitlab.interventions import DirectionRef
+
+    checks.at_least("--top", args.top)
+    checks.at_least("--n", args.n)
+    positions = _positions(args.positions)
+    known = ("post_instruction", "last", "all")
+    if isinstance(positions, str) and positions not in known:
+        raise ConfigError(f"--positions {args.positions!r}: use {', '.join(known)} or a number")
+    if positions == "all" and args.counterfactual != "ablated":
+        raise ConfigError("--positions all needs --counterfactual ablated")
+    if args.openings is not None and not all(o.strip() for o in args.openings):
+        raise ConfigError("--openings: every opening needs some text")
+    if args.out:
+        checks.new_file(args.out, "--out")
+    layers, width, _ = model_shape(source_config(args.model, settings)[1])
+    layer = args.direction_layer
+    if layer is not None and not 0 <= layer < (layers if layers is not None else layer + 1):
+        raise ConfigError(f"--direction-layer {layer} out of range [0, {layers})")
+    if args.directions:
+        ds = DirectionRef(folder=args.directions).load()
+        if width is not None and ds.d_model != width:
+            raise ConfigError(
+                f"--directions {args.directions}: d_model {ds.d_model}, the model's is {width}"
+            )
+
+
 def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """The refusal directions: a saved set, or difference of means of these prompts."""
     from circuitlab.commands.extract import last_token_activations
@@ -183,8 +215,9 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands.extract import prompt_sets
     from circuitlab.report import circuit_report, command_line
 
+    _check_args(args, settings)
+    harmful, harmless = prompt_sets(args, settings)  # a bad source fails before the model
     model = cli.load_model(args.model, settings)
-    harmful, harmless = prompt_sets(args, settings)
     n = min(len(harmful), len(harmless))  # counterfactual prompts pair one-to-one
     harmful, harmless = harmful.take(n), harmless.take(n)
     metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)

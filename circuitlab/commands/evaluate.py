@@ -344,16 +344,32 @@ def _lm_eval_tables(runs: Sequence[tuple], args: argparse.Namespace, settings, t
             out.print(make_table(results, "groups"), markup=False, highlight=False, soft_wrap=True)
 
 
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    from circuitlab import checks
+
+    for flag in ("n_harmful", "n_harmless", "n_kl", "kl_k"):
+        checks.at_least("--" + flag.replace("_", "-"), getattr(args, flag))
+    checks.at_least("--capability-n", args.capability_n, 0)
+    if args.lm_eval_limit is not None and not args.lm_eval_limit > 0:
+        from circuitlab.errors import ConfigError
+
+        raise ConfigError(f"--lm-eval-limit must be above 0, got {args.lm_eval_limit}")
+    if args.json:
+        checks.new_file(args.json, "--json")
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import err, load_model, out
+    from circuitlab.cli import check_interventions, err, load_model, out, source_config
     from circuitlab.evaluate.factory import build_judge
     from circuitlab.evaluate.handoff import lm_eval_tasks
     from circuitlab.evaluate.kl import KLBaseline
     from circuitlab.evaluate.scorecard import scorecard_table
-    from circuitlab.interventions import load_interventions
 
-    # Bad files, prompt sources, questions and task names fail before any model loads.
-    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
+    # Bad files, sizes, prompt sources, questions and task names fail before any model loads.
+    _check_evaluate_args(args)
+    interventions = check_interventions(args.intervention, args.model, settings)
+    if args.compare:
+        source_config(args.compare, settings)  # exists, and its weights are complete
     split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
     _, harmless = _prompts(
         args.harmless, args.harmless_split, max(args.n_harmless, args.n_kl), settings.seed

@@ -15,26 +15,45 @@ def _prompts(path: str | None) -> list[str] | None:
     """Held-out prompts, one per line (default: the exporter's own sixteen)."""
     if path is None:
         return None
+    from circuitlab import checks
     from circuitlab.errors import PromptError
 
-    file = Path(path)
-    if not file.is_file():
-        raise PromptError(f"prompt file not found: {file}")
-    lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in checks.text_file(path, "--prompts").splitlines()]
+    lines = [line for line in lines if line]
     if not lines:
-        raise PromptError(f"{file} holds no prompts")
+        raise PromptError(f"{path} holds no prompts")
     return lines
 
 
 def _scorecard(path: str | None):
     if path is None:
         return None
+    from circuitlab import checks
     from circuitlab.errors import ConfigError
 
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(checks.text_file(path, "--scorecard"))
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"cannot read the scorecard {path}: {exc}") from None
+
+
+def preflight(args: argparse.Namespace, settings: Settings, out: str | Path, force: bool):
+    """Every check that needs no loaded model, cheapest first; returns the interventions
+    (each checked against the model's config) and the destination."""
+    from circuitlab import checks
+    from circuitlab.cli import model_shape, source_config
+    from circuitlab.export import check_foldable
+    from circuitlab.interventions import check_fits, load_interventions
+
+    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
+    for iv in interventions:
+        check_foldable(iv)
+    checks.at_least("--tolerance", args.tolerance, 0.0)
+    args.max_shard_size = checks.shard_size(args.max_shard_size)
+    location, config = source_config(args.model, settings)
+    destination = checks.export_destination(out, location, force)
+    check_fits(interventions, *model_shape(config))
+    return interventions, destination
 
 
 def _parity_table(result) -> Table:
@@ -54,16 +73,10 @@ def _parity_table(result) -> Table:
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
-    from circuitlab.export import ExportError, check_foldable, export
-    from circuitlab.interventions import load_interventions
+    from circuitlab.export import export
 
     # Everything that can fail without the model fails before it loads.
-    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
-    for iv in interventions:
-        check_foldable(iv)
-    destination = Path(args.out)
-    if destination.exists() and not args.force:
-        raise ExportError(f"{destination} already exists; pass --force to replace it")
+    interventions, destination = preflight(args, settings, args.out, args.force)
     prompts, scorecard = _prompts(args.prompts), _scorecard(args.scorecard)
     model = load_model(args.model, settings)
     result = export(
@@ -98,7 +111,11 @@ def register(command) -> None:
         help="interventions file (save_intervention(s), a search's chosen.json); repeatable",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
-    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it is an earlier export (or empty); other folders are never replaced",
+    )
     p.add_argument(
         "--tolerance",
         type=float,

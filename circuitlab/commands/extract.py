@@ -148,14 +148,33 @@ def last_token_activations(model, sets, settings: Settings, progress: bool = Fal
     ]
 
 
+def check_directions_out(out: str | None) -> None:
+    """An ``--out`` folder that saving a DirectionSet may replace: new, empty, or an earlier
+    set (saving replaces the folder: never one holding other files)."""
+    from circuitlab import checks
+    from circuitlab.errors import ConfigError
+
+    if out is None:
+        return
+    folder = checks.new_folder(out, "--out")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "directions.json").is_file():
+        raise ConfigError(
+            f"--out {folder} holds files that are not a saved direction set; choose another"
+        )
+
+
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab import cli
+    from circuitlab import checks, cli
     from circuitlab.activations import model_fingerprint
     from circuitlab.report import Clock, command_line, directions_report
 
     clock = Clock()
+    checks.at_least("--n", args.n, 2)
+    checks.at_least("--k", args.k)
+    checks.at_least("--n-cones", args.n_cones)
+    check_directions_out(args.out)
+    harmful, harmless = prompt_sets(args, settings)  # a bad source fails before the model
     model = cli.load_model(args.model, settings)
-    harmful, harmless = prompt_sets(args, settings)
     clock.lap("load model and prompts")
     acts = last_token_activations(model, (harmful, harmless), settings, progress=True)
     clock.lap("activations")

@@ -22,7 +22,8 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage URL or journal file (default: CACHE/studies/STUDY.journal)",
+        help="journal file (one host; default: CACHE/studies/STUDY.journal) or database URL "
+        "(several hosts: postgresql://USER@HOST/DB)",
     )
     p.add_argument("--trials", type=int, default=50, help="trial budget of the study")
     p.add_argument(
@@ -55,7 +56,8 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fail-running",
         action="store_true",
-        help="also fail RUNNING trials of workers on other hosts when resuming",
+        help="journal storages: also fail RUNNING trials of workers on other hosts when "
+        "resuming (database storages find dead workers by their heartbeat)",
     )
 
 
@@ -69,13 +71,25 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--study", required=True, metavar="NAME", help="study name")
     _study_flags(p)
     _choice_flags(p)
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="database storages: seconds between heartbeats of a running trial; a trial "
+        "silent for three is re-run by another worker (default: 10)",
+    )
 
     p = command("abliterate", cmd_abliterate, "Search, choose, evaluate on the test split, export.")
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("--study", metavar="NAME", help="study name (default: from the model)")
     p.add_argument("--out", metavar="DIR", help="export folder (default: CACHE/exports/...)")
     p.add_argument("--no-export", action="store_true", help="stop after the scorecard")
-    p.add_argument("--force", action="store_true", help="replace the export folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the export folder if it is an earlier export (or empty)",
+    )
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
     p.add_argument(
         "--capability-n", type=int, default=50, help="MMLU questions in the scorecard (0: skip)"
@@ -94,6 +108,35 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 # ------------------------------------------------------------------------------- helpers
+def check_search_args(args: argparse.Namespace, settings: Settings, study: str | None) -> None:
+    """Everything about a search that can be checked before the model loads: names, sizes,
+    methods, profile and storage. Nothing is written."""
+    from circuitlab import checks
+    from circuitlab.errors import ConfigError
+    from circuitlab.search.assets import KNOWN_METHODS
+    from circuitlab.search.profiles import FAMILIES, load_profile
+
+    if study is not None:
+        checks.study_name(study)
+    for flag in ("trials", "n_train", "n_search", "n_kl", "heartbeat"):
+        checks.at_least("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    checks.at_least("--n-test", getattr(args, "n_test", None))
+    checks.at_least("--addition-max", args.addition_max, 0.0)
+    checks.at_least("--kl-target", args.kl_target, 0.0)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    checks.choices("--methods", methods, sorted(KNOWN_METHODS))
+    if args.profile not in ("auto", "none"):
+        try:
+            load_profile(args.profile)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--profile {args.profile}: not a valid profile ({exc})") from None
+    if args.family is not None and args.family not in FAMILIES:
+        raise ConfigError(f"--family {args.family!r}: choose from {', '.join(sorted(FAMILIES))}")
+    checks.storage(args.storage)
+    if args.storage is None:
+        checks.new_folder(Path(settings.cache_dir) / "studies", "--cache-dir")
+
+
 def _configs(args: argparse.Namespace, settings: Settings):
     from circuitlab.search import ObjectiveConfig, SearchSpace
 
@@ -178,12 +221,14 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.search import choose, pareto_front, run_search
 
     quiet_optuna()
+    check_search_args(args, settings, args.study)
     prompts = _prompts(args, settings)
     judge, _ = search_judges(settings)
-    model = load_model(args.model, settings)
+    model = needs_chat(load_model(args.model, settings), args.model)
     study = run_search(
-        model, prompts, args.study, args.trials, judge=judge, **_search_options(args, settings)
-    )
+        model, prompts, args.study, args.trials, judge=judge, heartbeat=args.heartbeat,
+        **_search_options(args, settings),
+    )  # fmt: skip
     front = pareto_front(study)
     chosen = choose(front, args.kl_target) if front else None
     out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
@@ -200,14 +245,16 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
 
     quiet_optuna()
     clock = Clock()
-    check_capability_n(args.capability_n, settings.seed)
     study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
+    check_search_args(args, settings, study)
+    check_capability_n(args.capability_n, settings.seed)
     destination = None
     if not args.no_export:
         destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
+        check_export_destination(destination, args.model, settings, args.force)
     prompts = _prompts(args, settings, args.n_test)
     judge, test_judge = search_judges(settings)
-    model = load_model(args.model, settings)
+    model = needs_chat(load_model(args.model, settings), args.model)
     clock.lap("load model and prompts")
     done = abliterate(
         model,
@@ -241,6 +288,27 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if destination is not None and done.export is None else 0
 
 
+def needs_chat(model, source: str):
+    """The model, if it has a chat template: the search formats every prompt as a chat."""
+    from circuitlab.errors import ChatTemplateError
+
+    if not model.facts.has_chat_template:
+        raise ChatTemplateError(
+            f"{source} has no chat template, which a search needs; give one with "
+            "--chat-template (Jinja text or a file)"
+        )
+    return model
+
+
+def check_export_destination(out, model: str, settings: Settings, force: bool) -> None:
+    """An export folder that may be written (see ``checks.export_destination``), checked
+    before the search: the source model's folder when ``model`` names a local one."""
+    from circuitlab import checks
+
+    source = Path(model).expanduser()
+    checks.export_destination(out, source if source.exists() else None, force)
+
+
 def report_path(study: str, storage: str | None, cache_dir: str | Path) -> Path:
     """``report.html`` in the study's folder (beside its saved directions), not in the
     export folder, whose manifest lists every file it holds."""
@@ -250,11 +318,18 @@ def report_path(study: str, storage: str | None, cache_dir: str | Path) -> Path:
 
 
 def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab import checks
     from circuitlab.cli import out
     from circuitlab.search import learn_profile, open_store, save_profile
 
     quiet_optuna()
-    store = open_store(args.study, args.storage, settings.cache_dir)
+    checks.study_name(args.study)
+    checks.at_least("--top", args.top)
+    checks.at_least("--kl-target", args.kl_target, 0.0)
+    if args.out:
+        checks.new_file(args.out, "--out")
+    checks.storage(args.storage)
+    store = open_store(args.study, args.storage, settings.cache_dir, create=False)
     profile = learn_profile(store.load(), args.top, args.kl_target, args.family)
     path = args.out or Path(settings.cache_dir) / "profiles" / f"{profile.family}.json"
     save_profile(profile, path)

@@ -8,6 +8,7 @@ message, answered with the interventions on or off; lines starting with ``/`` ar
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -27,10 +28,10 @@ CHAT_HELP = """commands:
 
 def _load(args: argparse.Namespace, settings: Settings):
     """Interventions first (a bad file fails before a model loads), then the model."""
-    from circuitlab.cli import load_model
-    from circuitlab.interventions import load_interventions
+    from circuitlab.cli import check_interventions, check_prompts, load_model
 
-    interventions = [iv for path in args.intervention for iv in load_interventions(path)]
+    check_prompts(getattr(args, "prompts", ()))
+    interventions = check_interventions(args.intervention, args.model, settings)
     model = load_model(args.model, settings)
     chat = model.facts.has_chat_template and not args.raw
     return model, interventions, chat
@@ -88,6 +89,8 @@ def _chat_command(line: str, state: dict, base: list) -> str | None:
             strength = float(value)
         except ValueError:
             return f"/strength needs a number, got {value!r}"
+        if not math.isfinite(strength):
+            return f"/strength needs a finite number, got {value!r}"
         state["interventions"] = [with_strength(iv, strength) for iv in base]
         return f"strength {strength:g}"
     if name == "/show":

@@ -127,6 +127,12 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from circuitlab import checks
+
+    checks.at_least("--n", args.n, 0)
+    checks.at_least("--max-tokens", args.max_tokens)
+    if args.json is not None:
+        checks.new_file(args.json, "--json")
     actions = {"build": _build, "check": _check, "classic": _classic}
     return actions[args.action](args, settings)
 

@@ -15,6 +15,8 @@ import datetime
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,16 +28,26 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from circuitlab import checks
+from circuitlab.errors import ConfigError
 from circuitlab.export.fold import ExportError, FoldedWeights, FoldPlan
 from circuitlab.export.stream import write_streamed
 from circuitlab.export.verify import Parity
 from circuitlab.interventions import Intervention, to_dict
 
-__all__ = ["MANIFEST", "check_destination", "describe", "manifest", "save", "save_streamed"]
+__all__ = [
+    "MANIFEST",
+    "check_destination",
+    "describe",
+    "manifest",
+    "remove_leftovers",
+    "save",
+    "save_streamed",
+]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "circuitlab_manifest.json"
+MANIFEST = checks.EXPORT_MANIFEST
 MANIFEST_FORMAT = 1
 DEFAULT_SHARD = "4GB"
 
@@ -44,20 +56,52 @@ def check_destination(out: str | Path, model, force: bool = False) -> Path:
     """The resolved destination, or :class:`ExportError` if writing there is not allowed.
 
     Refused even with ``force``: the source model's folder, a folder inside it and a folder
-    that contains it (replacing it would delete the source). Refused without ``force``: any
-    existing path.
+    that contains it (replacing it would delete the source), and an existing folder that is
+    neither empty nor a circuitlab export (circuitlab never deletes what it did not write).
+    Refused without ``force``: any existing, non-empty folder.
     """
-    out = Path(out).expanduser().resolve()
-    source = Path(model.resolved.location).expanduser()
-    if source.exists():
-        source = source.resolve()
-        if out == source or source in out.parents or out in source.parents:
-            raise ExportError(f"{out} would overwrite the source model {source}; choose another")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder")
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass force=True (--force) to replace it")
-    return out
+    try:
+        return checks.export_destination(out, model.resolved.location, force, flag="export to")
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
+
+
+# Temporary names of an export in progress and of a replaced one: ``.NAME.partial-<pid>-<hex>``
+# (older versions: ``.NAME.partial-<hex>``) and ``.NAME.replaced-<hex>``.
+_LEFTOVER = r"\.{name}\.(partial-(?:(?P<pid>\d+)-)?[0-9a-f]{{8}}|replaced-[0-9a-f]{{8}})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Remove what killed exports to ``out`` left beside it: ``.NAME.partial-*`` folders
+    (unless their exporting process still runs) and ``.NAME.replaced-*`` folders. Only
+    folders named by circuitlab's own pattern are touched."""
+    pattern = re.compile(_LEFTOVER.format(name=re.escape(out.name)))
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for path in sorted(out.parent.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        pid = match.group("pid")
+        if pid is not None and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # another export to the same place is running
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.warning("removed %d leftover folder(s) of interrupted exports: %s", len(removed),
+                    ", ".join(p.name for p in removed))  # fmt: skip
+    return removed
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -229,7 +273,12 @@ def _check_saved(folder: Path, hf_model) -> list[str]:
 
 
 def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an existing one (force) is swapped out."""
+    """Rename the finished folder into place; an existing one (force) is swapped out.
+
+    Checked again here, just before anything is removed: the folder may have changed during
+    the minutes of folding and verifying."""
+    if out.exists():
+        checks.export_destination(out, None, force=True)
     if not out.exists():
         tmp.rename(out)
         return
@@ -241,6 +290,12 @@ def _install(tmp: Path, out: Path) -> None:
         old.rename(out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _partial(out: Path) -> Path:
+    """A fresh temporary folder name beside ``out``, after removing killed exports' ones."""
+    remove_leftovers(out)
+    return out.with_name(f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def save(
@@ -267,7 +322,7 @@ def save(
     """
     out = check_destination(out, model, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = _partial(out)
     try:
         hf_model.generation_config = copy.deepcopy(model.hf_model.generation_config)
         hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
@@ -309,7 +364,7 @@ def save_streamed(
     """
     out = check_destination(out, model, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp = _partial(out)
     try:
         tmp.mkdir()
         streamed = write_streamed(plan, files, tmp, digests)

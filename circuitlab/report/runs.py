@@ -273,8 +273,9 @@ def _samples(report: Report, model, done: Abliteration, prompts: SearchPrompts, 
     report.samples("harmless prompts", rows[len(harmful) :])
 
 
-def _directions(report: Report, study, chosen: FrontPoint) -> None:
+def _directions(report: Report, study, chosen: FrontPoint, cache_dir: str | Path) -> None:
     from circuitlab.directions import DirectionSet
+    from circuitlab.search.storage import stored_copy
 
     saved = {} if study is None else study.user_attrs.get("setup", {}).get("directions", {})
     if not saved:
@@ -283,7 +284,8 @@ def _directions(report: Report, study, chosen: FrontPoint) -> None:
     for method, ref in saved.items():
         report.subheading(method)
         try:
-            ds = DirectionSet.load(ref["folder"])
+            # This host's copy of the set stored in the study (older studies: a folder).
+            ds = DirectionSet.load(ref.get("folder") or stored_copy(cache_dir, ref["hash"]))
         except (OSError, ValueError, KeyError) as exc:
             report.text(f"not readable: {exc}")
             continue
@@ -356,7 +358,7 @@ def abliteration_report(
     options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     _samples(report, model, done, prompts, n_samples, options)
     sampled = time.perf_counter() - started
-    _directions(report, study, done.result.chosen)
+    _directions(report, study, done.result.chosen, cache_dir)
     _export(report, done)
     if settings:
         _key_values(report, "Settings", settings)

@@ -181,7 +181,7 @@ def abliterate(
         objective=objective, judge=judge, seed=seed, profile=profile, family=family,
         cache_dir=cache_dir, progress=progress, fail_unknown=fail_unknown,
     )  # fmt: skip
-    front = pareto_front(study)
+    front = pareto_front(study, cache_dir)  # this host's copies of the study's directions
     chosen = choose(front, kl_target, rule)
     objective = ObjectiveConfig(**study.user_attrs["setup"]["objective"])
     base, edited = evaluate_choice(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.scorecard import Scorecard
-from circuitlab.interventions import Intervention, from_dict
+from circuitlab.interventions import DirectionRef, Intervention, from_dict
 
 __all__ = [
     "FrontPoint",
@@ -41,9 +42,31 @@ log = logging.getLogger(__name__)
 DEFAULT_KL_TARGET = 0.2
 
 
-def trial_interventions(trial: optuna.trial.FrozenTrial) -> tuple[Intervention, ...]:
-    """The interventions a trial applied, rebuilt from its user attributes."""
-    return tuple(from_dict(data) for data in trial.user_attrs["interventions"])
+def trial_interventions(
+    trial: optuna.trial.FrozenTrial, cache_dir: str | Path | None = None
+) -> tuple[Intervention, ...]:
+    """The interventions a trial applied, rebuilt from its user attributes.
+
+    A trial run on another host refers to that host's copy of the study's directions; with
+    ``cache_dir``, such references point to this host's copy instead (same hash), when the
+    recorded folder is not here.
+    """
+    found = tuple(from_dict(data) for data in trial.user_attrs["interventions"])
+    return found if cache_dir is None else tuple(_local(iv, cache_dir) for iv in found)
+
+
+def _local(obj: Any, cache_dir: str | Path) -> Any:
+    from circuitlab.search.storage import stored_copy
+
+    if isinstance(obj, DirectionRef):
+        if obj.folder is None or obj.hash is None or Path(obj.folder).exists():
+            return obj
+        copy = stored_copy(cache_dir, obj.hash)
+        return replace(obj, folder=str(copy.resolve())) if copy.exists() else obj
+    if is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _local(getattr(obj, f.name), cache_dir) for f in fields(obj)}
+        return replace(obj, **changes)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -67,13 +90,15 @@ class FrontPoint:
     score: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontPoint:
+    def from_trial(
+        cls, trial: optuna.trial.FrozenTrial, cache_dir: str | Path | None = None
+    ) -> FrontPoint:
         return cls(
             trial.number,
             trial.values[0],
             trial.values[1],
             dict(trial.params),
-            trial_interventions(trial),
+            trial_interventions(trial, cache_dir),
             dict(trial.user_attrs.get("score", {})),
         )
 
@@ -82,9 +107,10 @@ class FrontPoint:
         return all(iv.foldable for iv in self.interventions)
 
 
-def pareto_front(study: optuna.Study) -> list[FrontPoint]:
-    """The non-dominated complete trials, fewest refusals first."""
-    points = [FrontPoint.from_trial(t) for t in study.best_trials]
+def pareto_front(study: optuna.Study, cache_dir: str | Path | None = None) -> list[FrontPoint]:
+    """The non-dominated complete trials, fewest refusals first (``cache_dir``: see
+    :func:`trial_interventions`)."""
+    points = [FrontPoint.from_trial(t, cache_dir) for t in study.best_trials]
     return sorted(points, key=lambda p: (p.refusal_rate, p.kl, p.number))
 
 

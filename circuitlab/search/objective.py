@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, Judgements, MarkerJudge
 from circuitlab.evaluate.kl import kl_divergence
-from circuitlab.hooks import apply
+from circuitlab.hooks import NonFiniteError, apply
 from circuitlab.interventions import Intervention
 from circuitlab.search.assets import StudyAssets
 
@@ -214,10 +214,20 @@ def score_trial(
     Returns:
         The trial's score (``refusals`` None when pruned).
     """
+    start, n = time.perf_counter(), len(harmful)
+    try:
+        return _score(model, interventions, assets, harmful, judge, config, start)
+    except NonFiniteError:  # the edit broke the model outright: nothing to judge
+        nan = float("nan")
+        return TrialScore(None, n, nan, nan, None, "non-finite activations", 0,
+                          time.perf_counter() - start)  # fmt: skip
+
+
+def _score(model, interventions, assets, harmful, judge, config, start: float) -> TrialScore:
     from circuitlab.directions.select import refusal_score
     from circuitlab.search.decode import decode, prefill
 
-    start, n = time.perf_counter(), len(harmful)
+    n = len(harmful)
     with apply(model, *interventions):
         kl_first, kl_k = kl_pass(model, assets, config.batch_size)
         reason = prune_reason(kl_first, None, assets.base_refusal_mass, config)

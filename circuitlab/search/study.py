@@ -1,18 +1,22 @@
 """Run (or resume, or join) a study: setup once, then ask → suggest → hooks → score → tell.
 
-The first worker to take the study's lock extracts the directions, saves them beside the
-study, records everything the study depends on in ``study.user_attrs["setup"]`` and
-enqueues the warm-start trials. Later workers (and resumed runs) check that they have the
-same model and prompts, load the saved directions and join in. The study's own search space
-and objective settings win over the caller's (a warning says so): the trials of one study
-must be comparable.
+The first worker extracts the directions, and only then creates the study, stores the
+directions inside it, enqueues the warm-start trials and records everything the study
+depends on in ``study.user_attrs["setup"]`` (last: its presence marks a complete set-up). A
+set-up that fails leaves no study and no new journal behind. Later workers (and resumed
+runs, on any host) check that they have the same model and prompts, copy the stored
+directions into their own cache and join in; a resume that fails its checks writes nothing.
+The study's own search space and objective settings win over the caller's (a warning says
+so): the trials of one study must be comparable.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,6 @@ from circuitlab.search.assets import (
     StudyAssets,
     extract_directions,
     prepare_assets,
-    save_directions,
     usable_methods,
 )
 from circuitlab.search.objective import ObjectiveConfig, TrialScore, score_trial
@@ -40,14 +43,17 @@ from circuitlab.search.storage import (
     SearchError,
     StudyStore,
     counted,
+    fetch_directions,
     open_store,
+    put_directions,
     recover_stale,
+    retry_later,
     tpe_sampler,
     trial_seed,
     worker_id,
 )
 
-__all__ = ["run_search", "ensure_setup", "SETUP_VERSION"]
+__all__ = ["run_search", "open_study", "study_refs", "SETUP_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ SETUP_VERSION = 1
 # Consecutive failing trials after which the worker stops (FAIL is not counted in the
 # budget, so a trial that always raises would otherwise loop forever).
 MAX_CONSECUTIVE_FAILURES = 3
+# How long a worker waits for another one's set-up of the same new study (RDB storages).
+SETUP_WAIT = 600
 
 
 def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective, judge: str) -> None:
@@ -79,8 +87,23 @@ def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective, 
         log.warning("resuming with the study's own search space and objective settings")
 
 
-def ensure_setup(
-    study: optuna.Study,
+def _wait_for_setup(store: StudyStore) -> tuple[optuna.Study, dict]:
+    """The study and its setup, waiting while another worker is still setting it up."""
+    deadline = time.monotonic() + SETUP_WAIT
+    while True:
+        study = store.load()
+        setup = study.user_attrs.get("setup")
+        if setup is not None:
+            return study, setup
+        if time.monotonic() > deadline:
+            raise SearchError(
+                f"study {store.name!r} was created but never set up (its first worker died?); "
+                "delete it or use another name"
+            )
+        time.sleep(1.0)
+
+
+def open_study(
     store: StudyStore,
     model: HookedModel,
     prompts: SearchPrompts,
@@ -93,60 +116,86 @@ def ensure_setup(
     cache_dir: str | Path | None,
     progress: bool,
     judge: str = "markers",
-) -> dict[str, Any]:
-    """The study's setup: checked if it exists, else created (call under the store's lock).
+) -> tuple[optuna.Study, dict[str, Any]]:
+    """The study and its setup: checked if it exists, else created (call under the store's
+    lock). Creation comes after the slow extraction, and a failure after it deletes the
+    study again: a failed set-up or resume writes nothing.
 
     Returns:
-        ``study.user_attrs["setup"]``: model fingerprint and type, prompt hashes, space,
-        objective settings, saved directions and the warm-start profile used.
+        The study and ``study.user_attrs["setup"]``: model fingerprint and type, prompt
+        hashes, space, objective settings, the stored directions' hashes and the
+        warm-start profile used.
     """
     from circuitlab.activations import model_fingerprint
 
     fingerprint, hashes = model_fingerprint(model), prompts.search_hashes()
-    space = replace(space, methods=usable_methods(space.methods, len(prompts.harmful_train)))
-    setup = study.user_attrs.get("setup")
-    if setup is not None:
+    try:
+        methods = usable_methods(space.methods, len(prompts.harmful_train))
+    except ValueError as exc:
+        raise SearchError(str(exc)) from None
+    space = replace(space, methods=methods)
+    if store.exists():
+        study, setup = _wait_for_setup(store)
         _check_setup(setup, fingerprint, hashes, space, objective, judge)
-        return setup
+        return study, setup
     sets = extract_directions(
-        model,
-        prompts,
-        space.methods,
-        pca_k=space.pca_k,
-        seed=seed,
-        remove_massive=space.remove_massive,
-        batch_size=objective.batch_size,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    refs = save_directions(sets, store.assets_dir / "directions")
+        model, prompts, space.methods, pca_k=space.pca_k, seed=seed,
+        remove_massive=space.remove_massive, batch_size=objective.batch_size,
+        cache_dir=cache_dir, progress=progress,
+    )  # fmt: skip
     model_type = model.hf_model.config.model_type
     learned = None if cache_dir is None else Path(cache_dir) / "profiles"
     chosen = resolve_profile(profile, model_type, family, learned)
-    setup = {
-        "version": SETUP_VERSION,
-        "model": fingerprint,
-        "model_name": str(model.resolved.location),
-        "model_type": model_type,
-        "n_layers": model.n_layers,
-        "prompts": hashes,
-        "space": space.as_dict(),
-        "objective": objective.as_dict(),
-        "directions": refs,
-        "seed": seed,
-        "profile": None if chosen is None else chosen.name,
-        "family": family or detect_family(model_type),
-        "judge": judge,
-    }
-    study.set_user_attr("setup", setup)
-    if chosen is not None:
-        enqueue_profile(study, chosen, space)
-    return setup
+    try:
+        study = store.create()
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
+        study, setup = _wait_for_setup(store)
+        _check_setup(setup, fingerprint, hashes, space, objective, judge)
+        return study, setup
+    try:
+        refs = {method: {"hash": put_directions(store, study, ds)} for method, ds in sets.items()}
+        setup = {
+            "version": SETUP_VERSION,
+            "model": fingerprint,
+            "model_name": str(model.resolved.location),
+            "model_type": model_type,
+            "n_layers": model.n_layers,
+            "prompts": hashes,
+            "space": space.as_dict(),
+            "objective": objective.as_dict(),
+            "directions": refs,
+            "seed": seed,
+            "profile": None if chosen is None else chosen.name,
+            "family": family or detect_family(model_type),
+            "judge": judge,
+        }
+        if chosen is not None:
+            enqueue_profile(study, chosen, space)
+        study.set_user_attr("setup", setup)
+    except BaseException:
+        store.discard()
+        raise
+    return study, setup
+
+
+def study_refs(store: StudyStore, setup: dict, cache_dir: str | Path) -> dict[str, DirectionRef]:
+    """The study's direction sets by method, as this host's copies (written from the
+    storage into ``cache_dir`` once), pinned to the hashes the study recorded."""
+    refs = {}
+    for method, ref in setup["directions"].items():
+        if "folder" in ref:  # studies set up before directions travelled in the storage
+            refs[method] = DirectionRef(folder=ref["folder"], hash=ref["hash"])
+            continue
+        folder = fetch_directions(store, ref["hash"], cache_dir)
+        refs[method] = DirectionRef(folder=str(folder.resolve()), hash=ref["hash"])
+    return refs
 
 
 def _ask(store: StudyStore, budget: int, seed: int, n_startup: int):
     """The next trial of this worker, or None once the budget is used up."""
     with store.lock():
+        if store.heartbeat:  # a dead worker's trial (any host) is failed and re-enqueued
+            recover_stale(store.load(), locked=False)
         trials = store.load().get_trials(deepcopy=False)
         if sum(t.state in COUNTED for t in trials) >= budget:
             return None
@@ -154,6 +203,8 @@ def _ask(store: StudyStore, budget: int, seed: int, n_startup: int):
         # ask at different numbers, do not draw the same random start-up points.
         study = store.load(tpe_sampler(trial_seed(seed, len(trials)), n_startup))
         trial = study.ask()
+        if store.heartbeat:  # beat before anything else: a trial without a beat never goes stale
+            store.storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr("worker", worker_id())
     if store.lock_path is None:
         ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
@@ -179,6 +230,10 @@ class _Worker:
     n_startup: int
 
     def run(self, study: optuna.Study, trial: optuna.Trial) -> TrialScore:
+        with _beating(self.store, trial):
+            return self._run(study, trial)
+
+    def _run(self, study: optuna.Study, trial: optuna.Trial) -> TrialScore:
         params = suggest(trial, self.space)
         interventions = build_interventions(params, self.assets, self.space)
         # Plain data: what `circuitlab export` and `evaluate --intervention` can read back.
@@ -196,12 +251,19 @@ class _Worker:
         return score
 
 
-def _refs(setup: dict) -> dict[str, DirectionRef]:
-    """The saved directions, pinned to the hashes the study recorded (a changed file fails)."""
-    return {
-        method: DirectionRef(folder=ref["folder"], hash=ref["hash"])
-        for method, ref in setup["directions"].items()
-    }
+@contextmanager
+def _beating(store: StudyStore, trial: optuna.Trial) -> Iterator[None]:
+    """Beat the trial's heartbeat while it runs (RDB storages), as ``study.optimize`` does.
+
+    Optuna keeps its heartbeat thread private; it is used here because the search asks and
+    tells trials itself."""
+    if not store.heartbeat:
+        yield
+        return
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, store.storage):
+        yield
 
 
 def run_search(
@@ -219,6 +281,7 @@ def run_search(
     family: str | None = None,
     n_startup_trials: int = 10,
     fail_unknown: bool = False,
+    heartbeat: int = 10,
     cache_dir: str | Path = "cache",
     progress: bool = False,
     on_trial: Callable[[int, TrialScore], None] | None = None,
@@ -242,7 +305,10 @@ def run_search(
             JSON file, or None.
         family: override the detected family for ``auto``.
         n_startup_trials: random trials before TPE models the history (warm starts count).
-        fail_unknown: fail RUNNING trials of workers on other hosts too.
+        fail_unknown: fail RUNNING trials of workers on other hosts too (journal storages;
+            RDB storages find dead workers by their heartbeat).
+        heartbeat: seconds between heartbeats of running trials (RDB storages); a trial
+            without one for three intervals is failed and re-run.
         cache_dir: cache root (default storage, activations, learned profiles).
         progress: draw a progress bar.
         on_trial: called after each of this worker's trials with its number and score.
@@ -250,23 +316,28 @@ def run_search(
     Returns:
         The study, reloaded after the last trial.
     """
+    if n_trials < 1:
+        raise SearchError(f"the trial budget must be at least 1, got {n_trials}")
     judge = judge or MarkerJudge()
-    store = open_store(study_name, storage, cache_dir)
-    with store.lock():
-        study = store.create()
-        setup = ensure_setup(
-            study, store, model, prompts, space or SearchSpace(), objective or ObjectiveConfig(),
-            seed=seed, profile=profile, family=family, cache_dir=cache_dir, progress=progress,
-            judge=judge.name,
-        )  # fmt: skip
-        recover_stale(study, locked=store.lock_path is not None, fail_unknown=fail_unknown)
-    if counted(store.load()) >= n_trials:
+    store = open_store(study_name, storage, cache_dir, heartbeat=heartbeat)
+    try:
+        with store.lock():
+            study, setup = open_study(
+                store, model, prompts, space or SearchSpace(), objective or ObjectiveConfig(),
+                seed=seed, profile=profile, family=family, cache_dir=cache_dir,
+                progress=progress, judge=judge.name,
+            )  # fmt: skip
+            recover_stale(study, locked=store.lock_path is not None, fail_unknown=fail_unknown)
+    except BaseException:
+        store.remove_created()
+        raise
+    if counted(store.load()) >= n_trials and not _others_running(store):
         return store.load()  # nothing left to run: skip this worker's baselines
     space = SearchSpace.from_dict(setup["space"])
     objective = ObjectiveConfig(**setup["objective"])
     assets = prepare_assets(
-        model, prompts, _refs(setup), batch_size=objective.batch_size, cache_dir=cache_dir,
-        calibrate=space.calibrate,
+        model, prompts, study_refs(store, setup, cache_dir), batch_size=objective.batch_size,
+        cache_dir=cache_dir, calibrate=space.calibrate,
     )  # fmt: skip
     worker = _Worker(
         store, model, assets, space, objective, tuple(prompts.harmful_search),
@@ -276,13 +347,31 @@ def run_search(
     return store.load()
 
 
+def _others_running(store: StudyStore) -> bool:
+    """Whether trials of other workers still run on a storage whose heartbeat will tell if
+    they die: then a worker with nothing left to ask waits, to re-run them if they do."""
+    if not store.heartbeat:
+        return False
+    return bool(store.load().get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _next(worker: _Worker, budget: int):
+    """The next trial to run, waiting out other workers' running trials on heartbeat
+    storages (one of them may die and need re-running); None when all is done."""
+    while (asked := _ask(worker.store, budget, worker.seed, worker.n_startup)) is None:
+        if not _others_running(worker.store):
+            return None
+        time.sleep(worker.store.storage.get_heartbeat_interval())
+    return asked
+
+
 def _loop(worker: _Worker, budget: int, progress: bool, on_trial) -> None:
     """Ask, run and tell until the budget is used up (by this and any other worker)."""
     failures = 0
     with progress_bar(budget, f"trials of {worker.store.name}", progress) as advance:
         shown = min(counted(worker.store.load()), budget)
         advance(shown)
-        while (asked := _ask(worker.store, budget, worker.seed, worker.n_startup)) is not None:
+        while (asked := _next(worker, budget)) is not None:
             study, trial = asked
             try:
                 score = worker.run(study, trial)
@@ -296,8 +385,10 @@ def _loop(worker: _Worker, budget: int, progress: bool, on_trial) -> None:
                     raise SearchError(f"{failures} trials in a row failed; last: {exc!r}") from exc
                 continue
             except BaseException:
-                # Interrupted: close the trial so it does not linger as RUNNING.
+                # Interrupted (Ctrl-C): close the trial and run its point again later, as
+                # for a worker killed by a signal.
                 study.tell(trial, state=TrialState.FAIL)
+                retry_later(study, worker.store.storage.get_trial(trial._trial_id))
                 raise
             if on_trial is not None:
                 on_trial(trial.number, score)
