@@ -249,3 +249,28 @@ def test_refusal_rankings_and_auroc(tiny_llama_model, tiny_sae):
         after = metric(tiny_llama_model, tiny_llama_model.encode(prompts)).mean()
     change = float(after - base)
     assert change == pytest.approx(-float(attr.scores[top]), rel=0.5, abs=1e-3)
+
+
+def test_cli_trains_ranks_edits_and_describes(tiny_llama_model, tmp_path, capsys):
+    from circuitlab.cli import main
+    from circuitlab.interventions import load_intervention
+
+    path = str(tiny_llama_model.resolved.location)
+    common = ["--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "4"]
+    folder = tmp_path / "sae"
+    train = ["sae", "train", path, "--layer", "1", "--n", "4", "--expansion", "2", "--k", "4",
+             "--epochs", "2", "--out", str(folder)]  # fmt: skip
+    assert main(train + common) == 0
+    assert load_sae(folder).hook_name == "blocks.1.hook_resid_pre"
+    assert "fvu" in json.loads((folder / "training.json").read_text())["quality"]
+    features = ["sae", "features", path, "--sae", str(folder), "--n", "4", "--top", "3"]
+    assert main(features + common) == 0
+    found = json.loads((folder / "features.json").read_text())["features"]["rankings"]
+    assert len(found["difference"]) == 3 and (folder / "report.html").is_file()
+    edit = ["sae", "edit", path, "--sae", str(folder), "--features", "1,2",
+            "--out", str(tmp_path / "edit.json")]  # fmt: skip
+    assert main(edit + common) == 0
+    assert isinstance(load_intervention(tmp_path / "edit.json"), SubspaceAblation)
+    assert main(["sae", "info", str(folder)]) == 0
+    assert "topk" in capsys.readouterr().out
+    assert main(["sae", "features", path]) == 2  # no --sae: one clear line
