@@ -274,3 +274,35 @@ def test_cli_trains_ranks_edits_and_describes(tiny_llama_model, tmp_path, capsys
     assert main(["sae", "info", str(folder)]) == 0
     assert "topk" in capsys.readouterr().out
     assert main(["sae", "features", path]) == 2  # no --sae: one clear line
+
+
+# ------------------------------------------------------------------------------ the search
+def test_sae_method_in_the_search(tiny_llama_model, tiny_sae, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from circuitlab.search import ObjectiveConfig, SearchPrompts, SearchSpace, run_search
+    from circuitlab.search.front import trial_interventions
+    from circuitlab.search.space import suggest
+
+    plain = SearchSpace(methods=("diff-means",))
+    assert "sae" not in plain.as_dict()  # older studies resume unchanged
+    assert "sae_features" not in suggest(optuna.create_study().ask(), plain)
+    folder = tiny_sae.save(tmp_path / "sae")
+    space = SearchSpace(methods=("sae",), sae=str(folder), sae_max_features=3, calibrate=False)
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.as_dict()))) == space
+    prompts = SearchPrompts.from_testbed(n_train=6, n_search=3, n_kl=3, n_test=2)
+    objective = ObjectiveConfig(max_new_tokens=4, batch_size=8, prune_kl=None, prune_min_drop=None)
+    study = run_search(
+        tiny_llama_model, prompts, "sae", 2, storage=str(tmp_path / "s.journal"), space=space,
+        objective=objective, profile=None, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for trial in trials:
+        (ablation,) = trial_interventions(trial)
+        n = trial.params["sae_features"]
+        assert isinstance(ablation, SubspaceAblation) and 1 <= n <= 3
+        assert ablation.layer == 0 and ablation.components == tuple(range(n))
+        ds = ablation.directions.load()
+        assert ds.method == "sae" and ds.metadata["sae"] == tiny_sae.hash and ds.k == 3

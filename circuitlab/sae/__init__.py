@@ -26,6 +26,7 @@ _LAZY = {
     "feature_clamp": "features", "feature_directions": "features",
     "post_instruction_features": "features", "rank_by_attribution": "features",
     "rank_by_difference": "features", "top_prompts": "features",
+    "refusal_feature_set": "features",
     "sae_report": "page",
 }  # fmt: skip
 

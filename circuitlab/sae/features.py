@@ -40,6 +40,7 @@ __all__ = [
     "post_instruction_features",
     "rank_by_attribution",
     "rank_by_difference",
+    "refusal_feature_set",
     "top_prompts",
 ]
 
@@ -203,3 +204,30 @@ def feature_clamp(
     path = Path(folder).resolve()
     ref = DirectionRef.inline(feature_directions(sae, features))
     return FeatureClamp(str(path), sae.hash, tuple(int(f) for f in features), value, ref)
+
+
+def refusal_feature_set(
+    model: HookedModel,
+    sae: SAE | str | Path,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    n: int = 8,
+    *,
+    batch_size: int = 16,
+    cache_dir: str | Path | None = "cache",
+) -> DirectionSet:
+    """The top ``n`` latents by harmful-minus-harmless activation, as decoder directions.
+
+    What the search's ``sae`` method ablates: component ``i`` of the one-layer set is the
+    ``i``-th ranked latent's unit decoder row (scores: the activation differences).
+    """
+    from circuitlab.sae.format import load_sae
+
+    sae = sae if isinstance(sae, SAE) else load_sae(sae)
+    opts = {"batch_size": batch_size, "cache_dir": cache_dir}
+    ranking = rank_by_difference(
+        post_instruction_features(model, sae, harmful, **opts),
+        post_instruction_features(model, sae, harmless, **opts),
+    )
+    rows = ranking.as_rows(n)
+    return feature_directions(sae, [i for i, _ in rows], [s for _, s in rows])

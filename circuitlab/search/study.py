@@ -115,6 +115,8 @@ def ensure_setup(
         pca_k=space.pca_k,
         seed=seed,
         remove_massive=space.remove_massive,
+        sae=space.sae,
+        sae_max_features=space.sae_max_features,
         batch_size=objective.batch_size,
         cache_dir=cache_dir,
         progress=progress,
