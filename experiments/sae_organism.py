@@ -45,13 +45,14 @@ from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.scorecard import score_model
 from circuitlab.hooks import apply
-from circuitlab.interventions import DirectionalAblation, DirectionRef
+from circuitlab.interventions import DirectionalAblation, DirectionRef, SubspaceAblation
 from circuitlab.models import ModelSpec
 from circuitlab.sae import (
     TrainConfig,
     feature_ablation,
     feature_auroc,
     feature_clamp,
+    feature_directions,
     fit_sae,
     load_sae,
     post_instruction_features,
@@ -65,7 +66,7 @@ from circuitlab.sae import (
 )
 from circuitlab.testbed import testbed_data
 
-FULL = dict(n_train=400, n_heldout=48, n_rank=128, n_attr=32, n_test=98, n_kl=32, n_jbb=100,
+FULL = dict(n_train=600, n_heldout=48, n_rank=128, n_attr=32, n_test=98, n_kl=32, n_jbb=100,
             n_harmless=64, epochs=10, expansion=8, k=32)  # fmt: skip
 SMALL = dict(n_train=24, n_heldout=6, n_rank=8, n_attr=4, n_test=8, n_kl=4, n_jbb=6,
              n_harmless=6, epochs=2, expansion=2, k=8)  # fmt: skip
@@ -138,7 +139,7 @@ def diff_means(model, data, args, sizes):
     )
     ds = extract_diff_means(harmful, harmless)
     found = massive_directions(model, data.harmless_train.prompts)
-    return without_massive(ds, found)
+    return without_massive(ds, found), found
 
 
 def features(model, sae, data, args, sizes, ds) -> dict:
@@ -190,7 +191,7 @@ def features(model, sae, data, args, sizes, ds) -> dict:
     }
 
 
-def edits(model, sae, folder, data, args, sizes, ds, order) -> list[dict]:
+def edits(model, sae, folder, data, args, sizes, ds, massive, order) -> list[dict]:
     judge = MarkerJudge()
     harmless_kl = list(data.harmless_test.prompts[: sizes["n_kl"]])
     kl = KLBaseline.compute(model, harmless_kl, k=4, batch_size=args.batch_size)
@@ -207,6 +208,10 @@ def edits(model, sae, folder, data, args, sizes, ds, order) -> list[dict]:
         arms.append((f"sae top-{k} ablated", feature_ablation(sae, order[:k]),
                      "SubspaceAblation of the decoder rows, every writer"))  # fmt: skip
     k = args.top[min(1, len(args.top) - 1)]
+    clean = without_massive(feature_directions(sae, order[:k]), massive)
+    arms.append((f"sae top-{k} ablated, sinks' direction removed",
+                 SubspaceAblation(DirectionRef.inline(clean), layer=0),
+                 "SubspaceAblation of the decoder rows minus the massive direction"))  # fmt: skip
     arms.append((f"sae top-{k} clamped to 0", feature_clamp(sae, folder, order[:k], 0.0),
                  "FeatureClamp at the SAE's hook (inference only)"))  # fmt: skip
     rows = []
@@ -240,11 +245,14 @@ def main(argv=None) -> dict:
     print(f"trained: {record['n_tokens']} tokens, {record['wall_seconds_total']:.0f} s", flush=True)
     qual = quality(model, sae, data, args, sizes, torch.tensor(record["mean"]))
     print(f"quality: {qual}", flush=True)
-    ds = diff_means(model, data, args, sizes)
+    ds, massive = diff_means(model, data, args, sizes)
     found = features(model, sae, data, args, sizes, ds)
+    rows = feature_directions(sae, found["order"][args.ranking][:16]).directions[0]
+    cosines = (rows.double() @ massive.double().T).abs()  # [16, found]; no sinks: none
+    found["massive_cosine_top16"] = cosines.max(-1).values.tolist() if len(massive) else []
     rankings = found.pop("_ranking")
     order = found["order"][args.ranking]
-    rows = edits(model, sae, folder, data, args, sizes, ds, order)
+    rows = edits(model, sae, folder, data, args, sizes, ds, massive, order)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     result = {
         "model": args.model, "layer": args.layer, "sae": str(folder), "sae_hash": sae.hash,

@@ -306,3 +306,25 @@ def test_sae_method_in_the_search(tiny_llama_model, tiny_sae, tmp_path):
         assert ablation.layer == 0 and ablation.components == tuple(range(n))
         ds = ablation.directions.load()
         assert ds.method == "sae" and ds.metadata["sae"] == tiny_sae.hash and ds.k == 3
+
+
+def test_organism_experiment_runs_at_tiny_size(tiny_llama_model, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sae_organism.py"
+    spec = importlib.util.spec_from_file_location("sae_organism", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(tiny_llama_model.resolved.location), "--small", "--layer", "1", "--top", "1", "2",
+            "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    result = module.main(argv)
+    written = json.loads(next((tmp_path / "out").glob("experiment-*.json")).read_text())
+    assert written["quality"]["fvu"] == pytest.approx(result["quality"]["fvu"])
+    assert {r["arm"] for r in written["edits"]} >= {"organism", "diff-means", "sae top-1 ablated"}
+    for row in written["edits"]:
+        assert 0 <= row["derived"]["refusal_rate"] <= 1 and row["kl_first"] >= 0
+    assert written["edits"][0]["kl_first"] == pytest.approx(0, abs=1e-6)
+    ranked = written["features"]["rankings"]["difference"]
+    assert all(0 <= r["auroc_test"] <= 1 for r in ranked)
+    assert next((tmp_path / "out").glob("report-*.html")).stat().st_size > 1000
