@@ -58,6 +58,7 @@ from circuitlab.sae import (
     post_instruction_features,
     rank_by_attribution,
     rank_by_difference,
+    reconstruction_stats,
     sae_quality,
     sae_report,
     token_activations,
@@ -126,7 +127,13 @@ def quality(model, sae, data, args, sizes, mean) -> dict:
     options = {"batch_size": args.batch_size, "cache_dir": args.cache_dir}
     texts = with_answers(model, prompts, max_new_tokens=args.max_new_tokens, **options)
     held = token_activations(model, texts, sae.hook_name, **options)
-    return sae_quality(model, sae, texts, held, mean, batch_size=8).as_dict()
+    figures = sae_quality(model, sae, texts, held, mean, batch_size=8).as_dict()
+    # Latent usage on the training tokens too (both are read back from the cache).
+    train_texts = with_answers(model, train_prompts(data, sizes["n_train"]),
+                               max_new_tokens=args.max_new_tokens, **options)  # fmt: skip
+    train_acts = token_activations(model, train_texts, sae.hook_name, **options)
+    figures["on_training_tokens"] = reconstruction_stats(sae, train_acts)
+    return figures
 
 
 def diff_means(model, data, args, sizes):
