@@ -201,6 +201,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.discover",
     "circuitlab.commands.search",
     "circuitlab.commands.export",
+    "circuitlab.commands.sae",
 )
 
 

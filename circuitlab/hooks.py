@@ -606,3 +606,38 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
     finally:
         if handle is not None:
             handle.remove()
+
+
+# --------------------------------------------------------------------- SAE feature clamp
+from circuitlab.interventions import FeatureClamp  # noqa: E402
+from circuitlab.sae.data import sink_mask  # noqa: E402
+from circuitlab.sae.format import load_sae  # noqa: E402
+
+
+def _build_clamp(model: HookedModel, iv: FeatureClamp, state: _State, key: int) -> _Built:
+    """Set chosen latents to ``iv.value`` at the SAE's hook, keeping its error term; tokens
+    with massive norms (attention sinks, which SAEs are trained without) pass unchanged."""
+    sae = load_sae(iv.sae)
+    if sae.hash != iv.sae_hash:
+        raise InterventionError(
+            f"{iv.sae} holds SAE {sae.hash}, the clamp was made with {iv.sae_hash}"
+        )
+    sae.check_model(model)
+    if not all(0 <= f < sae.d_sae for f in iv.features):
+        raise InterventionError(f"features {iv.features} out of range [0, {sae.d_sae})")
+    sae = sae.to(model.device, model.hf_model.dtype)
+    features = list(iv.features)
+    rows = sae.W_dec[features]
+
+    def clamp(x: Tensor, hook: Any) -> Tensor | None:
+        if state.clean:
+            return None
+        acts = sae.encode(x)[..., features]
+        keep = sink_mask(x, torch.ones(x.shape[:-1], dtype=torch.bool)).to(x.device)
+        delta = ((iv.value - acts) * keep[..., None]) @ rows
+        return x + delta.to(x.dtype)
+
+    return _Built([(sae.hook_name, clamp)])
+
+
+_BUILDERS[FeatureClamp] = _build_clamp

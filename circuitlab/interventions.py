@@ -690,3 +690,48 @@ def load_interventions(path: str | Path) -> tuple[Intervention, ...]:
     if not found:
         raise InterventionError(f"{path} holds no intervention")
     return found
+
+
+# ------------------------------------------------------------------------- SAE feature clamp
+@dataclass(frozen=True)
+class FeatureClamp:
+    """Clamp chosen SAE latents' activations to ``value`` at the SAE's hook point.
+
+    At every non-sink token the hook adds ``sum_f (value - a_f(x)) * W_dec[f]`` to the
+    activation ``x``, where ``a_f(x)`` is latent ``f``'s activation: the reconstruction
+    error stays, only the chosen latents change. ``a_f`` is a nonlinear function of the
+    input (a ReLU, a threshold or a top-k), so no weight edit reproduces it.
+
+    Args:
+        sae: folder of the SAE (SAELens layout, :func:`circuitlab.sae.load_sae`).
+        sae_hash: its content hash (checked when the hooks are built).
+        features: the latents.
+        value: what their activations are set to (0: switched off).
+        decoder: the latents' unit decoder rows (a one-layer set), for the foldable
+            alternative.
+    """
+
+    sae: str
+    sae_hash: str
+    features: tuple[int, ...]
+    value: float
+    decoder: DirectionRef
+
+    foldable = False
+    fold_note = (
+        "the latents' activations depend nonlinearly on each token's input; the exact "
+        "foldable alternative ablates their decoder directions (SubspaceAblation)"
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", _tuples(self.features))
+        if not self.features:
+            raise InterventionError("FeatureClamp needs at least one feature")
+
+    def foldable_alternative(self) -> SubspaceAblation:
+        return SubspaceAblation(self.decoder, layer=0)
+
+
+Intervention = Intervention | FeatureClamp
+_TYPES[FeatureClamp.__name__] = FeatureClamp
+__all__ += ["FeatureClamp"]

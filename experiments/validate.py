@@ -19,6 +19,10 @@ warm_start  the baseline with the family's warm-start profile (on the SmolLM2 or
             optimistic: the llama profile was learned on that organism's search split)
 massive     the attention sinks' massive-activation direction taken out of the directions
             (``SearchSpace.remove_massive``, :mod:`circuitlab.directions.massive`)
+sae         SAE refusal features instead of difference of means: the top ``sae_features``
+            latents (ranked on the train split) of the organism's SAE at layer
+            ``sae_layer``, their decoder directions ablated as one subspace, how many of
+            them searched (the SAE is trained once by ``experiments/sae_organism.py``)
 =========== ==============================================================================
 
 Seeds vary the search (sampler and extraction seeds) and the MMLU sample, not the prompt
@@ -75,7 +79,7 @@ from circuitlab.validation import (
 HERE = Path(__file__).resolve().parent
 ARMS = (
     "baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start",
-    "massive",
+    "massive", "sae",
 )  # fmt: skip
 # Bump when a run computes something else for the same settings (invalidates the cache).
 FORMAT = 3  # 3: per-trial sampler seeds mixed from (seed, trial) (commit 1787b13)
@@ -110,6 +114,8 @@ class Config:
         heads_top_k, heads_n_pairs: heads of the ``heads`` arm, and the harmful/harmless
             train prompt pairs attribution patching ranks them on.
         alpha, min_d: the acceptance rule (:class:`circuitlab.validation.AcceptanceRule`).
+        sae_layer, sae_features: the ``sae`` arm's SAE (``CACHE/sae/<organism>-L<layer>``)
+            and the most features a trial ablates.
     """
 
     organisms: tuple[str, ...] = ("smollm2-135m-refusal",)
@@ -130,6 +136,8 @@ class Config:
     heads_n_pairs: int = 16
     alpha: float = 0.05
     min_d: float = 0.3
+    sae_layer: int = 25
+    sae_features: int = 8
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -148,11 +156,15 @@ class Config:
         """Hash of the settings that change a run's result."""
         skip = {"organisms", "seeds", "arms", "alpha", "min_d"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        # The sae arm's settings join the hash only when changed: older runs keep their ids.
+        for name in ("sae_layer", "sae_features"):
+            if data[name] == getattr(Config, name):
+                del data[name]
         text = json.dumps({"format": FORMAT, **data}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def arm_search(arm: str, config: Config, heads: tuple = ()):
+def arm_search(arm: str, config: Config, heads: tuple = (), sae: str | None = None):
     """(search space, warm-start profile) of an arm: the baseline's, with one change."""
     from circuitlab.search import SearchSpace
 
@@ -166,6 +178,10 @@ def arm_search(arm: str, config: Config, heads: tuple = ()):
         space = dataclasses.replace(space, addition_max=config.addition_max)
     if arm == "heads":
         space = dataclasses.replace(space, heads=heads)
+    if arm == "sae":
+        space = dataclasses.replace(
+            space, methods=("sae",), sae=sae, sae_max_features=config.sae_features
+        )
     return space, ("auto" if arm == "warm_start" else None)
 
 
@@ -220,6 +236,18 @@ def top_heads(model, name: str, prompts, config: Config, work: Path) -> tuple:
         RefusalCircuit.from_scores(scores, model.facts, name, seconds=seconds).save(path)
     circuit = RefusalCircuit.load(path)
     return tuple((h.layer, h.head) for h in circuit.top(config.heads_top_k))
+
+
+def sae_folder(organism: str, config: Config, cache_dir: Path) -> str:
+    """The organism's SAE at ``sae_layer``, as ``experiments/sae_organism.py`` saves it."""
+    folder = cache_dir / "sae" / f"{slug(organism)}-L{config.sae_layer}"
+    if not (folder / "cfg.json").is_file():
+        raise SystemExit(
+            f"the sae arm needs the organism's SAE in {folder}: run "
+            f"python experiments/sae_organism.py {organism} --layer {config.sae_layer} "
+            f"--cache-dir {cache_dir}"
+        )
+    return str(folder.resolve())
 
 
 def _study_facts(name: str, storage: str) -> dict[str, Any]:
@@ -325,14 +353,14 @@ class Scoring:
         return base, card
 
 
-def _search(scoring: Scoring, arm: str, seed: int, heads: tuple):
+def _search(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None = None):
     """The arm's study (run or resumed) and the choice; without a complete trial (all
     pruned) the choice is the unedited model."""
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.search import FrontPoint, ObjectiveConfig, choose, pareto_front, run_search
 
     suite, config = scoring.suite, scoring.suite.config
-    space, profile = arm_search(arm, config, heads)
+    space, profile = arm_search(arm, config, heads, sae)
     prune = {} if config.prune else {"prune_kl": None, "prune_min_drop": None}
     objective = ObjectiveConfig(config.max_new_tokens, config.batch_size, **prune)
     name, storage = f"{arm}-s{seed}", suite.storage(scoring.organism, f"{arm}-s{seed}")
@@ -348,10 +376,10 @@ def _search(scoring: Scoring, arm: str, seed: int, heads: tuple):
     return chosen, "ok"
 
 
-def run_one(scoring: Scoring, arm: str, seed: int, heads: tuple) -> dict:
+def run_one(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None = None) -> dict:
     """One organism × arm × seed: search, choose, score on the test split (a result row)."""
     started = time.perf_counter()
-    chosen, status = _search(scoring, arm, seed, heads)
+    chosen, status = _search(scoring, arm, seed, heads, sae)
     base, edited = scoring.edited(seed, chosen)
     name = f"{arm}-s{seed}"
     facts = {"study": name, **_study_facts(name, scoring.suite.storage(scoring.organism, name))}
@@ -425,8 +453,9 @@ def run_all(
                     heads = top_heads(
                         scoring.model, suite.folder(organism), suite.prompts, config, suite.work
                     )
+                sae = sae_folder(organism, config, suite.cache_dir) if arm == "sae" else None
                 log(f"{organism} {arm} seed {seed}: {config.trials} trials")
-                row = write_json(path, run_one(scoring, arm, seed, heads))
+                row = write_json(path, run_one(scoring, arm, seed, heads, sae))
                 rows.append(row)
                 log(
                     f"  refusals {row['refusal_rate']:.3f} (base {row['base_refusal_rate']:.3f})"

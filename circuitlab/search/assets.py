@@ -27,14 +27,13 @@ __all__ = [
     "SearchPrompts",
     "StudyAssets",
     "extract_directions",
-    "save_directions",
     "prepare_assets",
 ]
 
 log = logging.getLogger(__name__)
 
 SUPERVISED = frozenset({"probe", "ensemble"})
-KNOWN_METHODS = frozenset({"diff-means", "pca", "cones", *SUPERVISED})
+KNOWN_METHODS = frozenset({"diff-means", "pca", "cones", "sae", *SUPERVISED})
 # KMeans with silhouette selection needs a few prompts per cone to mean anything.
 MIN_CONE_PROMPTS = 10
 
@@ -143,6 +142,8 @@ def extract_directions(
     batch_size: int = 16,
     cache_dir: str | Path | None = "cache",
     progress: bool = False,
+    sae: str | None = None,
+    sae_max_features: int = 8,
 ) -> dict[str, DirectionSet]:
     """One DirectionSet per method from the train split (plus diff-means, always).
 
@@ -151,7 +152,9 @@ def extract_directions(
 
     Args:
         methods: from ``diff-means``, ``pca``, ``cones``, ``probe``, ``ensemble``; the last two
-            label prompts by the model's own judged greedy answers (generation, cached).
+            label prompts by the model's own judged greedy answers (generation, cached);
+            ``sae`` ranks the latents of the SAE at ``sae`` (a folder) by harmful-minus-
+            harmless activation and keeps the top ``sae_max_features`` decoder directions.
         remove_massive: take the massive-activation direction (found on 8 harmless train
             prompts) out of every set (:func:`circuitlab.directions.without_massive`).
 
@@ -172,19 +175,19 @@ def extract_directions(
             sets[method] = d.extract_probe(harmful, harmless, *labels, seed=seed)
         elif method == "ensemble":
             sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
+        elif method == "sae":
+            from circuitlab.sae import refusal_feature_set
+
+            if sae is None:
+                raise ValueError("the sae method needs an SAE folder (SearchSpace.sae)")
+            sets[method] = refusal_feature_set(
+                model, sae, prompts.harmful_train, prompts.harmless_train, sae_max_features,
+                batch_size=batch_size, cache_dir=cache_dir,
+            )  # fmt: skip
     if remove_massive:
         found = d.massive_directions(model, prompts.harmless_train, batch_size=batch_size)
         sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
     return sets
-
-
-def save_directions(sets: dict[str, DirectionSet], folder: Path) -> dict[str, dict[str, str]]:
-    """Save each set under ``folder/<method>``; returns ``{method: {folder, hash}}``."""
-    refs = {}
-    for method, ds in sets.items():
-        path = ds.save(folder / method)
-        refs[method] = {"folder": str(path.resolve()), "hash": ds.hash}
-    return refs
 
 
 @dataclass

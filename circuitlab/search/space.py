@@ -8,13 +8,15 @@ addition that is off) is suggested and ignored. Conditional gaps would split the
 into groups TPE models separately, which wastes the few trials a search has.
 
 A trial's parameters become interventions (:func:`build_interventions`): one ablation
-(``DirectionalAblation``, or ``SubspaceAblation`` of every cone direction for ``cones``),
+(``DirectionalAblation``, or ``SubspaceAblation`` of every cone direction for ``cones``, or
+of the decoder directions of the SAE's top ``sae_features`` refusal features for ``sae``),
 a ``HeadAblation`` of the trial's direction from chosen heads when the space names heads,
 plus an ``ActivationAddition`` when the addition strength is above zero.
 
 The head-level edit's ``head_weight`` exists only in spaces with heads, and is then
 suggested on every trial like everything else; a space without heads suggests exactly the
-parameters it always did, so older studies resume unchanged.
+parameters it always did, so older studies resume unchanged. ``sae_features`` likewise
+exists only in spaces whose methods include ``sae``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class SearchSpace:
             empty (the default): no head-level edit and no ``head_weight`` parameter.
         remove_massive: take the attention sinks' massive-activation direction out of every
             extracted direction (:func:`circuitlab.directions.without_massive`).
+        sae: the SAE folder (SAELens layout) the ``sae`` method ranks refusal features of.
+        sae_max_features: the most features an ``sae`` trial ablates; ``sae_features``
+            (how many of the top-ranked ones) is searched in ``[1, sae_max_features]``.
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -89,6 +94,8 @@ class SearchSpace:
     calibrate: bool = True
     heads: tuple[tuple[int, int], ...] = ()
     remove_massive: bool = False
+    sae: str | None = None
+    sae_max_features: int = 8
 
     def __post_init__(self) -> None:
         # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
@@ -106,6 +113,8 @@ class SearchSpace:
             del data["heads"]
         if not self.remove_massive:
             del data["remove_massive"]  # likewise for studies older than the option
+        if self.sae is None:
+            del data["sae"], data["sae_max_features"]  # likewise
         return data
 
     @classmethod
@@ -134,6 +143,8 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     params["component"] = trial.suggest_int("component", 0, max(space.pca_k - 1, 0))
     for name, (low, high) in space.ranges().items():
         params[name] = trial.suggest_float(name, low, high)
+    if "sae" in space.methods:
+        params["sae_features"] = trial.suggest_int("sae_features", 1, space.sae_max_features)
     params["calibrate"] = trial.suggest_categorical(
         "calibrate", [False, True] if space.calibrate else [False]
     )
@@ -159,6 +170,8 @@ def clamp_params(params: Mapping[str, Any], space: SearchSpace) -> dict[str, Any
             out[name] = min(max(int(value), 0), max(space.pca_k - 1, 0))
         elif name == "calibrate":
             out[name] = bool(value) and space.calibrate
+        elif name == "sae_features" and "sae" in space.methods:
+            out[name] = min(max(int(value), 1), space.sae_max_features)
     return out
 
 
@@ -196,7 +209,10 @@ def build_interventions(
     layer = round(index)
     ref = assets.refs[method]
     component = int(params["component"]) if method == "pca" else 0
-    calibration = assets.calibration(method, layer, component) if params.get("calibrate") else 1.0
+    # SAE features live at one layer: no per-layer calibration, and the head-level edit and
+    # the addition read the difference-of-means direction instead.
+    calibrate = params.get("calibrate") and method != "sae"
+    calibration = assets.calibration(method, layer, component) if calibrate else 1.0
     common: dict[str, Any] = {
         "attn": _kernel(params, "attn", depth),
         "mlp": _kernel(params, "mlp", depth),
@@ -205,6 +221,10 @@ def build_interventions(
     }
     if method == "cones":
         ablation: Intervention = SubspaceAblation(ref, layer=layer, **common)
+    elif method == "sae":
+        n = int(params["sae_features"])
+        ablation = SubspaceAblation(ref, layer=0, components=tuple(range(n)), **common)
+        method, ref = "diff-means", assets.refs["diff-means"]
     else:
         ablation = DirectionalAblation(ref, index=index, component=component, **common)
     edits: list[Intervention] = [ablation]
