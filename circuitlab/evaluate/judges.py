@@ -384,9 +384,15 @@ class MarkerJudge:
                     head.complete
                     and verdict is not None
                     and verdict[0] in REFUSAL_LABELS
-                    and _PIVOT.search(text) is None
+                    and not self.pivots(head.text)
                 )
         return out
+
+    @staticmethod
+    def pivots(opening_text: str) -> bool:
+        """Whether an opening turns ("However, I can ..."): its verdict then depends on the
+        content that follows, so no opening with a pivot is final on its own."""
+        return _PIVOT.search(normalise(opening_text)) is not None
 
 
 # Under the "first" rule the first judge decides where it is at least this sure of anything
