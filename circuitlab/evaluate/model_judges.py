@@ -89,12 +89,23 @@ def _device_dtype(device: str, dtype: str | None):
     return getattr(torch, dtype)
 
 
-def _load_error(model: str, exc: Exception) -> ModelNotFoundError:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return ModelNotFoundError(
-        f"cannot load the judge model {model!r} (offline, gated, or not that kind of "
-        f"model?): {first}"
-    )
+def _load_pretrained(auto_class: str, model: str, device: str, dtype: str | None):
+    """(tokenizer, network) of a judge model, or one line saying why it cannot load."""
+    import transformers
+
+    log.info("loading judge %s on %s", model, device)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(model)
+        net = getattr(transformers, auto_class).from_pretrained(
+            model, dtype=_device_dtype(device, dtype)
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(
+            f"cannot load the judge model {model!r} (offline, gated, or not that kind of "
+            f"model?): {first}"
+        ) from None
+    return tok, net
 
 
 class SequenceClassifierJudge:
@@ -133,16 +144,9 @@ class SequenceClassifierJudge:
 
     def _load(self):
         if self._loaded is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            log.info("loading judge %s on %s", self.model, self.device)
-            try:
-                tok = AutoTokenizer.from_pretrained(self.model)
-                net = AutoModelForSequenceClassification.from_pretrained(
-                    self.model, dtype=_device_dtype(self.device, self.dtype)
-                )
-            except (OSError, ValueError) as exc:
-                raise _load_error(self.model, exc) from None
+            tok, net = _load_pretrained(
+                "AutoModelForSequenceClassification", self.model, self.device, self.dtype
+            )
             names = [str(net.config.id2label[i]).lower() for i in range(net.config.num_labels)]
             refusing = np.array([n in self.refusal_labels for n in names])
             if not refusing.any() or refusing.all():
@@ -241,16 +245,7 @@ class LLMJudge:
 
     def _load(self):
         if self._loaded is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            log.info("loading judge %s on %s", self.model, self.device)
-            try:
-                tok = AutoTokenizer.from_pretrained(self.model)
-                net = AutoModelForCausalLM.from_pretrained(
-                    self.model, dtype=_device_dtype(self.device, self.dtype)
-                )
-            except (OSError, ValueError) as exc:
-                raise _load_error(self.model, exc) from None
+            tok, net = _load_pretrained("AutoModelForCausalLM", self.model, self.device, self.dtype)
             tok.padding_side = "left"  # the next token of every row sits at the last position
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
