@@ -91,7 +91,6 @@ def source_config(source: str, settings: Settings) -> tuple[str, dict | None]:
     """Where the model is and its ``config.json``, read without loading weights (whose
     files are checked for truncation); a GGUF file or preset is converted first (once,
     cached). The config is None for hub ids."""
-    from circuitlab import checks
     from circuitlab.models import ModelSpec
     from circuitlab.models.loading import resolve_source
 
