@@ -278,6 +278,16 @@ class LLMJudge:
             refusing.append(refused)
         return ids, np.array(refusing)
 
+    def _batches(self, tok, texts: Sequence[str]):
+        """The rendered conversations, tokenized ``batch_size`` at a time on the device."""
+        for start in range(0, len(texts), self.batch_size):
+            yield tok(
+                list(texts[start : start + self.batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(self.device)
+
     def refusal_probability(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """P(refusal) from the answer words' next-token probabilities (option scoring)."""
         import torch
@@ -286,13 +296,7 @@ class LLMJudge:
         ids, refusing = self._option_ids(tok)
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = tok(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(self.device)
+        for batch in self._batches(tok, texts):
             with torch.no_grad():
                 logits = net(**batch).logits[:, -1].float()
             # Each option's probability mass: the sum over its first-token variants, then
@@ -309,13 +313,7 @@ class LLMJudge:
         tok, net = self._load()
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = tok(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(self.device)
+        for batch in self._batches(tok, texts):
             with torch.no_grad():
                 new = net.generate(
                     **batch,
