@@ -115,3 +115,19 @@ def test_cli_writes_an_adapter_with_a_card(gqa, tmp_path, capsys):
     assert "huggingface-cli upload" in card and "convert_lora_to_gguf.py" in card
     manifest = json.loads((out / "circuitlab_manifest.json").read_text())
     assert set(manifest["adapter"]["modules"]) and manifest["command"].startswith("circuitlab ")
+
+
+@pytest.mark.slow
+def test_adapter_on_the_organism_matches_hooks_and_merged(cache_dir, tmp_path):
+    from circuitlab.models import ModelSpec
+    from circuitlab.testbed import NAME
+
+    organism = HookedModel.load(ModelSpec(NAME, cache_dir=cache_dir))
+    interventions = [
+        *example_interventions(organism, "directional"),  # every writer and the embedding
+        *example_interventions(organism, "head"),  # GQA 3:1 heads, one zeroed
+    ]
+    result = _check(organism, interventions, tmp_path / "organism")
+    assert result.manifest["adapter"]["modules"]["model.embed_tokens"]["kind"] == "embedding"
+    size = (tmp_path / "organism" / ADAPTER_WEIGHTS).stat().st_size
+    assert size < 0.2 * organism.facts.n_params * 4  # low rank: a fraction of the model

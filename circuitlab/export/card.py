@@ -40,6 +40,7 @@ class SourceInfo:
     base_model: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    exact: bool = True  # False: base_model is an ancestor the source was trained from
 
 
 def _front_matter(text: str) -> dict[str, Any]:
@@ -96,8 +97,8 @@ def source_info(model) -> SourceInfo:
         repo, licence = PRESET_UPSTREAM[built]
         # The weights were trained further: the hub id is an ancestor, not this model.
         return SourceInfo(
-            None, {"license": licence, **_pick(meta)},
-            f"a model built locally from {repo} (the `{built}` preset) by fine-tuning",
+            repo, {"license": licence, **_pick(meta)},
+            f"built locally by fine-tuning {repo} (the `{built}` preset)", exact=False,
         )  # fmt: skip
     return SourceInfo(meta.get("base_model") if isinstance(meta.get("base_model"), str)
                       else None, _pick(meta), "")  # fmt: skip
@@ -137,10 +138,13 @@ def _front(data: dict[str, Any], info: SourceInfo, adapter: bool) -> str:
         tags += ["lora", "peft"]
     inherited = info.meta.get("tags") or []
     meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
-    if info.base_model:
+    # An adapter applies to its exact base only; an edited fine-tune descends from its ancestor.
+    if info.base_model and (info.exact or not adapter):
         meta["base_model"] = info.base_model
         if adapter:
             meta["base_model_relation"] = "adapter"
+        elif not info.exact:
+            meta["base_model_relation"] = "finetune"
     for key in ("license", "license_name", "license_link", "language", "datasets"):
         if key in info.meta:
             meta[key] = info.meta[key]
@@ -149,25 +153,46 @@ def _front(data: dict[str, Any], info: SourceInfo, adapter: bool) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
+def _find_cards(value: Any, path: str = "") -> list[tuple[str, dict]]:
+    """Every scorecard-shaped dict in ``value`` with where it sat (``test.edited``)."""
+    if isinstance(value, dict):
+        if "refusals" in value and "n_harmful" in value:
+            return [(path, value)]
+        found = []
+        for key, item in value.items():
+            found += _find_cards(item, f"{path}.{key}" if path else str(key))
+        return found
+    if isinstance(value, list):
+        return [hit for i, item in enumerate(value) for hit in _find_cards(item, f"{path}[{i}]")]
+    return []
+
+
 def _scorecard(score: Any) -> str:
-    """A table with intervals for circuitlab scorecards; other JSON as it came."""
+    """A table with intervals for the circuitlab scorecards in ``score`` (an ``evaluate
+    --json`` list, a search's test-split record); anything else as the JSON it came as."""
     from circuitlab.evaluate.scorecard import Scorecard, scorecard_rows
 
     if not score:
         return ""
-    cards = score if isinstance(score, list) else [score]
+    raw = f"```json\n{json.dumps(score, indent=1)}\n```\n"
+    found = _find_cards(score)
     try:
-        parsed = [Scorecard.from_json(json.dumps(c)) for c in cards]
+        parsed = [Scorecard.from_json(json.dumps(card)) for _, card in found]
     except (TypeError, ValueError, KeyError):
-        return f"\n## Scorecard\n\n```json\n{json.dumps(score, indent=1)}\n```\n"
+        parsed = []
+    if not parsed:
+        return f"\n## Scorecard\n\n{raw}"
+    names = [path or card.model for (path, _), card in zip(found, parsed, strict=True)]
     rows = scorecard_rows(*parsed)
-    head = "| | " + " | ".join(f"`{c.model}`" for c in parsed) + " |\n"
+    head = "| | " + " | ".join(f"`{n}`" for n in names) + " |\n"
     head += "|---" * (len(parsed) + 1) + "|\n"
     body = "".join(f"| {name} | " + " | ".join(v) + " |\n" for name, v in rows.items())
     split = parsed[0].split or "the harmful prompts"
+    rule = f"Chosen by: {score['rule']}.\n\n" if isinstance(score, dict) and "rule" in score else ""
     return (
-        f"\n## Scorecard (held-out split: {split})\n\n"
-        f"Rates with 95 % Wilson intervals, judged by `{parsed[0].judge}`.\n\n{head}{body}"
+        f"\n## Scorecard (held-out split: {split})\n\n{rule}"
+        f"Rates with 95 % Wilson intervals, judged by {parsed[0].judge}.\n\n{head}{body}\n"
+        f"<details><summary>as recorded</summary>\n\n{raw}\n</details>\n"
     )
 
 
@@ -236,6 +261,7 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
 ```
 """
     base = data["adapter"]["base_model_name_or_path"]
+    hub = info.base_model if info.exact and info.base_model else base
     bias = any(m["bias"] for m in data["adapter"]["modules"].values())
     merge = (
         "PEFT cannot merge it into the base weights (`lora_bias` on layers without a bias): "
@@ -246,7 +272,7 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
     return f"""```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
-base = AutoModelForCausalLM.from_pretrained("{info.base_model or base}")
+base = AutoModelForCausalLM.from_pretrained("{hub}")
 model = PeftModel.from_pretrained(base, "path/to/{name}")
 tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
 ```
@@ -297,7 +323,8 @@ def render_card(data: dict[str, Any], name: str, model=None) -> str:
     info = source_info(model) if model is not None else SourceInfo()
     source = data["source"]
     what = "A PEFT LoRA adapter for" if adapter else "An edited copy of"
-    origin = f" ({info.note})" if info.note else ""
+    origin = f"; the source was {info.note}" if info.note else ""
+    shown = info.base_model if info.base_model and info.exact else source["location"]
     version = data["versions"].get("circuitlab")
     command = data.get("command")
     reproduce = f"## Reproduce\n\n```sh\n{command}\n```\n\n" if command else ""
@@ -305,7 +332,7 @@ def render_card(data: dict[str, Any], name: str, model=None) -> str:
     return f"""{_front(data, info, adapter)}
 # {name}
 
-{what} `{info.base_model or source["location"]}`{origin} ({data["model"]["architecture"]}).
+{what} `{shown}` ({data["model"]["architecture"]}){origin}.
 circuitlab {version} found these edits with hooks, folded them into the weights, and proved
 the result against the hooks before writing{" it as an exact low-rank adapter" if adapter else ""}.
 
