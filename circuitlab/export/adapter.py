@@ -52,6 +52,7 @@ from circuitlab.export.fold import EMBED_CHUNK, FAMILIES, ExportError, FoldPlan,
 from circuitlab.export.inplace import live_slots, stored_keys
 from circuitlab.export.verify import Parity, Reference, compare, reference, verify_in_place
 from circuitlab.interventions import ActivationAddition, Intervention
+from circuitlab.models.loading import input_device
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -326,16 +327,17 @@ from transformers import AutoModelForCausalLM
 torch.set_num_threads(1)
 job = json.load(open(sys.argv[1]))
 base = AutoModelForCausalLM.from_pretrained(job["base"], dtype=getattr(torch, job["dtype"]))
-model = PeftModel.from_pretrained(base, job["adapter"]).eval()
+model = PeftModel.from_pretrained(base.to(job["device"]), job["adapter"]).eval()
 batches = load_file(job["batches"])
 outputs = {}
 with torch.no_grad():
     for i in range(job["n"]):
-        ids, mask = batches[f"input_ids.{i}"], batches[f"attention_mask.{i}"]
+        ids = batches[f"input_ids.{i}"].to(job["device"])
+        mask = batches[f"attention_mask.{i}"].to(job["device"])
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        outputs[f"logits.{i}"] = logits[mask.bool()].float().contiguous()
+        outputs[f"logits.{i}"] = logits[mask.bool()].float().cpu().contiguous()
         new = model.generate(input_ids=ids, attention_mask=mask, **job["generate"])
-        outputs[f"tokens.{i}"] = new[:, ids.shape[1]:].contiguous()
+        outputs[f"tokens.{i}"] = new[:, ids.shape[1]:].cpu().contiguous()
 save_file(outputs, job["out"])
 lora = [n for n, _ in model.named_modules() if n.endswith((".lora_A", ".lora_embedding_A"))]
 json.dump({
@@ -351,10 +353,15 @@ json.dump({
 
 
 def run_peft_client(
-    base: str, adapter: Path, ref: Reference, dtype: torch.dtype, work: Path
+    base: str,
+    adapter: Path,
+    ref: Reference,
+    dtype: torch.dtype,
+    work: Path,
+    device: str = "cpu",
 ) -> tuple[list[Tensor], list[Tensor], dict]:
-    """Load ``base`` + ``adapter`` with plain transformers and peft in a subprocess; its
-    logits and greedy tokens on the reference's batches, and what it saw."""
+    """Load ``base`` + ``adapter`` with plain transformers and peft in a subprocess (on
+    ``device``); its logits and greedy tokens on the reference's batches, and what it saw."""
     work.mkdir(parents=True, exist_ok=True)
     batches = {
         f"{name}.{i}": value.cpu().contiguous()
@@ -367,6 +374,7 @@ def run_peft_client(
         "base": base,
         "adapter": str(adapter),
         "dtype": str(dtype).removeprefix("torch."),
+        "device": device,
         "batches": str(work / "batches.safetensors"),
         "n": len(ref.batches),
         "generate": {
@@ -420,8 +428,9 @@ def peft_parity(
 
     ref = reference(model, interventions, prompts, chat=chat, max_new_tokens=max_new_tokens)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
+        device = str(input_device(model.hf_model))
         logits, tokens, facts = run_peft_client(
-            base_location(model), adapter, ref, model.hf_model.dtype, Path(tmp)
+            base_location(model), adapter, ref, model.hf_model.dtype, Path(tmp), device
         )
     return compare(ref, logits, tokens, tolerance=tolerance), facts, ref, (logits, tokens)
 
@@ -471,7 +480,7 @@ def export_adapter(
         check_destination,
         manifest,
     )
-    from circuitlab.models.loading import source_files
+    from circuitlab.models.loading import is_quantized, source_files
 
     interventions = list(interventions)
     if not interventions:
@@ -480,6 +489,11 @@ def export_adapter(
     require_peft()
     plan = plan_fold(model, interventions)
     files = source_files(model.resolved)
+    if not files and is_quantized(model.hf_model):
+        raise ExportError(
+            f"{model.resolved.location} has no safetensors files: the factors of a quantized "
+            "load must come from its source weights"
+        )
     factors = lora_factors(model, interventions, plan, files)
     parity, _ = verify_in_place(
         model, interventions, plan, files, prompts, chat=chat, tolerance=tolerance,
