@@ -112,6 +112,7 @@ def test_cli_writes_an_adapter_with_a_card(gqa, tmp_path, capsys):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft" and "lora" in front["tags"]
     assert "SubspaceAblation(" in card and "--format adapter" in card
+    assert "weight per layer" in card and "| 1 | 1.000 | 1.000 |" in card
     assert "huggingface-cli upload" in card and "convert_lora_to_gguf.py" in card
     manifest = json.loads((out / "circuitlab_manifest.json").read_text())
     assert set(manifest["adapter"]["modules"]) and manifest["command"].startswith("circuitlab ")

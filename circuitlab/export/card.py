@@ -243,13 +243,45 @@ def _edits(data: dict[str, Any]) -> str:
                      for m in re.findall(r"layers\.(\d+)\.", k)})  # fmt: skip
     embed = any("embed" in k for k in data["fold"]["edited_tensors"])
     touched = ", ".join(str(x) for x in layers) or "none"
+    weights = _weights(data)
     return (
-        "## Edits (applied in this order)\n\n" + "\n".join(lines) + "\n\n"
-        f"{len(data['fold']['edited_tensors'])} tensors changed: layers {touched}"
+        "## Edits (applied in this order)\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + weights
+        + f"{len(data['fold']['edited_tensors'])} tensors changed: layers {touched}"
         f"{' and the embedding' if embed else ''}. Beyond that:\n\n"
         + ("\n".join(f"- {n}" for n in notes) or "- (nothing)")
         + "\n"
     )
+
+
+def _weights(data: dict[str, Any]) -> str:
+    """Per-layer weights of each weighted ablation (the fraction of its direction removed
+    from each writer's output), as a table folded away under the summary."""
+    from circuitlab.interventions import from_dict
+
+    n_layers = data["model"].get("n_layers")
+    out = []
+    for i, item in enumerate(data["interventions"]):
+        try:
+            iv = from_dict(item)
+        except Exception:  # noqa: BLE001 - an unreadable record: the summary line stays
+            continue
+        if not hasattr(iv, "site_weight") or not n_layers:
+            continue
+        rows = [
+            (layer, iv.site_weight("attn", layer), iv.site_weight("mlp", layer))
+            for layer in range(n_layers)
+        ]
+        rows = [r for r in rows if r[1] or r[2]]
+        table = "".join(f"| {la} | {a:.3f} | {m:.3f} |\n" for la, a, m in rows)
+        out.append(
+            f"<details><summary>edit {i + 1}: weight per layer (embedding "
+            f"{iv.site_weight('embed', 0):.3f})</summary>\n\n| layer | attention out | MLP out |"
+            f"\n|---|---|---|\n{table}\n</details>\n"
+        )
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def _load(name: str, info: SourceInfo, data: dict[str, Any], adapter: bool) -> str:
