@@ -61,6 +61,27 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prompt_flags(p: argparse.ArgumentParser) -> None:
+    from circuitlab.prompt_data import SOURCE_HELP
+
+    p.add_argument(
+        "--harmful",
+        default="advbench",
+        metavar="SRC",
+        help=f"harmful prompts, split train/search/test by the one split policy: {SOURCE_HELP}",
+    )
+    p.add_argument(
+        "--harmless", default="harmless", metavar="SRC", help="harmless prompts (as --harmful)"
+    )
+    p.add_argument(
+        "--harmful-test",
+        metavar="SRC",
+        help="a separate harmful test set (default: the test split of --harmful); read only "
+        "after the search",
+    )
+    p.add_argument("--harmless-test", metavar="SRC", help="a separate harmless test set")
+
+
 def _choice_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-target", type=float, default=0.2, help="KL budget of the choice rule")
 
@@ -70,6 +91,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("--study", required=True, metavar="NAME", help="study name")
     _study_flags(p)
+    _prompt_flags(p)
     _choice_flags(p)
     p.add_argument(
         "--heartbeat",
@@ -95,6 +117,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--capability-n", type=int, default=50, help="MMLU questions in the scorecard (0: skip)"
     )
     _study_flags(p)
+    _prompt_flags(p)
     _choice_flags(p)
 
     p = command("profiles", cmd_profiles, "Warm-start profiles: learn one from a study.")
@@ -151,14 +174,22 @@ def _configs(args: argparse.Namespace, settings: Settings):
     return space, objective
 
 
-def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
+def search_prompts(args: argparse.Namespace, n_test: int = 0):
+    """Train, search and (sealed) test prompts by the one split policy: a bad source fails
+    here, before the model loads; the test split is only read after the search."""
+    from circuitlab.prompt_data import side_prompts
     from circuitlab.search import SearchPrompts
-    from circuitlab.testbed import Recipe
 
-    # Always the organism's own splits (not --seed's): another shuffle would put prompts it
-    # was trained on into the search and test splits. --seed varies the search itself.
-    split_seed = Recipe().split_seed
-    return SearchPrompts.from_testbed(args.n_train, args.n_search, args.n_kl, n_test, split_seed)
+    harmful = side_prompts(args.harmful, True, getattr(args, "harmful_test", None))
+    harmless = side_prompts(args.harmless, False, getattr(args, "harmless_test", None))
+    return SearchPrompts(
+        harmful.train.prompts[: args.n_train],
+        harmless.train.prompts[: args.n_train],
+        harmful.search.prompts[: args.n_search],
+        harmless.search.prompts[: args.n_kl],
+        harmful.test(n_test),  # type: ignore[arg-type]  # sealed: a Sequence, read on use
+        harmless.test(n_test),  # type: ignore[arg-type]
+    )
 
 
 def check_capability_n(n: int, seed: int) -> None:
@@ -222,7 +253,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     quiet_optuna()
     check_search_args(args, settings, args.study)
-    prompts = _prompts(args, settings)
+    prompts = search_prompts(args)
     judge, _ = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     study = run_search(
@@ -252,7 +283,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_export:
         destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
         check_export_destination(destination, args.model, settings, args.force)
-    prompts = _prompts(args, settings, args.n_test)
+    prompts = search_prompts(args, args.n_test)
     judge, test_judge = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     clock.lap("load model and prompts")
