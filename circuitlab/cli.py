@@ -337,6 +337,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.search",
     "circuitlab.commands.export",
     "circuitlab.commands.sae",
+    "circuitlab.commands.data",
 )
 
 

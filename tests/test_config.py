@@ -202,3 +202,24 @@ def test_bad_command_sections_are_one_clear_error(tmp_path, text, message):
     args.argv = argv
     with pytest.raises(ConfigError, match=message):
         settings_from_args(args, parser)
+
+
+def test_search_travels_as_one_frozen_config_built_from_the_settings(tmp_path, monkeypatch):
+    import dataclasses
+
+    from circuitlab.cli import settings_from_args
+    from circuitlab.commands.search import search_config
+
+    parser = _parser()
+    config = tmp_path / "c.toml"
+    config.write_text('seed = 3\n[abliterate]\ntrials = 9\nmethods = "pca"\nno_prune = true\n')
+    monkeypatch.setenv("CIRCUITLAB_ABLITERATE__FAMILY", "llama")
+    argv = ["abliterate", "m", "--config", str(config), "--storage", "x.journal"]
+    args = parser.parse_args(argv)
+    args.argv = argv
+    built = search_config(args, settings_from_args(args, parser))
+    assert (built.n_trials, built.seed, built.family, built.storage) == (9, 3, "llama", "x.journal")
+    assert built.space.methods == ("pca",) and built.objective.prune_kl is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.n_trials = 1
+    assert list(built.as_dict()["space"]["methods"]) == ["pca"]

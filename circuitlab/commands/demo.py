@@ -109,7 +109,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search import abliterate
+    from circuitlab.search.config import AbliterateConfig, SearchConfig, abliterate_with
     from circuitlab.testbed import NAME, build_testbed
 
     clock = Clock()
@@ -136,15 +136,18 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}{own}-seed{settings.seed}"
     )
     judge, test_judge = search_judges(settings)
-    done = abliterate(
-        model, prompts, study, args.trials,
+    search = SearchConfig(
+        n_trials=args.trials, seed=settings.seed, cache_dir=settings.cache_dir, progress=True
+    )
+    config = AbliterateConfig(
+        search,
         # The default folder is the demo's own, replaced on every run; --out is the user's.
         out=args.out or Path(settings.cache_dir) / "exports" / study,
         force=args.force or args.out is None,
-        judge=judge, test_judge=test_judge, capability_n=args.capability_n,
-        kl_target=args.kl_target, seed=settings.seed, cache_dir=settings.cache_dir,
-        progress=True,
-    )  # fmt: skip
+        capability_n=args.capability_n,
+        kl_target=args.kl_target,
+    )
+    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))

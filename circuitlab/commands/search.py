@@ -214,19 +214,24 @@ def search_judges(settings: Settings):
     return build_judge(options, for_search=True, **common), build_judge(options, **common)
 
 
-def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
+def search_config(args: argparse.Namespace, settings: Settings, **extra):
+    """The search as one frozen value, from the command's options and the settings."""
+    from circuitlab.search.config import SearchConfig
+
     space, objective = _configs(args, settings)
-    return {
-        "storage": args.storage,
-        "space": space,
-        "objective": objective,
-        "seed": settings.seed,
-        "profile": None if args.profile == "none" else args.profile,
-        "family": args.family,
-        "cache_dir": settings.cache_dir,
-        "progress": True,
-        "fail_unknown": args.fail_running,
-    }
+    return SearchConfig(
+        n_trials=args.trials,
+        storage=args.storage,
+        space=space,
+        objective=objective,
+        seed=settings.seed,
+        profile=None if args.profile == "none" else args.profile,
+        family=args.family,
+        cache_dir=settings.cache_dir,
+        progress=True,
+        fail_unknown=args.fail_running,
+        **extra,
+    )
 
 
 def front_table(front, chosen=None, title: str = "Pareto front") -> Table:
@@ -249,17 +254,16 @@ def _slug(model: str) -> str:
 # ------------------------------------------------------------------------------ commands
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
-    from circuitlab.search import choose, pareto_front, run_search
+    from circuitlab.search import choose, pareto_front
+    from circuitlab.search.config import search_with
 
     quiet_optuna()
     check_search_args(args, settings, args.study)
     prompts = search_prompts(args)
     judge, _ = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
-    study = run_search(
-        model, prompts, args.study, args.trials, judge=judge, heartbeat=args.heartbeat,
-        **_search_options(args, settings),
-    )  # fmt: skip
+    config = search_config(args, settings, heartbeat=args.heartbeat)
+    study = search_with(model, prompts, args.study, config, judge=judge)
     front = pareto_front(study)
     chosen = choose(front, args.kl_target) if front else None
     out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
@@ -272,7 +276,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search import abliterate
+    from circuitlab.search.config import AbliterateConfig, abliterate_with
 
     quiet_optuna()
     clock = Clock()
@@ -287,19 +291,14 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     judge, test_judge = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     clock.lap("load model and prompts")
-    done = abliterate(
-        model,
-        prompts,
-        study,
-        args.trials,
-        judge=judge,
-        test_judge=test_judge,
-        capability_n=args.capability_n,
+    config = AbliterateConfig(
+        search_config(args, settings),
         out=destination,
         force=args.force,
+        capability_n=args.capability_n,
         kl_target=args.kl_target,
-        **_search_options(args, settings),
     )
+    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
