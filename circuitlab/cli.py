@@ -356,7 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        section = section_name(name)
+        epilog = (
+            f"Every option above may also be set in the [{section}] table of the --config "
+            f"TOML file or as CIRCUITLAB_{section.upper()}__<OPTION> (e.g. an option --n-test "
+            "is n_test); the command line wins, then the environment, then the file."
+        )
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog)
         p.set_defaults(fn=fn)
         add_settings_flags(p)
         return p
@@ -376,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                 action.required = False
                 _REQUIRED.setdefault(name, set()).add(action.dest)
                 action.help = f"{action.help} (required)"
+            hidden = (None, False, argparse.SUPPRESS)  # by identity: 0 == False
+            shown = not any(action.default is h for h in hidden) and action.default != []
+            if shown and "default" not in (action.help or ""):
+                action.help = f"{action.help} (default: {action.default})"
     return parser
 
 
