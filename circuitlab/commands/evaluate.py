@@ -26,6 +26,7 @@ from rich.columns import Columns
 from rich.table import Table
 
 from circuitlab.config import Settings
+from circuitlab.prompt_data import SOURCE_HELP
 
 JUDGES = ("markers", "classifier", "combined", "nli", "model")
 SPLITS = ("test", "search", "val", "train", "all")
@@ -68,7 +69,9 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="FILE.json",
         help="intervention applied live to the base model (repeat to compose, in order)",
     )
-    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument(
+        "--harmful", default="advbench", metavar="SRC", help=f"harmful prompts: {SOURCE_HELP}"
+    )
     p.add_argument(
         "--split",
         choices=SPLITS,

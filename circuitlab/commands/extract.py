@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.table import Table
 
 from circuitlab.config import Settings
+from circuitlab.prompt_data import SOURCE_HELP
 
 METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
 SUPERVISED = {"probe", "ensemble", "compliance"}
@@ -29,7 +30,9 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("extract", cmd_extract, "Extract refusal directions from a model's activations.")
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("--method", choices=METHODS, default="diff-means", help="extractor")
-    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument(
+        "--harmful", default="advbench", metavar="SRC", help=f"harmful prompts: {SOURCE_HELP}"
+    )
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
     p.add_argument("--n", type=int, default=128, help="prompts per side (train split)")
     p.add_argument("--k", type=int, default=4, help="components per layer (pca)")
