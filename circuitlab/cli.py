@@ -23,10 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from circuitlab import checks
-from circuitlab.config import Settings, load_settings
-from circuitlab.errors import CircuitlabError
+from circuitlab.config import Settings, default_toml, load_config, toml_value
+from circuitlab.errors import CircuitlabError, ConfigError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "option_sections", "full_default_toml"]
 
 out = Console()
 err = Console(stderr=True)
@@ -57,9 +57,145 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=kind, choices=choices, default=None, help=helptext)
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+# ------------------------------------------------------------------------ command options
+# Every option of every command is also a setting of the command's TOML section and of the
+# environment (circuitlab.config). The flag declarations are the one schema: the section
+# models below are derived from them, so flags, help, TOML and environment cannot disagree.
+_UNSET = object()
+_BOOL_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def section_name(command: str) -> str:
+    """The TOML section (and environment infix) of a command: ``judge-eval`` → ``judge_eval``."""
+    return command.replace("-", "_")
+
+
+def _option_actions(sub: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A command's own options: not positionals, help, --config or the Settings flags."""
+    skip = {"help", "config", *Settings.model_fields}
+    return [a for a in sub._actions if a.option_strings and a.dest not in skip]
+
+
+def _converter(kind: Callable[[str], Any]):
+    def convert(value: Any) -> Any:
+        return kind(value) if isinstance(value, str) else value
+
+    return convert
+
+
+def _annotation(action: argparse.Action) -> Any:
+    from typing import Annotated
+
+    from pydantic import BeforeValidator
+
+    if isinstance(action, (*_BOOL_ACTIONS, argparse.BooleanOptionalAction)):
+        return bool | None if action.default is None else bool
+    kind = action.type
+    if action.choices is not None:
+        base: Any = Literal[tuple(action.choices)]  # type: ignore[valid-type]
+    elif kind in (None, str, int, float):
+        base = kind or str
+    else:
+        base = Annotated[Any, BeforeValidator(_converter(kind))]
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
+        return list[base]
+    return base | None if action.default is None else base
+
+
+def _option_model(command: str, sub: argparse.ArgumentParser):
+    from pydantic import ConfigDict, Field, create_model
+
+    fields = {}
+    for action in _option_actions(sub):
+        default = [] if isinstance(action, argparse._AppendAction) else action.default
+        fields[action.dest] = (_annotation(action), Field(default, description=action.help))
+    config = ConfigDict(extra="forbid", frozen=True)
+    with warnings.catch_warnings():
+        # Options named like BaseModel methods (--json) only shadow them on this model.
+        warnings.filterwarnings("ignore", message="Field name", category=UserWarning)
+        return create_model(f"{section_name(command)}_options", __config__=config, **fields)
+
+
+def option_sections(parser: argparse.ArgumentParser) -> dict[str, type]:
+    """One pydantic model per command, from the command's own flags (name → model); built
+    once per parser."""
+    cached = getattr(parser, "_option_sections", None)
+    if cached is None:
+        cached = {section_name(c): _option_model(c, sub) for c, sub in _subparsers(parser).items()}
+        parser._option_sections = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str], command: str):
+    """The command's options given on the command line (parsed again with sentinel
+    defaults: an option equal to its default may still have been typed)."""
+    actions = _option_actions(_subparsers(parser)[command])
+    saved = [(a, a.default) for a in actions]
+    for action in actions:
+        action.default = None if isinstance(action, argparse._AppendAction) else _UNSET
+    try:
+        again = parser.parse_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return {
+        a.dest: getattr(again, a.dest)
+        for a in actions
+        if getattr(again, a.dest) is not _UNSET and getattr(again, a.dest) is not None
+    }
+
+
+def settings_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+) -> Settings:
+    """Settings, and the command's options filled in from TOML and the environment where
+    the command line does not give them (precedence: defaults < TOML < env < flags)."""
     overrides = {name: getattr(args, name, None) for name in Settings.model_fields}
-    return load_settings(args.config, **overrides)
+    if parser is None or getattr(args, "command", None) is None:
+        return load_config(args.config, **overrides)[0]
+    command, section = args.command, section_name(args.command)
+    sections = option_sections(parser)
+    given = {section: _explicit_options(parser, args.argv, command)}
+    settings, options = load_config(args.config, sections, given, **overrides)
+    for dest, value in options[section].model_dump().items():
+        setattr(args, dest, value)
+    for action in _option_actions(_subparsers(parser)[command]):
+        if action.dest in _REQUIRED.get(command, ()) and getattr(args, action.dest) is None:
+            flag = action.option_strings[-1]
+            env = f"CIRCUITLAB_{section.upper()}__{action.dest.upper()}"
+            raise ConfigError(f"{command} needs {flag} (or {env}, or {action.dest} in [{section}])")
+    return settings
+
+
+# Options argparse would require; required here once TOML and environment are heard too.
+_REQUIRED: dict[str, set[str]] = {}
+
+
+def full_default_toml(parser: argparse.ArgumentParser | None = None) -> str:
+    """``config.default.toml``: the settings, then every command's section, every option
+    with its help and default (unset options commented out)."""
+    parser = parser or build_parser()
+    lines = [default_toml().rstrip("\n")]
+    for command, sub in _subparsers(parser).items():
+        actions = _option_actions(sub)
+        if not actions:
+            continue
+        section = section_name(command)
+        lines += ["", f"# ---- circuitlab {command} (also CIRCUITLAB_{section.upper()}__<OPTION>)"]
+        lines.append(f"[{section}]")
+        for action in actions:
+            default = [] if isinstance(action, argparse._AppendAction) else action.default
+            text = toml_value(default)
+            lines.append(f"# {' '.join((action.help or '').split())}")
+            lines.append(f"# {action.dest} =" if text is None else f"{action.dest} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 def configure_runtime(settings: Settings) -> None:
@@ -202,6 +338,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.search",
     "circuitlab.commands.export",
     "circuitlab.commands.sae",
+    "circuitlab.commands.data",
 )
 
 
@@ -220,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        section = section_name(name)
+        epilog = (
+            f"Every option above may also be set in the [{section}] table of the --config "
+            f"TOML file or as CIRCUITLAB_{section.upper()}__<OPTION> (e.g. an option --n-test "
+            "is n_test); the command line wins, then the environment, then the file."
+        )
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog)
         p.set_defaults(fn=fn)
         add_settings_flags(p)
         return p
@@ -234,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(command)
+    for name, p in _subparsers(parser).items():
+        for action in _option_actions(p):
+            if action.required:  # may come from TOML or the environment instead
+                action.required = False
+                _REQUIRED.setdefault(name, set()).add(action.dest)
+                action.help = f"{action.help} (required)"
+            hidden = (None, False, argparse.SUPPRESS)  # by identity: 0 == False
+            shown = not any(action.default is h for h in hidden) and action.default != []
+            if shown and "default" not in (action.help or ""):
+                action.help = f"{action.help} (default: {action.default})"
     return parser
 
 
@@ -259,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for run reports
     settings = None
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, parser)
         configure_runtime(settings)
         checks.device(settings.device)
         checks.device(settings.neural_device, "--neural-device")

@@ -3,6 +3,14 @@
 Precedence, lowest to highest: field defaults < TOML file (``--config``) < environment
 (``CIRCUITLAB_<FIELD>``) < command-line flags. The CLI builds its flags from the field
 descriptions below, so the help text cannot drift from the code.
+
+Every option of every command is a setting too, in a TOML section named after its command
+(``[search]``, ``[abliterate]``, ``[export]``, ...; ``judge-eval`` is ``[judge_eval]``) and
+in the environment as ``CIRCUITLAB_<SECTION>__<OPTION>`` (``CIRCUITLAB_SEARCH__TRIALS=8``).
+The CLI derives those sections' models from its own flag declarations
+(:func:`load_config` takes them), so flags, help, sections and ``config.default.toml``
+come from one declaration. pydantic-settings' own sources do the layering: its TOML source
+reads the file and its environment source the variables (``__`` nests into sections).
 """
 
 from __future__ import annotations
@@ -11,14 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from circuitlab.checks import DEVICE_PATTERN
 from circuitlab.errors import ConfigError
 
-__all__ = ["Settings", "default_toml", "load_settings"]
+__all__ = ["Settings", "default_toml", "load_config", "load_settings", "toml_value"]
 
 
 class Settings(BaseSettings):
@@ -117,49 +129,50 @@ class Settings(BaseSettings):
         return value.strip()
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """Settings read from an already-parsed TOML table."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, sections: dict[str, type[BaseModel]] | None = None) -> dict[str, Any]:
+    """The file's tables, checked for unknown keys (a typo is an error, not a no-op).
+    Without ``sections`` (library use) the command sections are left for the CLI."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(Settings.model_fields))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    known = set(Settings.model_fields)
+    if sections is None:
+        data = {k: v for k, v in data.items() if k in known or not isinstance(v, dict)}
+        sections = {}
+    unknown = sorted(set(data) - known - set(sections))
+    for name, model in sections.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: {name} must be a [{name}] table")
+        unknown += sorted(f"{name}.{key}" for key in set(table) - set(model.model_fields))
     if unknown:
         raise ConfigError(
-            f"config file {path} has unknown keys {unknown}; known: {sorted(Settings.model_fields)}"
+            f"config file {path} has unknown keys {unknown}; known: top-level "
+            f"{sorted(known)} and the sections {sorted(sections)} (see config.default.toml)"
         )
     return data
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build Settings from defaults, an optional TOML file, the environment and overrides.
-
-    Args:
-        config_file: TOML file with top-level keys named like the fields.
-        overrides: highest-precedence values (the command line); ``None`` values are ignored.
-
-    Returns:
-        The frozen, validated settings.
-    """
-    toml_data = _read_toml(Path(config_file)) if config_file else {}
-    explicit = {k: v for k, v in overrides.items() if v is not None}
+def _layered(toml_path: Path | None, sections: dict[str, type[BaseModel]]) -> type[Settings]:
+    """Settings plus one field per command section, read from init values (the flags) >
+    environment > the TOML file, by pydantic-settings' own sources."""
+    fields: dict[str, Any] = {
+        name: (model, Field(default_factory=model)) for name, model in sections.items()
+    }
 
     class _Layered(Settings):
+        model_config = SettingsConfigDict(
+            env_prefix="CIRCUITLAB_",
+            env_nested_delimiter="__",
+            extra="ignore" if not sections else "forbid",
+            frozen=True,
+        )
+
         @classmethod
         def settings_customise_sources(
             cls,
@@ -169,37 +182,87 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _TomlSource(settings_cls, toml_data))
+            if toml_path is None:
+                return (init_settings, env_settings)
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_path))
 
+    return create_model("CircuitlabConfig", __base__=_Layered, **fields)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    sections: dict[str, type[BaseModel]] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> tuple[Settings, dict[str, BaseModel]]:
+    """Settings and the commands' option sections from defaults, an optional TOML file, the
+    environment and the command line.
+
+    Args:
+        config_file: TOML file: top-level keys named like the Settings fields, and one
+            table per section.
+        sections: the option model of each section (the CLI builds them from its flags).
+        options: per section, the options given on the command line (highest precedence).
+        overrides: Settings given on the command line; ``None`` values are ignored.
+
+    Returns:
+        The frozen, validated settings and each section's validated options.
+    """
+    sections = dict(sections or {})
+    path = Path(config_file) if config_file else None
+    if path is not None:
+        _read_toml(path, sections if sections else None)
+    explicit: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    for name, given in (options or {}).items():
+        explicit[name] = given
     try:
-        layered = _Layered(**explicit)
+        layered = _layered(path, sections)(**explicit)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
-    return Settings.model_construct(**layered.model_dump())
+    settings = Settings.model_construct(**{k: getattr(layered, k) for k in Settings.model_fields})
+    return settings, {name: getattr(layered, name) for name in sections}
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, an optional TOML file, the environment and overrides.
+
+    Args:
+        config_file: TOML file with top-level keys named like the fields (command sections
+            are the CLI's, and left alone here).
+        overrides: highest-precedence values (the command line); ``None`` values are ignored.
+
+    Returns:
+        The frozen, validated settings.
+    """
+    return load_config(config_file, **overrides)[0]
+
+
+def toml_value(value: Any) -> str | None:
+    """A default as TOML text; None where TOML has no value (unset)."""
+    import json
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) or '""' for v in value) + "]"
+    return repr(value)
 
 
 def default_toml() -> str:
-    """The text of ``config.default.toml``: every field, its description and its default."""
-    import json
-
+    """The Settings part of ``config.default.toml``: every field, its description, default."""
     lines = [
         "# circuitlab default settings. Precedence: this file < CIRCUITLAB_* environment < flags."
     ]
     for name, field in Settings.model_fields.items():
         lines += ["", f"# {field.description}"]
-        value = field.default
-        if value is None:
-            lines.append(f"# {name} =")
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, Path):
-            text = json.dumps(str(value))
-        elif isinstance(value, str):
-            text = json.dumps(value)
-        else:
-            text = repr(value)
-        lines.append(f"{name} = {text}")
+        text = toml_value(field.default)
+        lines.append(f"# {name} =" if text is None else f"{name} = {text}")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -33,7 +33,14 @@ import numpy as np
 from circuitlab.errors import PromptError
 from circuitlab.models.presets import wheel_file
 
-__all__ = ["PromptSet", "Splits", "load_prompts", "PACKAGED", "normalize_prompt"]
+__all__ = [
+    "PromptSet",
+    "PromptSource",
+    "Splits",
+    "load_prompts",
+    "PACKAGED",
+    "normalize_prompt",
+]
 
 
 def normalize_prompt(text: str) -> str:
@@ -177,76 +184,174 @@ def _read_csv(path: Path, column: str) -> list[str]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if column not in (reader.fieldnames or []):
-            raise PromptError(f"{path} has no column {column!r}; columns: {reader.fieldnames}")
-        return [row[column] for row in reader]
+            raise PromptError(
+                f"{path}:1: no column {column!r}; columns: {reader.fieldnames} "
+                f"(name one with {path}:COLUMN)"
+            )
+        prompts = []
+        for row in reader:
+            value = row.get(column)
+            if value is None:
+                raise PromptError(f"{path}:{reader.line_num}: the row has no {column!r} field")
+            prompts.append(value)
+        return prompts
 
 
 def _read_json(path: Path, column: str) -> list[str]:
     text = path.read_text(encoding="utf-8")
-    try:
-        rows = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-            if path.suffix == ".jsonl"
-            else json.loads(text)
-        )
-    except json.JSONDecodeError as exc:
-        raise PromptError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(rows, dict):
-        rows = rows.get("prompts", rows.get("data", []))
+    if path.suffix == ".jsonl":
+        rows, lines = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            lines.append(number)
+    else:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(rows, dict):
+            rows = rows.get("prompts", rows.get("data", []))
+        if not isinstance(rows, list):
+            raise PromptError(f"{path}: expected a list of prompts or of objects")
+        lines = [None] * len(rows)
     prompts = []
-    for row in rows:
+    for row, number in zip(rows, lines, strict=True):
         if isinstance(row, str):
             prompts.append(row)
-        elif isinstance(row, dict) and column in row:
+        elif isinstance(row, dict) and isinstance(row.get(column), str):
             prompts.append(row[column])
         else:
-            raise PromptError(f"{path}: a row has no field {column!r}: {str(row)[:80]}")
+            where = f"{path}:{number}" if number else f"{path} (row {len(prompts) + 1})"
+            raise PromptError(
+                f"{where}: no text field {column!r} (name one with {path}:FIELD): {str(row)[:60]}"
+            )
     return prompts
 
 
-def _read_hub(dataset: str, column: str, split: str) -> list[str]:
+def _read_text(path: Path) -> list[str]:
+    """One prompt per line; a byte that is not UTF-8 is reported with its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PromptError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _read_hub(dataset: str, column: str, split: str, config: str | None = None) -> list[str]:
     try:
         import datasets
     except ImportError:
         raise PromptError("loading a hub data set needs `pip install datasets`") from None
     try:
-        table = datasets.load_dataset(dataset, split=split)
+        table = datasets.load_dataset(dataset, config, split=split)
     except Exception as exc:  # the datasets library raises many kinds for a missing repo
         raise PromptError(f"cannot load hub data set {dataset!r}: {exc}".splitlines()[0]) from None
     if column not in table.column_names:
-        raise PromptError(f"{dataset} has no column {column!r}; columns: {table.column_names}")
+        raise PromptError(
+            f"{dataset} has no column {column!r}; columns: {table.column_names} "
+            f"(name one with hf:{dataset}@{split}:COLUMN)"
+        )
     return list(table[column])
 
 
-def load_prompts(source: str, column: str = "prompt", split: str = "train") -> PromptSet:
+FILE_COLUMNS = (".csv", ".json", ".jsonl")
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """Where prompts come from; :meth:`parse` reads the text form of ``--harmful`` etc.
+
+    ``kind`` is ``packaged`` (a name of :data:`PACKAGED`), ``file`` (a text file, one prompt
+    per line, or a CSV / JSON / JSONL file and its ``column``) or ``hf`` (a hub data set).
+    """
+
+    kind: str
+    location: str
+    column: str = "prompt"
+    config: str | None = None
+    split: str = "train"
+
+    @classmethod
+    def parse(cls, text: str) -> PromptSource:
+        """A packaged name, ``FILE`` or ``FILE:COLUMN`` (CSV/JSON/JSONL), or
+        ``hf:DATASET[:CONFIG][@SPLIT[:COLUMN]]``. Files are checked to exist, not read.
+
+        Raises:
+            PromptError: an unknown name, a missing file, or a malformed ``hf:`` spec.
+        """
+        text = text.strip()
+        if text in PACKAGED:
+            return cls("packaged", text)
+        if text.startswith("hf:"):
+            rest, _, tail = text[3:].partition("@")
+            dataset, _, config = rest.partition(":")
+            split, _, column = tail.partition(":")
+            if not dataset.strip():
+                raise PromptError(f"{text!r}: write hf:DATASET[:CONFIG][@SPLIT[:COLUMN]]")
+            return cls("hf", dataset, column or "prompt", config or None, split or "train")
+        path = Path(text).expanduser()
+        if path.is_file():
+            return cls("file", str(path))
+        head, sep, column = text.rpartition(":")
+        head_path = Path(head).expanduser()
+        if sep and column and head_path.is_file():
+            if head_path.suffix.lower() not in FILE_COLUMNS:
+                raise PromptError(
+                    f"{head_path}: a column ({column!r}) only applies to .csv/.json/.jsonl files"
+                )
+            return cls("file", str(head_path), column)
+        raise PromptError(
+            f"no prompt file {text!r}; packaged sets: {', '.join(PACKAGED)}, a file "
+            "(FILE, or FILE.csv:COLUMN), or hf:DATASET[:CONFIG][@SPLIT[:COLUMN]]"
+        )
+
+    @property
+    def name(self) -> str:
+        """The name prompt sets and split names carry (the packaged name or the path)."""
+        if self.kind == "hf":
+            config = f":{self.config}" if self.config else ""
+            return f"hf:{self.location}{config}@{self.split}"
+        return self.location
+
+    def read(self) -> PromptSet:
+        """The prompts, stripped and deduplicated, in source order."""
+        if self.kind == "packaged":
+            return _dedup(self.location, PACKAGED[self.location]())
+        if self.kind == "hf":
+            return _dedup(self.name, _read_hub(self.location, self.column, self.split, self.config))
+        path = Path(self.location)
+        try:
+            if path.suffix.lower() == ".csv":
+                prompts = _read_csv(path, self.column)
+            elif path.suffix.lower() in (".json", ".jsonl"):
+                prompts = _read_json(path, self.column)
+            else:
+                prompts = _read_text(path)
+        except UnicodeDecodeError as exc:
+            raise PromptError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+        return _dedup(str(path), prompts)
+
+
+def load_prompts(source: str, column: str | None = None, split: str | None = None) -> PromptSet:
     """Load a prompt set.
 
     Args:
         source: a packaged name (``advbench``, ``jailbreakbench``, ``strongreject``,
-            ``harmless``), a ``.txt`` file (one prompt per line), a ``.csv`` / ``.json`` /
-            ``.jsonl`` file (``column`` names the field), or ``hf:org/name`` for a hub data set.
-        column: the field holding the prompt in CSV, JSON and hub sources.
-        split: the hub data set's split.
+            ``harmless``, ...), a text file (one prompt per line), a ``.csv`` / ``.json`` /
+            ``.jsonl`` file (``FILE:COLUMN`` names the field; default ``prompt``), or
+            ``hf:DATASET[:CONFIG][@SPLIT[:COLUMN]]`` for a hub data set.
+        column, split: override the column and the hub split of ``source``.
 
     Returns:
         The prompts, stripped and deduplicated, in file order.
     """
-    if source in PACKAGED:
-        return _dedup(source, PACKAGED[source]())
-    if source.startswith("hf:"):
-        return _dedup(source, _read_hub(source[3:], column, split))
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise PromptError(
-            f"no prompt file {source!r}; packaged sets: {', '.join(PACKAGED)}, or hf:org/name"
-        )
-    try:
-        if path.suffix == ".csv":
-            prompts = _read_csv(path, column)
-        elif path.suffix in (".json", ".jsonl"):
-            prompts = _read_json(path, column)
-        else:
-            prompts = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise PromptError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    return _dedup(str(path), prompts)
+    parsed = PromptSource.parse(source)
+    if column is not None or split is not None:
+        parsed = replace(parsed, column=column or parsed.column, split=split or parsed.split)
+    return parsed.read()

@@ -227,14 +227,13 @@ def test_cli_evaluate_base_and_compare(smollm, tmp_path, capsys):
 
 def test_evaluate_splits_are_the_organisms_own():
     """evaluate's test split must not hold prompts the organism trained or was searched on,
-    whatever --seed says."""
-    from circuitlab.commands.evaluate import _prompts
+    whatever --seed says (the split policy takes no seed)."""
+    from circuitlab.prompt_data import stage_prompts
     from circuitlab.testbed import testbed_data as organism_data
 
     data = organism_data()
-    for seed in (0, 3):
-        _, harmful = _prompts("advbench", "test", 500, seed)
-        _, harmless = _prompts("harmless", "test", 500, seed)
-        assert harmful == list(data.harmful_test) and harmless == list(data.harmless_test)
-        seen = {*data.harmful_train, *data.harmful_val, *data.harmless_train, *data.harmless_val}
-        assert not seen & {*harmful, *harmless}
+    harmful = list(stage_prompts("advbench", "test", 500, harmful=True))
+    harmless = list(stage_prompts("harmless", "test", 500, harmful=False))
+    assert harmful == list(data.harmful_test) and harmless == list(data.harmless_test)
+    seen = {*data.harmful_train, *data.harmful_val, *data.harmless_train, *data.harmless_val}
+    assert not seen & {*harmful, *harmless}

@@ -13,6 +13,10 @@ import argparse
 from pathlib import Path
 
 from circuitlab.config import Settings
+from circuitlab.prompt_data import SOURCE_HELP
+
+# The demo's search sizes (abliterate's defaults).
+DEMO_SIZES = {"n_train": 64, "n_search": 30, "n_kl": 30}
 
 
 def register(command) -> None:
@@ -31,6 +35,12 @@ def register(command) -> None:
     )
     p.add_argument("--trials", type=int, default=16, help="trial budget of the search")
     p.add_argument("--n-test", type=int, default=64, help="test prompts per side")
+    p.add_argument(
+        "--harmful", default="advbench", metavar="SRC", help=f"harmful prompts: {SOURCE_HELP}"
+    )
+    p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompts")
+    p.add_argument("--harmful-test", metavar="SRC", help="separate harmful test set")
+    p.add_argument("--harmless-test", metavar="SRC", help="separate harmless test set")
     p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
     p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
     # The organism pays more KL than chat models for the same edit (README, issue 3): on it,
@@ -47,14 +57,23 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
     """Refusals on JailbreakBench without and with the edit, and a few pairs of answers."""
     from circuitlab.evaluate.refusals import judged_generate
     from circuitlab.hooks import apply
-    from circuitlab.testbed import testbed_data
+    from circuitlab.prompts import load_prompts
 
-    prompts = list(testbed_data(settings.seed).jailbreakbench.take(n))
+    prompts = list(load_prompts("jailbreakbench").take(n))
     gen = {"max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size}
     before = judged_generate(model, prompts, judge, **gen)
     with apply(model, *interventions):
         after = judged_generate(model, prompts, judge, **gen)
     return prompts, before, after
+
+
+def prompts_digest(prompts) -> str:
+    """A short digest of the prompts a search reads (not the sealed test split)."""
+    import hashlib
+    import json
+
+    text = json.dumps(prompts.search_hashes(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
@@ -85,16 +104,19 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         quiet_optuna,
         report_path,
         search_judges,
+        search_prompts,
     )
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search import SearchPrompts, abliterate
-    from circuitlab.testbed import NAME, Recipe, build_testbed
+    from circuitlab.search.config import AbliterateConfig, SearchConfig, abliterate_with
+    from circuitlab.testbed import NAME, build_testbed
 
     clock = Clock()
     quiet_optuna()
     _check_sizes(args, settings)
+    # By the one split policy; a bad source fails now, before the organism is built.
+    prompts = search_prompts(argparse.Namespace(**vars(args), **DEMO_SIZES), args.n_test)
     if args.model == NAME:
         err.print(
             "building the refusal organism if needed (first run only, ~7 minutes on two cores)…"
@@ -106,21 +128,26 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     clock.lap("load the model")
     # The weights' fingerprint in the name: a rebuilt organism starts its own study instead
     # of failing on the old one's (a study refuses other weights).
+    # Other prompts than the defaults: a study of their own (a study refuses other prompts).
+    own = "" if (args.harmful, args.harmless) == ("advbench", "harmless") else "-prompts"
+    if own:
+        own += "-" + prompts_digest(prompts)
     study = args.study or (
-        f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
+        f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}{own}-seed{settings.seed}"
     )
-    # The organism's own splits: its training prompts never reach the search or the test.
-    prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)
     judge, test_judge = search_judges(settings)
-    done = abliterate(
-        model, prompts, study, args.trials,
+    search = SearchConfig(
+        n_trials=args.trials, seed=settings.seed, cache_dir=settings.cache_dir, progress=True
+    )
+    config = AbliterateConfig(
+        search,
         # The default folder is the demo's own, replaced on every run; --out is the user's.
         out=args.out or Path(settings.cache_dir) / "exports" / study,
         force=args.force or args.out is None,
-        judge=judge, test_judge=test_judge, capability_n=args.capability_n,
-        kl_target=args.kl_target, seed=settings.seed, cache_dir=settings.cache_dir,
-        progress=True,
-    )  # fmt: skip
+        capability_n=args.capability_n,
+        kl_target=args.kl_target,
+    )
+    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))

@@ -26,9 +26,10 @@ from rich.columns import Columns
 from rich.table import Table
 
 from circuitlab.config import Settings
+from circuitlab.prompt_data import SOURCE_HELP
 
 JUDGES = ("markers", "classifier", "combined", "nli", "model")
-SPLITS = ("test", "val", "train", "all")
+SPLITS = ("test", "search", "val", "train", "all")
 SHORT = {
     "hard_refusal": "hard",
     "soft_refusal": "soft",
@@ -68,13 +69,17 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="FILE.json",
         help="intervention applied live to the base model (repeat to compose, in order)",
     )
-    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument(
+        "--harmful", default="advbench", metavar="SRC", help=f"harmful prompts: {SOURCE_HELP}"
+    )
     p.add_argument(
         "--split",
         choices=SPLITS,
         default="test",
-        help="split of the harmful source (advbench and harmless use the refusal organism's "
-        "own splits, so test was never trained on nor searched; all: the whole source)",
+        help="split of the harmful source, cut by the one split policy (train / search / "
+        "test, 60/20/20, a fixed seed; val is search's older name): on the packaged advbench "
+        "and harmless these are the refusal organism's own, so test was never trained on nor "
+        "searched; all: the whole source",
     )
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompts")
     p.add_argument(
@@ -284,21 +289,13 @@ def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -------------------------------------------------------------------------------- evaluate
-def _prompts(source: str, split: str, n: int, seed: int) -> tuple[str, list[str]]:
-    """``n`` prompts of a split. AdvBench and our harmless set are split as the refusal
-    organism was (and search/abliterate are): another shuffle would put its training prompts
-    into "test". Other sources are shuffled with ``seed``."""
-    from circuitlab.prompts import load_prompts
-    from circuitlab.testbed import Recipe, testbed_data
+def _prompts(source: str, split: str, n: int, harmful: bool) -> tuple[str, list[str]]:
+    """``n`` prompts of a split, by the one split policy (:mod:`circuitlab.prompt_data`):
+    the test split of AdvBench and our harmless set is the refusal organism's, never
+    trained on nor searched, whatever ``--seed`` says."""
+    from circuitlab.prompt_data import stage_prompts
 
-    if split == "all":
-        prompts = load_prompts(source)
-    elif source in ("advbench", "harmless"):
-        side = "harmful" if source == "advbench" else "harmless"
-        prompts = getattr(testbed_data(Recipe().split_seed), f"{side}_{split}")
-    else:
-        prompts = getattr(load_prompts(source).split(seed=seed), split)
-    prompts = prompts.take(min(n, len(prompts)))
+    prompts = stage_prompts(source, split, n, harmful)
     return prompts.name, list(prompts)
 
 
@@ -370,9 +367,9 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     interventions = check_interventions(args.intervention, args.model, settings)
     if args.compare:
         source_config(args.compare, settings)  # exists, and its weights are complete
-    split, harmful = _prompts(args.harmful, args.split, args.n_harmful, settings.seed)
+    split, harmful = _prompts(args.harmful, args.split, args.n_harmful, harmful=True)
     _, harmless = _prompts(
-        args.harmless, args.harmless_split, max(args.n_harmless, args.n_kl), settings.seed
+        args.harmless, args.harmless_split, max(args.n_harmless, args.n_kl), harmful=False
     )
     source, questions = _questions(args, settings)
     tasks = lm_eval_tasks(args.lm_eval, args.lm_eval_include) if args.lm_eval else None

@@ -1,9 +1,10 @@
 """``circuitlab extract MODEL --method ...``: refusal directions from a model's activations.
 
-Prompts come from the *train* split (``PromptSet.split(seed)``), so later evaluation on the
-val / test splits never sees them; JailbreakBench and StrongREJECT are held out of any other
-harmful source, as the testbed does. Supervised methods label prompts by the model's own
-greedy answers, judged by ``MarkerJudge``.
+Prompts come from the *train* split of the one split policy (:mod:`circuitlab.prompt_data`,
+a fixed seed, not ``--seed``), so search and test never see them; JailbreakBench and
+StrongREJECT are held out of the other packaged harmful sets, as the testbed does.
+Supervised methods label prompts by the model's own greedy answers, judged by
+``MarkerJudge``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ from pathlib import Path
 from rich.table import Table
 
 from circuitlab.config import Settings
+from circuitlab.prompt_data import SOURCE_HELP
 
 METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
 SUPERVISED = {"probe", "ensemble", "compliance"}
-EVALUATION_SETS = ("jailbreakbench", "strongreject")
 
 
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("extract", cmd_extract, "Extract refusal directions from a model's activations.")
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("--method", choices=METHODS, default="diff-means", help="extractor")
-    p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
+    p.add_argument(
+        "--harmful", default="advbench", metavar="SRC", help=f"harmful prompts: {SOURCE_HELP}"
+    )
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
     p.add_argument("--n", type=int, default=128, help="prompts per side (train split)")
     p.add_argument("--k", type=int, default=4, help="components per layer (pca)")
@@ -43,24 +46,16 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
-def _train_prompts(source: str, n: int, seed: int, holdout: tuple = ()):
-    from circuitlab.prompts import load_prompts
-
-    prompts = load_prompts(source)
-    if holdout:
-        prompts = prompts.without(*holdout)
-    train = prompts.split(seed=seed).train
-    return train.take(min(n, len(train)))
-
-
 def prompt_sets(args: argparse.Namespace, settings: Settings):
-    from circuitlab.prompts import load_prompts
+    """The train split of each side, by the one split policy: never a search or test
+    prompt, whatever ``--seed`` says (:mod:`circuitlab.prompt_data`)."""
+    from circuitlab.prompt_data import side_prompts
 
-    holdout = ()
-    if args.harmful not in EVALUATION_SETS:
-        holdout = tuple(load_prompts(name) for name in EVALUATION_SETS)
-    harmful = _train_prompts(args.harmful, args.n, settings.seed, holdout)
-    return harmful, _train_prompts(args.harmless, args.n, settings.seed)
+    sets = []
+    for source, harmful in ((args.harmful, True), (args.harmless, False)):
+        train = side_prompts(source, harmful).train
+        sets.append(train.take(min(args.n, len(train))))
+    return tuple(sets)
 
 
 def _labels(model, harmful, harmless, settings: Settings) -> tuple[list[bool], list[bool]]:

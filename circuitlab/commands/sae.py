@@ -46,15 +46,13 @@ def _slug(text: str) -> str:
 
 
 def _splits(args: argparse.Namespace, settings: Settings):
-    """(harmful, harmless) PromptSplits, JailbreakBench and StrongREJECT held out."""
-    from circuitlab.commands.extract import EVALUATION_SETS
-    from circuitlab.prompts import load_prompts
+    """(harmful, harmless) train / val / test splits by the one split policy
+    (:mod:`circuitlab.prompt_data`; JailbreakBench and StrongREJECT held out)."""
+    from circuitlab.prompt_data import SPLIT_SEED, side_prompts
+    from circuitlab.prompts import Splits
 
-    held = tuple(load_prompts(name) for name in EVALUATION_SETS)
-    harmful = load_prompts(args.harmful)
-    if args.harmful not in EVALUATION_SETS:
-        harmful = harmful.without(*held)
-    return harmful.split(seed=settings.seed), load_prompts(args.harmless).split(seed=settings.seed)
+    sides = (side_prompts(args.harmful, True), side_prompts(args.harmless, False))
+    return tuple(Splits(s.train, s.search, s.split("test"), SPLIT_SEED) for s in sides)
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:

@@ -61,6 +61,27 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prompt_flags(p: argparse.ArgumentParser) -> None:
+    from circuitlab.prompt_data import SOURCE_HELP
+
+    p.add_argument(
+        "--harmful",
+        default="advbench",
+        metavar="SRC",
+        help=f"harmful prompts, split train/search/test by the one split policy: {SOURCE_HELP}",
+    )
+    p.add_argument(
+        "--harmless", default="harmless", metavar="SRC", help="harmless prompts (as --harmful)"
+    )
+    p.add_argument(
+        "--harmful-test",
+        metavar="SRC",
+        help="a separate harmful test set (default: the test split of --harmful); read only "
+        "after the search",
+    )
+    p.add_argument("--harmless-test", metavar="SRC", help="a separate harmless test set")
+
+
 def _choice_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-target", type=float, default=0.2, help="KL budget of the choice rule")
 
@@ -70,6 +91,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument("--study", required=True, metavar="NAME", help="study name")
     _study_flags(p)
+    _prompt_flags(p)
     _choice_flags(p)
     p.add_argument(
         "--heartbeat",
@@ -95,6 +117,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--capability-n", type=int, default=50, help="MMLU questions in the scorecard (0: skip)"
     )
     _study_flags(p)
+    _prompt_flags(p)
     _choice_flags(p)
 
     p = command("profiles", cmd_profiles, "Warm-start profiles: learn one from a study.")
@@ -151,14 +174,22 @@ def _configs(args: argparse.Namespace, settings: Settings):
     return space, objective
 
 
-def _prompts(args: argparse.Namespace, settings: Settings, n_test: int = 0):
+def search_prompts(args: argparse.Namespace, n_test: int = 0):
+    """Train, search and (sealed) test prompts by the one split policy: a bad source fails
+    here, before the model loads; the test split is only read after the search."""
+    from circuitlab.prompt_data import side_prompts
     from circuitlab.search import SearchPrompts
-    from circuitlab.testbed import Recipe
 
-    # Always the organism's own splits (not --seed's): another shuffle would put prompts it
-    # was trained on into the search and test splits. --seed varies the search itself.
-    split_seed = Recipe().split_seed
-    return SearchPrompts.from_testbed(args.n_train, args.n_search, args.n_kl, n_test, split_seed)
+    harmful = side_prompts(args.harmful, True, getattr(args, "harmful_test", None))
+    harmless = side_prompts(args.harmless, False, getattr(args, "harmless_test", None))
+    return SearchPrompts(
+        harmful.train.prompts[: args.n_train],
+        harmless.train.prompts[: args.n_train],
+        harmful.search.prompts[: args.n_search],
+        harmless.search.prompts[: args.n_kl],
+        harmful.test(n_test),  # type: ignore[arg-type]  # sealed: a Sequence, read on use
+        harmless.test(n_test),  # type: ignore[arg-type]
+    )
 
 
 def check_capability_n(n: int, seed: int) -> None:
@@ -183,19 +214,24 @@ def search_judges(settings: Settings):
     return build_judge(options, for_search=True, **common), build_judge(options, **common)
 
 
-def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
+def search_config(args: argparse.Namespace, settings: Settings, **extra):
+    """The search as one frozen value, from the command's options and the settings."""
+    from circuitlab.search.config import SearchConfig
+
     space, objective = _configs(args, settings)
-    return {
-        "storage": args.storage,
-        "space": space,
-        "objective": objective,
-        "seed": settings.seed,
-        "profile": None if args.profile == "none" else args.profile,
-        "family": args.family,
-        "cache_dir": settings.cache_dir,
-        "progress": True,
-        "fail_unknown": args.fail_running,
-    }
+    return SearchConfig(
+        n_trials=args.trials,
+        storage=args.storage,
+        space=space,
+        objective=objective,
+        seed=settings.seed,
+        profile=None if args.profile == "none" else args.profile,
+        family=args.family,
+        cache_dir=settings.cache_dir,
+        progress=True,
+        fail_unknown=args.fail_running,
+        **extra,
+    )
 
 
 def front_table(front, chosen=None, title: str = "Pareto front") -> Table:
@@ -218,17 +254,16 @@ def _slug(model: str) -> str:
 # ------------------------------------------------------------------------------ commands
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
-    from circuitlab.search import choose, pareto_front, run_search
+    from circuitlab.search import choose, pareto_front
+    from circuitlab.search.config import search_with
 
     quiet_optuna()
     check_search_args(args, settings, args.study)
-    prompts = _prompts(args, settings)
+    prompts = search_prompts(args)
     judge, _ = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
-    study = run_search(
-        model, prompts, args.study, args.trials, judge=judge, heartbeat=args.heartbeat,
-        **_search_options(args, settings),
-    )  # fmt: skip
+    config = search_config(args, settings, heartbeat=args.heartbeat)
+    study = search_with(model, prompts, args.study, config, judge=judge)
     front = pareto_front(study)
     chosen = choose(front, args.kl_target) if front else None
     out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
@@ -241,7 +276,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search import abliterate
+    from circuitlab.search.config import AbliterateConfig, abliterate_with
 
     quiet_optuna()
     clock = Clock()
@@ -252,23 +287,18 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_export:
         destination = args.out or Path(settings.cache_dir) / "exports" / f"{study}"
         check_export_destination(destination, args.model, settings, args.force)
-    prompts = _prompts(args, settings, args.n_test)
+    prompts = search_prompts(args, args.n_test)
     judge, test_judge = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     clock.lap("load model and prompts")
-    done = abliterate(
-        model,
-        prompts,
-        study,
-        args.trials,
-        judge=judge,
-        test_judge=test_judge,
-        capability_n=args.capability_n,
+    config = AbliterateConfig(
+        search_config(args, settings),
         out=destination,
         force=args.force,
+        capability_n=args.capability_n,
         kl_target=args.kl_target,
-        **_search_options(args, settings),
     )
+    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))

