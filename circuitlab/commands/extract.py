@@ -9,8 +9,6 @@ greedy answers, judged by ``MarkerJudge``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from circuitlab._resources import json_hash
 from circuitlab.config import Settings
 
 METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
@@ -125,7 +124,7 @@ def plot_curves(ds, path: Path) -> Path:
 
 def _default_out(settings: Settings, model_name: str, method: str, key: dict) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-")
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = json_hash(key, 12)
     return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
 
 
