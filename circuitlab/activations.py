@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from circuitlab._resources import atomic_write, json_hash, text_hash
 from circuitlab.models.loading import readable_parameters
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def model_fingerprint(model: HookedModel) -> str:
 
 def prompts_hash(prompts: Sequence[str]) -> str:
     """The same hash as ``PromptSet.hash`` for the same prompts."""
-    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    return text_hash("\n".join(prompts))
 
 
 def _key(model: HookedModel, prompts: Sequence[str], **parts: Any) -> dict[str, str]:
@@ -73,7 +73,7 @@ def _key(model: HookedModel, prompts: Sequence[str], **parts: Any) -> dict[str, 
     template = model.tokenizer.chat_template or ""
     formatting = {
         "system_prompt": model.system_prompt,
-        "chat_template": hashlib.sha256(template.encode()).hexdigest()[:16],
+        "chat_template": text_hash(template),
     }
     key = {"model": model_fingerprint(model), "prompts": prompts_hash(prompts), **formatting}
     key.update(parts)
@@ -81,20 +81,10 @@ def _key(model: HookedModel, prompts: Sequence[str], **parts: Any) -> dict[str, 
 
 
 def _cache_file(cache_dir: str | Path, key: dict[str, str], suffix: str) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_hash(key)
     model = json.loads(key["model"])
     prompts = json.loads(key["prompts"])
     return Path(cache_dir) / "activations" / model / f"{prompts}-{digest}{suffix}"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_cached(path: Path, key: dict[str, str]) -> Tensor | None:
@@ -149,7 +139,7 @@ def collect_activations(
             return cached
     acts = model.collect(prompts, layers, positions, hook, batch_size, chat, progress)
     if use_cache:
-        _atomic_write(path, lambda tmp: save_file({"activations": acts}, tmp, metadata=key))
+        atomic_write(path, lambda tmp: save_file({"activations": acts}, tmp, metadata=key))
         log.info("activations cached in %s", path)
     return acts
 
@@ -198,7 +188,7 @@ def generate_completions(
     )
     if use_cache:
         text = json.dumps({"key": key, "prompts": prompts, "completions": completions}, indent=1)
-        _atomic_write(path, lambda tmp: tmp.write_text(text))
+        atomic_write(path, text)
     return completions
 
 

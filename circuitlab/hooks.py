@@ -1,17 +1,11 @@
 """Live interventions: ``apply(model, *interventions)`` turns intervention data into TL hooks.
 
-Ablations edit what each *writer* adds to the residual stream -- the embedding
-(``hook_embed``), every attention output and every MLP output -- so that the residual itself
-is orthogonal to the direction, and so that the same edit folds exactly into
-``embed_tokens``, ``o_proj`` and ``down_proj``. On pre-norm models the writer's output is
-``hook_attn_out`` / ``hook_mlp_out``. On sandwich-norm models (Gemma 2/3) a second RMSNorm
-follows each sublayer, so the edit goes *before* it (``ln1_post.hook_in`` /
-``ln2_post.hook_in``) along ``u = normalize(g * r)``, ``g`` the norm's per-coordinate gain
-(``1 + weight`` for Gemma): ``RMSNorm(x) . r`` is proportional to ``x . u``.
-
-:func:`plan` gives those per-writer edits as :class:`SiteEdit` values; the exporter folds the
-same list into weights. Routed and dynamic interventions decide per prompt on a clean pass
-over the prompt (before any edit) and keep that decision for the KV-cached decode steps.
+Every intervention with a plan (:func:`circuitlab.plan.plan`) becomes hooks through its
+typed edits, one hook recipe per edit type; the exporter folds the very same edits, so this
+module knows no foldable intervention class. The inference-only types (cone routing, dynamic
+strength, SAE feature clamps) have their own builders here: they decide per prompt on a
+clean pass over the prompt (before any edit) and keep that decision for the KV-cached decode
+steps, or act nonlinearly on each token.
 """
 
 from __future__ import annotations
@@ -20,221 +14,40 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab.directions.base import DirectionSet, interpolate_direction
 from circuitlab.engine import HookedModel, HookFn
-from circuitlab.errors import UnsupportedArchitectureError
 from circuitlab.interventions import (
-    ActivationAddition,
     ConeRouting,
-    DirectionalAblation,
     DynamicStrength,
-    HeadAblation,
+    FeatureClamp,
     Intervention,
     InterventionError,
-    SubspaceAblation,
-    _Weighted,
 )
-from circuitlab.models.loading import dense_weight, module_device
+from circuitlab.models.facts import o_proj_columns
+from circuitlab.models.loading import dense_weight
+from circuitlab.plan import (
+    Edit,
+    HeadProjection,
+    HeadZero,
+    ResidualAddition,
+    WriterProjection,
+    check_set,
+    layer_vectors,
+    plan,
+    writer_edits,
+)
+from circuitlab.sae.data import sink_mask
+from circuitlab.sae.format import load_sae
 
-__all__ = ["Applied", "NonFiniteError", "SiteEdit", "apply", "plan", "writer_hook", "layer_vectors"]
+__all__ = ["Applied", "NonFiniteError", "apply"]
 
 log = logging.getLogger(__name__)
 
-Writer = Literal["embed", "attn", "mlp"]
 Hooks = list[tuple[str, HookFn]]
-# Relative norm below which a vector adds no new dimension to a basis (float64 round-off).
-RANK_TOL = 1e-8
-
-
-@dataclass(frozen=True, eq=False)
-class SiteEdit:
-    """One linear edit of one writer to the residual stream, as hooked and as folded.
-
-    The writer's output ``x`` (seen at ``hook``) becomes ``x - sum_i w_i (x . u_i) u_i``
-    (``basis`` rows ``u_i`` orthonormal). For a head edit (``head`` set) only that query
-    head's share of the attention output is projected, or removed when ``zero``. Folding:
-    ``W <- W - U^T diag(w) U W`` for the matrix writing ``x`` (o_proj, down_proj, or its
-    columns ``head*d_head:(head+1)*d_head``); embedding rows ``E <- E - E U^T diag(w) U``.
-    """
-
-    writer: Writer
-    layer: int
-    hook: str
-    basis: Float[Tensor, "m d_model"]
-    weights: Float[Tensor, " m"]
-    head: int | None = None
-    zero: bool = False
-
-
-def writer_hook(model: HookedModel, writer: Writer, layer: int) -> str:
-    """TL hook where ``writer`` of ``layer`` hands its output to the residual stream."""
-    if writer == "embed":
-        return "hook_embed"
-    if model.facts.norm_placement == "sandwich":
-        return f"blocks.{layer}.{'ln1_post' if writer == 'attn' else 'ln2_post'}.hook_in"
-    return f"blocks.{layer}.hook_{writer}_out"
-
-
-def _post_norm_gain(model: HookedModel, writer: Writer, layer: int) -> Tensor | None:
-    """Per-coordinate gain of the norm after a sublayer (sandwich only), float64."""
-    if writer == "embed" or model.facts.norm_placement != "sandwich":
-        return None
-    block = model.bridge.blocks[layer]
-    norm = (block.ln1_post if writer == "attn" else block.ln2_post).original_component
-    # An RMSNorm maps the all-ones vector to its gain (up to 1/sqrt(1 + eps)); a norm that
-    # centres (LayerNorm) maps it to 0 and would need an affine, non-foldable treatment.
-    with torch.no_grad():
-        ones = torch.ones(1, model.facts.d_model, device=module_device(norm), dtype=torch.float32)
-        gain = norm(ones)[0].double().cpu()
-    if not torch.isfinite(gain).all() or gain.abs().max() == 0:
-        raise UnsupportedArchitectureError(f"{type(norm).__name__} is not an RMS-style norm")
-    return gain
-
-
-def _orthonormal(vectors: Tensor) -> tuple[Tensor, list[int]]:
-    """Gram-Schmidt (twice, for stability) in order; drops vectors already in the span."""
-    basis, keep = [], []
-    for i, v in enumerate(vectors.double()):
-        w = v.clone()
-        for _ in range(2):
-            for b in basis:
-                w = w - (w @ b) * b
-        if w.norm() > RANK_TOL * max(v.norm().item(), 1e-30):
-            basis.append(w / w.norm())
-            keep.append(i)
-    if len(keep) < len(vectors):
-        log.warning("dropped %d linearly dependent direction(s)", len(vectors) - len(keep))
-    return torch.stack(basis), keep
-
-
-# --------------------------------------------------------------------------------- directions
-def _check_set(ds: DirectionSet, model: HookedModel, per_layer: bool, component: int) -> None:
-    if ds.d_model != model.facts.d_model:
-        raise InterventionError(
-            f"directions have d_model {ds.d_model}, model {model.facts.d_model}"
-        )
-    if per_layer and ds.n_layers != model.n_layers:
-        raise InterventionError(
-            f"per-layer directions need {model.n_layers} layers, the set has {ds.n_layers}; "
-            "give a fractional index instead"
-        )
-    if not 0 <= component < ds.k:
-        raise InterventionError(f"component {component} out of range: the set has k={ds.k}")
-
-
-def layer_vectors(
-    ds: DirectionSet, index: float | None, component: int, n_layers: int
-) -> Float[Tensor, "layer d_model"]:
-    """Unit direction used at each layer (float64): per layer, or one interpolated one."""
-    directions = ds.directions[:, component].double()
-    if index is None:
-        vectors = directions
-    else:
-        try:
-            vectors = interpolate_direction(directions, index).expand(n_layers, -1)
-        except ValueError as exc:
-            raise InterventionError(str(exc)) from None
-    return vectors / vectors.norm(dim=-1, keepdim=True)
-
-
-def _subspace(ds: DirectionSet, iv: SubspaceAblation, n_layers: int) -> tuple[Tensor, Tensor]:
-    """Per-layer vectors [layer, m, d] and component weights [layer, m] of a subspace."""
-    comps = list(iv.components) if iv.components is not None else list(range(ds.k))
-    if not all(0 <= c < ds.k for c in comps):
-        raise InterventionError(f"components {comps} out of range: the set has k={ds.k}")
-    scores = ds.scores.double()
-    if iv.weighting == "eigenvalue":
-        # As circuitlab.directions.eigenvalue_weights: relative to the layer's top eigenvalue.
-        weights = (scores.clamp_min(0) / scores[:, :1].clamp_min(1e-12)).clamp(max=1.0)
-    else:
-        weights = torch.ones_like(scores)
-    vectors, weights = ds.directions[:, comps].double(), weights[:, comps]
-    if iv.layer is not None:
-        if not 0 <= iv.layer < ds.n_layers:
-            raise InterventionError(f"layer {iv.layer} out of range: the set has {ds.n_layers}")
-        vectors = vectors[iv.layer].expand(n_layers, -1, -1)
-        weights = weights[iv.layer].expand(n_layers, -1)
-    return vectors, weights
-
-
-# -------------------------------------------------------------------------------------- plans
-def _sites(model: HookedModel) -> list[tuple[Writer, int]]:
-    return [("embed", 0)] + [(w, i) for i in range(model.n_layers) for w in ("attn", "mlp")]
-
-
-def _plan_weighted(
-    model: HookedModel, weighted: _Weighted, vectors: Tensor, comp_weights: Tensor
-) -> list[SiteEdit]:
-    """Edits of every writer with a non-zero weight; ``vectors`` [layer, m, d] residual-space."""
-    edits = []
-    for writer, layer in _sites(model):
-        weight = weighted.site_weight(writer, layer)
-        if weight == 0:
-            continue
-        gain = _post_norm_gain(model, writer, layer)
-        rows = vectors[layer] if gain is None else vectors[layer] * gain
-        basis, keep = _orthonormal(rows)
-        hook = writer_hook(model, writer, layer)
-        edits.append(SiteEdit(writer, layer, hook, basis, comp_weights[layer, keep] * weight))
-    return edits
-
-
-def _plan_heads(model: HookedModel, iv: HeadAblation) -> list[SiteEdit]:
-    facts = model.facts
-    for head in iv.heads:
-        if not (0 <= head.layer < facts.n_layers and 0 <= head.head < facts.n_heads):
-            raise InterventionError(f"{head} out of range ({facts.n_layers} x {facts.n_heads})")
-    vectors = None
-    if iv.mode == "project":
-        ds = iv.directions.load()
-        _check_set(ds, model, iv.index is None, iv.component)
-        vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers)
-    edits = []
-    for head in iv.heads:
-        hook = writer_hook(model, "attn", head.layer)
-        if vectors is None:
-            empty = torch.zeros(0, facts.d_model, dtype=torch.float64)
-            edits.append(SiteEdit("attn", head.layer, hook, empty, empty[:, 0], head.head, True))
-            continue
-        gain = _post_norm_gain(model, "attn", head.layer)
-        u = vectors[head.layer] if gain is None else vectors[head.layer] * gain
-        weights = torch.tensor([iv.weight], dtype=torch.float64)
-        edits.append(SiteEdit("attn", head.layer, hook, (u / u.norm())[None], weights, head.head))
-    return edits
-
-
-def plan(model: HookedModel, intervention: Intervention) -> list[SiteEdit]:
-    """The exact per-writer edits of a foldable intervention (what hooks and export apply).
-
-    Args:
-        model: the model the edits are for (norm placement, post-norm gains, sizes).
-        intervention: a DirectionalAblation, SubspaceAblation or HeadAblation.
-
-    Returns:
-        One :class:`SiteEdit` per edited writer (writers of weight 0 are left out), float64.
-
-    Raises:
-        InterventionError: for interventions that cannot be folded (with the reason).
-    """
-    iv = intervention
-    if isinstance(iv, DirectionalAblation):
-        ds = iv.directions.load()
-        _check_set(ds, model, iv.index is None, iv.component)
-        vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers)[:, None]
-        return _plan_weighted(model, iv, vectors, torch.ones(model.n_layers, 1).double())
-    if isinstance(iv, SubspaceAblation):
-        ds = iv.directions.load()
-        _check_set(ds, model, iv.layer is None, 0)
-        return _plan_weighted(model, iv, *_subspace(ds, iv, model.n_layers))
-    if isinstance(iv, HeadAblation):
-        return _plan_heads(model, iv)
-    raise InterventionError(f"{type(iv).__name__} cannot be folded: {iv.fold_note}")
 
 
 # -------------------------------------------------------------------------------- hook state
@@ -293,7 +106,7 @@ def _row_state(state: _State, key: int, x: Tensor) -> Tensor:
     return rows
 
 
-def _static_hook(model: HookedModel, edit: SiteEdit, state: _State) -> HookFn:
+def _projection_hook(edit: WriterProjection, state: _State) -> HookFn:
     placed = _Placed(edit.basis, edit.basis * edit.weights[:, None])
 
     def project(x: Tensor, hook: Any) -> Tensor | None:
@@ -305,26 +118,26 @@ def _static_hook(model: HookedModel, edit: SiteEdit, state: _State) -> HookFn:
     return project
 
 
-def _head_hooks(model: HookedModel, edit: SiteEdit, state: _State) -> Hooks:
-    """Zero a head at ``hook_z``, or project a direction out of its share of the output.
+def _zero_hook(edit: HeadZero, state: _State) -> HookFn:
+    def zero(z: Tensor, hook: Any) -> Tensor | None:
+        if state.clean:
+            return None
+        z = z.clone()
+        z[:, :, edit.head] = 0
+        return z
+
+    return zero
+
+
+def _head_projection_hooks(model: HookedModel, edit: HeadProjection, state: _State) -> Hooks:
+    """Project a direction out of one head's share of the attention output.
 
     The head's share along ``u`` is ``z_h . (W_O_h^T u)``: read at ``hook_z`` and removed
     at the attention writer's output, exactly what editing o_proj's head columns does.
     """
-    h, d_head = edit.head, model.facts.d_head
-    z_hook = f"blocks.{edit.layer}.attn.hook_z"
-    if edit.zero:
-
-        def zero(z: Tensor, hook: Any) -> Tensor | None:
-            if state.clean:
-                return None
-            z = z.clone()
-            z[:, :, h] = 0
-            return z
-
-        return [(z_hook, zero)]
+    h = edit.head
     o_proj = dense_weight(model.bridge.blocks[edit.layer].attn.o.original_component)
-    columns = o_proj[:, h * d_head : (h + 1) * d_head].detach().double().cpu()
+    columns = o_proj[:, o_proj_columns(h, model.facts.d_head)].detach().double().cpu()
     readout = _Placed(edit.basis.double() @ columns)  # [m, d_head]
     scaled = _Placed(edit.basis * edit.weights[:, None])
     share: dict[str, Tensor] = {}
@@ -338,43 +151,46 @@ def _head_hooks(model: HookedModel, edit: SiteEdit, state: _State) -> Hooks:
             return None
         return x - share.pop("coef").to(x.device) @ scaled.on(x)[0]
 
-    return [(z_hook, read), (edit.hook, remove)]
+    return [(f"blocks.{edit.layer}.attn.hook_z", read), (edit.hook, remove)]
 
 
-def _build_foldable(model: HookedModel, iv: Intervention, state: _State, key: int) -> _Built:
-    hooks: Hooks = []
-    for edit in plan(model, iv):
-        if edit.head is None:
-            hooks.append((edit.hook, _static_hook(model, edit, state)))
-        else:
-            hooks.extend(_head_hooks(model, edit, state))
-    return _Built(hooks)
+def _addition_hook(edit: ResidualAddition, state: _State) -> HookFn:
+    placed = _Placed(edit.vector)
+
+    def add(x: Tensor, hook: Any) -> Tensor | None:
+        if state.clean:
+            return None
+        (vector,) = placed.on(x)
+        if edit.positions == "all" or (edit.positions == "generated" and not state.prefill):
+            return x + vector
+        if not state.prefill:  # 'last': nothing to steer while decoding
+            return None
+        x = x.clone()
+        x[:, -1] += vector  # left padding: every prompt ends at the last position
+        return x
+
+    return add
 
 
-def _build_addition(model: HookedModel, iv: ActivationAddition, state: _State, key: int) -> _Built:
-    ds = iv.directions.load()
-    _check_set(ds, model, iv.index is None, iv.component)
-    if not all(0 <= layer < model.n_layers for layer in iv.layers):
-        raise InterventionError(f"layers {iv.layers} out of range [0, {model.n_layers})")
-    vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers) * iv.strength
-    hooks: Hooks = []
-    for layer in iv.layers:
-        placed = _Placed(vectors[layer])
+def _edit_hooks(model: HookedModel, edit: Edit, state: _State) -> Hooks:
+    """The hooks of one planned edit (one recipe per edit type)."""
+    if isinstance(edit, WriterProjection):
+        return [(edit.hook, _projection_hook(edit, state))]
+    if isinstance(edit, HeadProjection):
+        return _head_projection_hooks(model, edit, state)
+    if isinstance(edit, HeadZero):
+        return [(edit.hook, _zero_hook(edit, state))]
+    if isinstance(edit, ResidualAddition):
+        return [(edit.hook, _addition_hook(edit, state))]
+    raise InterventionError(f"no hooks for an edit of type {type(edit).__name__}")
 
-        def add(x: Tensor, hook: Any, placed: _Placed = placed) -> Tensor | None:
-            if state.clean:
-                return None
-            (vector,) = placed.on(x)
-            if iv.positions == "all" or (iv.positions == "generated" and not state.prefill):
-                return x + vector
-            if not state.prefill:  # 'last': nothing to steer while decoding
-                return None
-            x = x.clone()
-            x[:, -1] += vector  # left padding: every prompt ends at the last position
-            return x
 
-        hooks.append((f"blocks.{layer}.hook_resid_pre", add))
-    return _Built(hooks, needs_phase=iv.positions != "all")
+def _build_planned(model: HookedModel, iv: Intervention, state: _State, key: int) -> _Built:
+    edits = plan(model, iv)
+    hooks = [hook for edit in edits for hook in _edit_hooks(model, edit, state)]
+    # Additions at some positions only need to know prefill from decode.
+    phase = any(isinstance(e, ResidualAddition) and e.positions != "all" for e in edits)
+    return _Built(hooks, needs_phase=phase)
 
 
 def _per_row_hook(bases: Tensor, weights: Tensor, state: _State, key: int, routed: bool) -> HookFn:
@@ -406,7 +222,7 @@ def _check_layer(model: HookedModel, layer: int, what: str) -> int:
 
 def _build_cones(model: HookedModel, iv: ConeRouting, state: _State, key: int) -> _Built:
     ds, n, d = iv.directions.load(), model.n_layers, model.facts.d_model
-    _check_set(ds, model, iv.direction_layer is None, 0)
+    check_set(ds, model, iv.direction_layer is None, 0)
     centroids = ds.tensors.get("cone_centroids")
     if centroids is None or tuple(centroids.shape) != (ds.k, d):
         raise InterventionError(f"ConeRouting needs tensors['cone_centroids'] [{ds.k}, {d}]")
@@ -421,7 +237,7 @@ def _build_cones(model: HookedModel, iv: ConeRouting, state: _State, key: int) -
         if iv.direction_layer is not None:
             vectors = vectors[_check_layer(model, iv.direction_layer, "layer")].expand(n, -1)
         vectors = vectors / vectors.norm(dim=-1, keepdim=True)
-        per_cone.append(_plan_weighted(model, iv, vectors[:, None], torch.ones(n, 1).double()))
+        per_cone.append(writer_edits(model, iv, vectors[:, None], torch.ones(n, 1).double()))
     hooks: Hooks = []
     for edits in zip(*per_cone, strict=True):  # the same sites for every cone
         bases = torch.stack([e.basis for e in edits])
@@ -452,16 +268,6 @@ def _build_dynamic(model: HookedModel, iv: DynamicStrength, state: _State, key: 
         return strength.clamp(iv.min_strength, iv.max_strength).to(model.device)
 
     return _Built(hooks, _Router(key, [layer], decide), needs_phase=True)
-
-
-_BUILDERS: dict[type, Callable[..., _Built]] = {
-    DirectionalAblation: _build_foldable,
-    SubspaceAblation: _build_foldable,
-    HeadAblation: _build_foldable,
-    ActivationAddition: _build_addition,
-    ConeRouting: _build_cones,
-    DynamicStrength: _build_dynamic,
-}
 
 
 # ----------------------------------------------------------------------- per-prompt routing
@@ -581,9 +387,7 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
     state = _State()
     built = []
     for key, iv in enumerate(interventions):
-        builder = _BUILDERS.get(type(iv))
-        if builder is None:
-            raise InterventionError(f"not an intervention: {type(iv).__name__}")
+        builder = _INFERENCE_ONLY.get(type(iv), _build_planned)
         built.append(builder(model, iv, state, key))
     routers = [b.router for b in built if b.router is not None]
     hooks = (_read_hooks(routers, state) if routers else []) + [h for b in built for h in b.hooks]
@@ -609,9 +413,6 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
 
 
 # --------------------------------------------------------------------- SAE feature clamp
-from circuitlab.interventions import FeatureClamp  # noqa: E402
-from circuitlab.sae.data import sink_mask  # noqa: E402
-from circuitlab.sae.format import load_sae  # noqa: E402
 
 
 def _build_clamp(model: HookedModel, iv: FeatureClamp, state: _State, key: int) -> _Built:
@@ -640,4 +441,9 @@ def _build_clamp(model: HookedModel, iv: FeatureClamp, state: _State, key: int) 
     return _Built([(sae.hook_name, clamp)])
 
 
-_BUILDERS[FeatureClamp] = _build_clamp
+# Interventions without a plan (decided per prompt, or nonlinear): their own hooks.
+_INFERENCE_ONLY: dict[type, Callable[..., _Built]] = {
+    ConeRouting: _build_cones,
+    DynamicStrength: _build_dynamic,
+    FeatureClamp: _build_clamp,
+}

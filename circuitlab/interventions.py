@@ -27,7 +27,7 @@ from torch import Tensor
 
 from circuitlab.directions.base import DirectionSet
 from circuitlab.errors import CircuitlabError
-from circuitlab.models.facts import HeadId, ModelFacts
+from circuitlab.models.facts import HeadId, ModelFacts, o_proj_columns
 
 __all__ = [
     "ActivationAddition",
@@ -168,10 +168,10 @@ class DirectionRef:
     def load(self) -> DirectionSet:
         """The DirectionSet referred to; raises InterventionError on a hash mismatch."""
         if self.folder is not None:
-            loaded = _load_folder(self.folder)
-            if self.hash is not None and loaded.hash != self.hash:
+            loaded, digest = _load_folder(self.folder)
+            if self.hash is not None and digest != self.hash:
                 raise InterventionError(
-                    f"{self.folder} holds directions {loaded.hash}, the intervention was made "
+                    f"{self.folder} holds directions {digest}, the intervention was made "
                     f"with {self.hash}"
                 )
             return loaded
@@ -186,20 +186,37 @@ class DirectionRef:
         return DirectionSet(self.method, directions, scores, meta, extra)
 
 
-def _load_folder(folder: str) -> DirectionSet:
-    """A saved DirectionSet, or InterventionError saying what is wrong with the folder."""
+# Loaded sets by folder and file identity (size, mtime): every apply() and plan() of a
+# search trial loads the same folder, and re-reading and re-hashing it each time is waste.
+# A rewritten folder has new file identities, so it is read (and its hash checked) afresh.
+_LOADED: dict[tuple, tuple[DirectionSet, str]] = {}
+_LOADED_MAX = 32
+
+
+def _load_folder(folder: str) -> tuple[DirectionSet, str]:
+    """A saved DirectionSet (read-only: it is shared) and its content hash, or
+    InterventionError saying what is wrong with the folder."""
     from safetensors import SafetensorError
 
     path = Path(folder)
-    if not (path / "directions.json").is_file() or not (path / "directions.safetensors").is_file():
+    files = (path / "directions.json", path / "directions.safetensors")
+    if not all(f.is_file() for f in files):
         raise InterventionError(f"directions folder {folder} not found (or not a saved set)")
+    stats = [f.stat() for f in files]
+    key = (str(path.resolve()), *((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats))
+    found = _LOADED.get(key)
+    if found is not None:
+        return found
     try:
         loaded = DirectionSet.load(path)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise InterventionError(f"directions folder {folder} is unreadable: {exc}") from None
     if not torch.isfinite(loaded.directions).all():
         raise InterventionError(f"directions in {folder} are not all finite numbers")
-    return loaded
+    if len(_LOADED) >= _LOADED_MAX:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = (loaded, loaded.hash)
+    return _LOADED[key]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,7 +256,14 @@ class DirectionalAblation(_Weighted):
     index: float | None = None
     component: int = 0
 
-    foldable = True
+    @property
+    def foldable(self) -> bool:
+        return True
+
+    @property
+    def per_prompt(self) -> bool:
+        return False
+
     fold_note = (
         "exact: W <- W - w u u^T W for embed_tokens rows, o_proj and down_proj (lm_head untied)"
     )
@@ -264,7 +288,14 @@ class SubspaceAblation(_Weighted):
     components: tuple[int, ...] | None = None
     weighting: Literal["uniform", "eigenvalue"] = "uniform"
 
-    foldable = True
+    @property
+    def foldable(self) -> bool:
+        return True
+
+    @property
+    def per_prompt(self) -> bool:
+        return False
+
     fold_note = "exact: W <- W - U^T diag(w) U W for embed_tokens rows, o_proj and down_proj"
 
     def __post_init__(self) -> None:
@@ -306,6 +337,11 @@ class ActivationAddition:
         return self.positions == "all"
 
     @property
+    def per_prompt(self) -> bool:
+        """Whether the edit depends on where each prompt ends (its last token)."""
+        return self.positions != "all"
+
+    @property
     def fold_note(self) -> str:
         if self.foldable:
             return (
@@ -314,7 +350,8 @@ class ActivationAddition:
             )
         return (
             f"positions={self.positions!r} steers only some positions and a weight acts on "
-            "every position; no exact weight edit exists"
+            "every position; no exact weight edit exists (the nearest foldable edit is the "
+            "same addition with positions='all': validate it with hooks first)"
         )
 
     def foldable_alternative(self) -> ActivationAddition | None:
@@ -338,7 +375,14 @@ class ConeRouting(_Weighted):
     layer: int | None = None
     direction_layer: int | None = None
 
-    foldable = False
+    @property
+    def foldable(self) -> bool:
+        return False
+
+    @property
+    def per_prompt(self) -> bool:
+        return True
+
     fold_note = (
         "the cone is chosen per prompt at inference; the exact foldable alternative ablates "
         "every cone direction at once (SubspaceAblation)"
@@ -366,7 +410,14 @@ class DynamicStrength:
     min_strength: float = 0.0
     max_strength: float = 1.0
 
-    foldable = False
+    @property
+    def foldable(self) -> bool:
+        return False
+
+    @property
+    def per_prompt(self) -> bool:
+        return True
+
     fold_note = (
         "the strength depends on the prompt; the exact foldable alternative is the wrapped "
         "ablation at a fixed strength"
@@ -411,7 +462,14 @@ class HeadAblation:
     component: int = 0
     weight: float = 1.0
 
-    foldable = True
+    @property
+    def foldable(self) -> bool:
+        return True
+
+    @property
+    def per_prompt(self) -> bool:
+        return False
+
     fold_note = "exact: edits o_proj columns h*d_head:(h+1)*d_head of each chosen head"
 
     def __post_init__(self) -> None:
@@ -427,8 +485,7 @@ class HeadAblation:
 
     def o_proj_columns(self, facts: ModelFacts) -> dict[HeadId, slice]:
         """The o_proj weight columns the exporter edits for each head."""
-        d = facts.d_head
-        return {h: slice(h.head * d, (h.head + 1) * d) for h in self.heads}
+        return {h: o_proj_columns(h.head, facts.d_head) for h in self.heads}
 
     def foldable_alternative(self) -> HeadAblation:
         return self
@@ -717,7 +774,14 @@ class FeatureClamp:
     value: float
     decoder: DirectionRef
 
-    foldable = False
+    @property
+    def foldable(self) -> bool:
+        return False
+
+    @property
+    def per_prompt(self) -> bool:
+        return False
+
     fold_note = (
         "the latents' activations depend nonlinearly on each token's input; the exact "
         "foldable alternative ablates their decoder directions (SubspaceAblation)"

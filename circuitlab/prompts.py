@@ -19,7 +19,6 @@ name                        wheel                                       rows
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import unicodedata
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitlab._resources import text_hash, wheel_file
 from circuitlab.errors import PromptError
-from circuitlab.models.presets import wheel_file
 
 __all__ = [
     "PromptSet",
@@ -68,7 +67,7 @@ class PromptSet:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16]
+        return text_hash("\n".join(self.prompts))
 
     def take(self, n: int) -> PromptSet:
         """The first ``n`` prompts (an error if there are fewer)."""

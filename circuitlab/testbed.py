@@ -18,13 +18,10 @@ Loss is on assistant tokens only; batches are length-bucketed; everything is see
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from circuitlab._resources import atomic_folder, atomic_write, json_hash
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
 
@@ -83,7 +81,7 @@ class Recipe:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return json_hash(asdict(self), 12)
 
 
 # ChatML without SmolLM2's default system prompt: ~20 fewer tokens in every training and
@@ -135,7 +133,7 @@ class TestbedData:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.manifest(), sort_keys=True).encode()).hexdigest()[:12]
+        return json_hash(self.manifest(), 12)
 
 
 def testbed_data(split_seed: int = 0) -> TestbedData:
@@ -320,21 +318,14 @@ def distill_targets(
 def _cached_distill(model, tokenizer, prompts, recipe, cache_dir, base_sha, progress) -> list[str]:
     """Self-distilled answers are the slow part of a build; keep them per prompt, so a new
     seed or a few added prompts only generate what is missing."""
-    key = hashlib.sha256(
-        json.dumps(
-            [base_sha, recipe.distill_tokens, tokenizer.chat_template, recipe.threads]
-        ).encode()
-    ).hexdigest()[:16]
+    key = json_hash([base_sha, recipe.distill_tokens, tokenizer.chat_template, recipe.threads])
     path = cache_dir / "testbed" / f"distill-{key}.json"
     known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     missing = sorted({p for p in prompts if p not in known})
     if missing:
         answers = distill_targets(model, tokenizer, missing, recipe.distill_tokens, progress)
         known.update(zip(missing, answers, strict=True))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(known, indent=1, sort_keys=True))
     return [known[p] for p in prompts]
 
 
@@ -430,16 +421,10 @@ def build_testbed(
             "train": round(time.perf_counter() - distilled, 1),
         },
     }
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(folder, create=False) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "circuitlab_testbed.json").write_text(json.dumps(manifest, indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("built %s in %.0f s", folder, time.perf_counter() - started)
     return folder
 

@@ -32,10 +32,9 @@ from tiny import TINY_KINDS, example_interventions, tiny_model  # noqa: E402
 
 from circuitlab.engine import HookedModel  # noqa: E402
 from circuitlab.export import compare, fold, manifest, reference, run_plain, save  # noqa: E402
-from circuitlab.export.fold import _addition_vectors  # noqa: E402
-from circuitlab.hooks import plan  # noqa: E402
-from circuitlab.interventions import ActivationAddition  # noqa: E402
 from circuitlab.models import ModelSpec  # noqa: E402
+from circuitlab.models.facts import o_proj_columns  # noqa: E402
+from circuitlab.plan import HeadZero, ResidualAddition, plan  # noqa: E402
 
 KINDS = ["directional", "subspace", "subspace-per-layer", "addition", "head"]
 ARCHS = [*TINY_KINDS, "smollm2-135m", "gemma3-270m"]
@@ -52,34 +51,34 @@ def _edit_hooks(model: HookedModel, exact, interventions) -> list:
     """The interventions as PyTorch hooks on a plain float64 model (the hooks' maths)."""
     layers, handles = exact.model.layers, []
     for iv in interventions:
-        if isinstance(iv, ActivationAddition):
-            for layer, vector in _addition_vectors(model, iv).items():
-
-                def add(module, args, kwargs, vector=vector):
-                    if "hidden_states" in kwargs:
-                        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + vector}
-                    return (args[0] + vector, *args[1:]), kwargs
-
-                handles.append(layers[layer].register_forward_pre_hook(add, with_kwargs=True))
-            continue
         for edit in plan(model, iv):
-            handles += _site_hooks(model, exact, edit)
+            if not isinstance(edit, ResidualAddition):
+                handles += _site_hooks(model, exact, edit)
+                continue
+
+            def add(module, args, kwargs, vector=edit.vector):
+                if "hidden_states" in kwargs:
+                    return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + vector}
+                return (args[0] + vector, *args[1:]), kwargs
+
+            handles.append(layers[edit.layer].register_forward_pre_hook(add, with_kwargs=True))
     return handles
 
 
 def _site_hooks(model: HookedModel, exact, edit) -> list:
-    basis = edit.basis.double()
-    scaled = basis * edit.weights.double()[:, None]
+    zeroed = isinstance(edit, HeadZero)  # the only edit without a basis
+    basis = None if zeroed else edit.basis.double()
+    scaled = None if zeroed else basis * edit.weights.double()[:, None]
     layer = exact.model.layers[edit.layer] if edit.writer != "embed" else None
     module = {
         "embed": lambda: exact.model.embed_tokens,
         "attn": lambda: layer.self_attn.o_proj,
         "mlp": lambda: layer.mlp.down_proj,
     }[edit.writer]()
-    if edit.head is None:
+    if getattr(edit, "head", None) is None:
         return [module.register_forward_hook(lambda m, a, out: out - (out @ basis.T) @ scaled)]
-    cols = slice(edit.head * model.facts.d_head, (edit.head + 1) * model.facts.d_head)
-    if edit.zero:
+    cols = o_proj_columns(edit.head, model.facts.d_head)
+    if zeroed:
 
         def zero(m, args):
             z = args[0].clone()

@@ -66,6 +66,7 @@ from typing import Any
 import tomllib
 import torch
 
+from circuitlab._resources import atomic_write, json_hash
 from circuitlab.validation import (
     AcceptanceRule,
     compare,
@@ -187,10 +188,7 @@ def arm_search(arm: str, config: Config, heads: tuple = (), sae: str | None = No
 
 def write_json(path: Path, data: dict) -> dict:
     """Write JSON atomically (a temporary file renamed into place); returns ``data``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
     return data
 
 
@@ -205,16 +203,16 @@ def weights_id(organism: str, cache_dir: Path) -> str:
     Runs, studies, circuits and base scorecards are filed under it, so a rebuilt organism
     (a new testbed recipe) gets new runs instead of the old weights' cached results.
     """
+    from circuitlab._resources import file_sha256
     from circuitlab.models import ModelSpec
     from circuitlab.models.loading import resolve_source
-    from circuitlab.models.presets import sha256_file
 
     resolved = resolve_source(ModelSpec(organism, cache_dir=cache_dir))
     if resolved.kind == "hub":
         parts = [resolved.location]
     else:
-        parts = [sha256_file(p) for p in sorted(Path(resolved.location).glob("*.safetensors"))]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+        parts = [file_sha256(p) for p in sorted(Path(resolved.location).glob("*.safetensors"))]
+    return json_hash(parts, 12)
 
 
 def top_heads(model, name: str, prompts, config: Config, work: Path) -> tuple:

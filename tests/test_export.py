@@ -7,6 +7,7 @@ circuitlab, and compare its logits and greedy continuations with the hooked mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import example_interventions, orthonormal, tiny_model
 
+from circuitlab.directions import DirectionSet
 from circuitlab.engine import HookedModel
 from circuitlab.export import (
     HELD_OUT_PROMPTS,
@@ -31,22 +33,29 @@ from circuitlab.export import (
     export,
     fold,
     manifest,
+    plan_fold_edits,
     reference,
     run_plain,
     save,
     verify,
 )
-from circuitlab.hooks import SiteEdit
+from circuitlab.export.save import EDITS
 from circuitlab.interventions import (
     ActivationAddition,
     ConeRouting,
     DirectionalAblation,
     DirectionRef,
     DynamicStrength,
-    HeadAblation,
     save_intervention,
 )
-from circuitlab.models import HeadId
+from circuitlab.plan import (
+    HeadProjection,
+    ResidualAddition,
+    WriterProjection,
+    load_edits,
+    planner,
+    writer_hook,
+)
 
 KINDS = ["directional", "subspace", "addition", "head"]
 TINY = ["tiny-llama-gqa-4/2", "tiny-llama-mha-untied", "tiny-gemma3-mqa"]
@@ -139,7 +148,7 @@ def _export_one(model, interventions, out: Path) -> tuple[Reference, Parity, dic
     parity = compare(ref, *run_plain(hf_model, ref))
     assert parity.passed, parity.summary()
     data = manifest(model, interventions, folded, parity, seed=0)
-    save(hf_model, model, out, data)
+    save(hf_model, model, out, data, edits=folded.plan.planned)
     return ref, parity, data
 
 
@@ -222,6 +231,69 @@ def test_manifest_says_what_was_done(round_trips):
     assert set(data["versions"]) >= {"torch", "transformers", "transformer-lens", "circuitlab"}
     assert data["parity"]["passed"] and data["directions"]["hash"]
     assert "model.safetensors" in data["files"] and "config.json" in data["files"]
+    assert data["files"][EDITS] == data["edits"]["sha256"]
+    assert data["edits"]["summary"][0].startswith("WriterProjection(writer='embed'")
+
+
+def test_the_export_carries_its_edits_and_refolds_without_the_directions(tiny_models, tmp_path):
+    model = tiny_models["tiny-llama-gqa-4/2"]
+    n, d = model.n_layers, model.facts.d_model
+    saved = tmp_path / "directions"
+    DirectionSet("diff_means", orthonormal(d, 2)[None].expand(n, -1, -1).clone(),
+                 torch.ones(n, 2)).save(saved)  # fmt: skip
+    ref = DirectionRef.from_folder(saved)
+    interventions = [
+        DirectionalAblation(ref, index=0.0, embed=0.5),
+        ActivationAddition(ref, strength=2.0, layers=(0, n // 2), index=0.0, component=1),
+    ]
+    folded = fold(model, interventions)
+    _export_one(model, interventions, tmp_path / "out")
+    shutil.rmtree(saved)  # a stranger has the export, not our cache
+    data = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert data["files"][EDITS] == data["edits"]["sha256"]
+    edits = load_edits(tmp_path / "out" / EDITS)
+    assert [type(e) for e in edits].count(ResidualAddition) == 2
+    again = plan_fold_edits(model, edits).fold_state_dict(fold(model, []).state_dict)
+    assert set(again) == set(folded.state_dict)
+    for key in folded.edited:
+        assert torch.equal(again[key], folded.state_dict[key]), key
+
+
+@dataclasses.dataclass(frozen=True)
+class _AttentionShift:
+    """A test-only intervention type: project ``direction`` out of one layer's attention
+    output and add ``shift`` times it to the embedding stream. Its only circuitlab code is
+    the plan function below; the hooks and the fold know nothing of it."""
+
+    direction: tuple[float, ...]
+    layer: int
+    shift: float
+
+    foldable = True
+
+
+@planner(_AttentionShift)
+def _plan_attention_shift(model, iv: _AttentionShift) -> list:
+    u = torch.tensor(iv.direction, dtype=torch.float64)
+    u = u / u.norm()
+    hook = writer_hook(model, "attn", iv.layer)
+    one = torch.ones(1, dtype=torch.float64)
+    return [
+        WriterProjection("attn", iv.layer, hook, u[None], one),
+        ResidualAddition(0, iv.shift * u),
+    ]
+
+
+def test_a_new_intervention_type_needs_only_a_plan_function(tiny_models):
+    for arch in ("tiny-llama-gqa-4/2", "tiny-gemma3-mqa"):
+        model = tiny_models[arch]
+        u = orthonormal(model.facts.d_model, 1, seed=4)[0]
+        iv = _AttentionShift(tuple(u.tolist()), layer=1, shift=3.0)
+        hf = fold(model, [iv]).build()
+        ref = reference(model, [iv], HELD_OUT_PROMPTS[:4])
+        parity = compare(ref, *run_plain(hf, ref))
+        assert parity.max_abs_logit_diff < 1e-4 and parity.greedy_agree == 4, arch
+        assert _effect(model, ref) > 1e-2, arch
 
 
 # --------------------------------------------------------------------------------- refusals
@@ -249,14 +321,12 @@ def test_addition_past_the_embedding_is_refused_on_sandwich_norms(tiny_models):
         fold(model, [addition])
 
 
-def test_a_kv_edit_validated_for_one_query_head_is_refused(tiny_models, monkeypatch):
+def test_a_kv_edit_validated_for_one_query_head_is_refused(tiny_models):
     model = tiny_models["tiny-llama-gqa-4/2"]
     basis = torch.zeros(1, model.facts.d_model, dtype=torch.float64)
-    kv = SiteEdit("attn", 1, "blocks.1.attn.hook_v", basis, basis[:, 0], head=3)
-    # The package re-exports the function ``fold``, which shadows the module's name.
-    monkeypatch.setattr(sys.modules["circuitlab.export.fold"], "plan", lambda model, iv: [kv])
+    kv = HeadProjection(1, 3, "blocks.1.attn.hook_v", basis, basis[:, 0])
     with pytest.raises(ExportError, match=r"KV group 1, read by query heads \[2, 3\]"):
-        fold(model, [HeadAblation((HeadId(1, 3),), mode="zero")])
+        plan_fold_edits(model, [kv])
 
 
 def test_verify_fails_loudly_on_wrong_weights(tiny_models):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from circuitlab.directions import DirectionSet
-from circuitlab.hooks import apply, plan
+from circuitlab.hooks import apply
 from circuitlab.interventions import (
     ActivationAddition,
     ConeRouting,
@@ -20,6 +20,7 @@ from circuitlab.interventions import (
     SubspaceAblation,
 )
 from circuitlab.models import HeadId
+from circuitlab.plan import HeadProjection, HeadZero, ResidualAddition, WriterProjection, plan
 
 PROMPTS = [
     "Write a short poem about the sea.",
@@ -143,6 +144,29 @@ def test_eigenvalue_weights_follow_the_layers_top_eigenvalue(smollm):
     edits = plan(smollm, SubspaceAblation(ref, components=(1, 2), weighting="eigenvalue"))
     assert all(e.basis.shape == (2, 576) for e in edits)
     assert edits[5].weights.tolist() == [0.5, 0.0]  # 2/4, and no excess variance: 0
+
+
+def test_one_plan_gives_typed_edits_for_every_foldable_type(smollm):
+    r = unit_vectors(576, 1, seed=3)[0]
+    ref = DirectionRef.inline(r)
+    ablation = plan(smollm, DirectionalAblation(ref, index=0.0))
+    assert {type(e) for e in ablation} == {WriterProjection}
+    addition = plan(smollm, ActivationAddition(ref, strength=2.0, layers=(3, 7), index=0.0))
+    assert [(type(e), e.layer, e.hook, e.foldable) for e in addition] == [
+        (ResidualAddition, 3, "blocks.3.hook_resid_pre", True),
+        (ResidualAddition, 7, "blocks.7.hook_resid_pre", True),
+    ]
+    assert torch.allclose(addition[0].vector, 2.0 * r.double(), atol=1e-6)
+    assert addition[0].vector.dtype == torch.float64
+    (last,) = plan(smollm, ActivationAddition(ref, 1.0, (3,), index=0.0, positions="last"))
+    assert not last.foldable
+    heads = (HeadId(2, 1), HeadId(5, 0))
+    zero = plan(smollm, HeadAblation(heads, mode="zero"))
+    assert [(type(e), e.layer, e.head) for e in zero] == [(HeadZero, 2, 1), (HeadZero, 5, 0)]
+    (project,) = plan(smollm, HeadAblation(heads[:1], directions=ref, index=0.0, weight=0.5))
+    assert isinstance(project, HeadProjection) and project.weights.tolist() == [0.5]
+    with pytest.raises(InterventionError, match="ConeRouting cannot be folded"):
+        plan(smollm, ConeRouting(ref))
 
 
 # --------------------------------------------------------------------- activation addition

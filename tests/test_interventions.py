@@ -117,6 +117,21 @@ def test_foldability_and_nearest_exact_alternatives(saved_ref):
     assert routing.foldable_alternative() == SubspaceAblation(saved_ref, embed=0.5)
     assert dynamic.foldable_alternative() is ablation
     assert "per prompt" in routing.fold_note and "bias" in addition.fold_note
+    # What lm-eval's single pass cannot serve: edits that depend on where a prompt ends.
+    assert routing.per_prompt and dynamic.per_prompt and last.per_prompt
+    assert not addition.per_prompt and not ablation.per_prompt
+
+
+def test_loaded_directions_are_cached_until_the_folder_changes(saved_ref, tmp_path, monkeypatch):
+    reads = []
+    real = DirectionSet.load
+    monkeypatch.setattr(DirectionSet, "load", lambda folder: reads.append(folder) or real(folder))
+    first = saved_ref.load()
+    assert saved_ref.load() is first and len(reads) == 1  # no second read or re-hash
+    direction_set(seed=5).save(tmp_path / "cones")
+    with pytest.raises(InterventionError, match="made with"):
+        saved_ref.load()
+    assert len(reads) == 2
 
 
 def test_with_strength_sets_the_knob_of_each_type(saved_ref):

@@ -9,13 +9,13 @@ take.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from circuitlab._resources import atomic_write
 from circuitlab.circuits.scores import BLOCK_KINDS, HeadScores, KVHeadId, LayerSite
 from circuitlab.errors import CircuitlabError
 from circuitlab.interventions import DirectionRef, HeadAblation
@@ -177,12 +177,7 @@ class RefusalCircuit:
 
     def save(self, path: str | Path) -> Path:
         """Write the circuit as indented JSON (atomically: temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RefusalCircuit:

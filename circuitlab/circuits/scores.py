@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab.models.facts import HeadId
+from circuitlab.models.facts import HeadId, heads_of_group
 
 __all__ = [
     "BLOCK_KINDS",
@@ -46,8 +46,7 @@ class KVHeadId:
 
     def query_heads(self, n_heads: int, n_kv_heads: int) -> list[HeadId]:
         """The query heads that read this KV head (all of them under MQA)."""
-        k = n_heads // n_kv_heads
-        return [HeadId(self.layer, h) for h in range(self.group * k, (self.group + 1) * k)]
+        return [HeadId(self.layer, h) for h in heads_of_group(self.group, n_heads, n_kv_heads)]
 
 
 @dataclass(frozen=True, order=True)

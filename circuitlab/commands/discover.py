@@ -12,8 +12,6 @@ printed and stored with the circuit.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from circuitlab._resources import json_hash
 from circuitlab.config import Settings
 
 METHODS = ("attribution", "integrated-gradients", "activation")
@@ -181,7 +180,7 @@ def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Setting
 
 def _default_out(settings: Settings, model_name: str, method: str, key: dict) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-")
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = json_hash(key, 12)
     return Path(settings.cache_dir) / "circuits" / f"{slug}-{method}-{digest}.json"
 
 

@@ -10,8 +10,6 @@ Supervised methods label prompts by the model's own greedy answers, judged by
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from circuitlab._resources import json_hash
 from circuitlab.config import Settings
 from circuitlab.prompt_data import SOURCE_HELP
 
@@ -120,7 +119,7 @@ def plot_curves(ds, path: Path) -> Path:
 
 def _default_out(settings: Settings, model_name: str, method: str, key: dict) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name).strip("-")
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = json_hash(key, 12)
     return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,8 @@ import torch
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from circuitlab._resources import atomic_folder
 
 __all__ = ["DirectionSet", "interpolate_direction"]
 
@@ -78,20 +78,15 @@ class DirectionSet:
     def save(self, folder: str | Path) -> Path:
         """Write directions.safetensors and directions.json atomically (temp folder, rename)."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors = {"directions": self.directions, "scores": self.scores}
         tensors.update({f"extra.{name}": value for name, value in self.tensors.items()})
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            tmp / "directions.safetensors",
-        )
-        meta = {"method": self.method, "hash": self.hash, "metadata": self.metadata}
-        (tmp / "directions.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
+        with atomic_folder(folder) as tmp:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                tmp / "directions.safetensors",
+            )
+            meta = {"method": self.method, "hash": self.hash, "metadata": self.metadata}
+            (tmp / "directions.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         return folder
 
     @classmethod

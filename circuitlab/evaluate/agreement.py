@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from circuitlab._resources import atomic_write
 
 __all__ = [
     "BENCHMARK",
@@ -53,10 +54,7 @@ def record_agreement(cache_dir: str | Path, judge: str, figures: dict[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     current[judge] = figures
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
 
 
 def agreement_note(judge: str, cache_dir: str | Path | None = None) -> str:

@@ -14,7 +14,6 @@ both are summed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -23,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from circuitlab._resources import json_hash, wheel_file
 from circuitlab.engine import HookedModel
 from circuitlab.errors import PromptError
 from circuitlab.evaluate.stats import wilson_interval
-from circuitlab.models.presets import wheel_file
 
 __all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
 
@@ -127,7 +126,7 @@ class CapabilityResult:
 
 def subset_hash(questions: Sequence[Question]) -> str:
     rows = [[q.question, list(q.choices), q.answer] for q in questions]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return json_hash(rows)
 
 
 def _letter_ids(tokenizer) -> list[list[int]]:

@@ -24,7 +24,6 @@ stored weights. Weights and training features are cached as safetensors under
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -38,10 +37,10 @@ from jaxtyping import Float
 from safetensors.numpy import load_file, save_file
 from torch import Tensor
 
+from circuitlab._resources import json_hash, text_hash, wheel_file
 from circuitlab.evaluate.judges import LABELS, Judgements, MarkerJudge, answer_cues
 from circuitlab.evaluate.labelled import LabelledSet, labelled_split, load_labelled
 from circuitlab.evaluate.text import normalise, opening, split_thinking
-from circuitlab.models.presets import wheel_file
 
 __all__ = ["MiniLM", "minilm_path", "ClassifierJudge", "pair_features", "FEATURE_VERSION"]
 
@@ -59,7 +58,7 @@ def _marker_fingerprint() -> str:
         files("circuitlab").joinpath(f"evaluate/{name}.py").read_text(encoding="utf-8")
         for name in ("markers", "judges", "text")
     )
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
+    return text_hash(source, 12)
 
 
 def minilm_path() -> Path:
@@ -356,7 +355,7 @@ def _temperature(x: np.ndarray, y: np.ndarray, groups: Sequence[str], c: float) 
 
 
 def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+    return json_hash([str(p) for p in parts])
 
 
 def _cached_features(

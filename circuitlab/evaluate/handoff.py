@@ -25,12 +25,7 @@ import torch
 from circuitlab.engine import HookedModel
 from circuitlab.errors import ConfigError, HubUnreachableError
 from circuitlab.hooks import apply
-from circuitlab.interventions import (
-    ActivationAddition,
-    ConeRouting,
-    DynamicStrength,
-    Intervention,
-)
+from circuitlab.interventions import Intervention
 
 __all__ = ["lm_eval_handoff", "lm_eval_tasks", "require_lm_eval"]
 
@@ -108,10 +103,7 @@ def _check_position_free(interventions: Sequence[Intervention]) -> None:
     to the hooks: routed and dynamic edits would decide on the answer's last token, and an
     addition at the last or generated positions would land after every scored logit."""
     for iv in interventions:
-        position_bound = isinstance(iv, ConeRouting | DynamicStrength) or (
-            isinstance(iv, ActivationAddition) and iv.positions != "all"
-        )
-        if position_bound:
+        if iv.per_prompt:
             raise ConfigError(
                 f"{type(iv).__name__} depends on where the prompt ends, which lm-eval's "
                 "log-likelihood passes hide; use its foldable_alternative() (or an addition "

@@ -16,7 +16,6 @@ trained on: it is how a judge does on other people's data.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import json
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitlab._resources import text_hash
 from circuitlab.errors import PromptError
 from circuitlab.evaluate.judges import LABELS, REFUSAL_LABELS, Judge
 from circuitlab.evaluate.stats import BinaryMetrics, binary_metrics, confusion_matrix
@@ -68,7 +68,7 @@ class LabelledSet:
     @property
     def hash(self) -> str:
         rows = json.dumps([self.prompts, self.responses, self.labels])
-        return hashlib.sha256(rows.encode()).hexdigest()[:16]
+        return text_hash(rows)
 
     def subset(self, name: str, index: Sequence[int]) -> LabelledSet:
         pick = [int(i) for i in index]

@@ -7,12 +7,12 @@ and any number of edited ones side by side.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+from circuitlab._resources import json_hash
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability
@@ -118,7 +118,7 @@ class Scorecard:
 
 def prompts_hash(*groups: Sequence[str]) -> str:
     """One hash over several prompt lists (order matters, group boundaries too)."""
-    return hashlib.sha256(json.dumps([list(g) for g in groups]).encode()).hexdigest()[:16]
+    return json_hash([list(g) for g in groups])
 
 
 def score_model(

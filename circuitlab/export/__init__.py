@@ -8,7 +8,8 @@ model without source files the in-memory stages stay usable alone:
 :func:`fold` (interventions -> :class:`FoldedWeights`), :func:`verify` (hooked vs folded on
 held-out prompts -> :class:`Parity`, raising over tolerance; built from :func:`reference`,
 :func:`run_plain` and :func:`compare`) and :func:`save` (atomic write of safetensors,
-config, tokenizer, ``circuitlab_manifest.json`` and a model card).
+config, tokenizer, ``circuitlab_manifest.json``, the planned edits' tensors
+``circuitlab_edits.safetensors`` and a model card).
 
 Example:
     >>> result = export(model, [ablation], "cache/exports/smollm-ablated")
@@ -34,6 +35,7 @@ from circuitlab.export.fold import (
     check_foldable,
     fold,
     plan_fold,
+    plan_fold_edits,
 )
 from circuitlab.export.save import (
     MANIFEST,
@@ -79,6 +81,7 @@ __all__ = [
     "fold",
     "manifest",
     "plan_fold",
+    "plan_fold_edits",
     "reference",
     "run_plain",
     "save",
@@ -165,5 +168,8 @@ def export(
         path = save_streamed(plan, model, files, out, data, force=force, digests=digests)
     else:
         hf_model = fold(model, interventions).build()
-        path = save(hf_model, model, out, data, force=force, max_shard_size=max_shard_size)
+        path = save(
+            hf_model, model, out, data, force=force, max_shard_size=max_shard_size,
+            edits=plan.planned,
+        )  # fmt: skip
     return ExportResult(path, parity, data)

@@ -24,7 +24,7 @@ What PEFT can target, and how each edit lands:
 - tied embeddings: the adapter wraps only the input embedding, so the tied ``lm_head``
   keeps the original matrix, exactly what the merged export's untying does.
 
-The coupling to the fold (:func:`circuitlab.hooks.plan`'s ``SiteEdit`` values and the fold's
+The coupling to the fold (:func:`circuitlab.plan.plan`'s typed edits and the fold's
 family table) is all in :func:`_spans`.
 """
 
@@ -48,10 +48,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuitlab._resources import file_sha256
 from circuitlab.export.fold import EMBED_CHUNK, FAMILIES, ExportError, FoldPlan, plan_fold
 from circuitlab.export.inplace import live_slots, stored_keys
 from circuitlab.export.verify import Parity, Reference, compare, reference, verify_in_place
-from circuitlab.interventions import ActivationAddition, Intervention
+from circuitlab.interventions import Intervention
 from circuitlab.models.loading import input_device
 
 __all__ = [
@@ -113,31 +114,37 @@ class AdapterResult:
 def _spans(model, interventions: Sequence[Intervention], plan: FoldPlan, original) -> dict:
     """Tensor key -> vectors spanning the columns (embedding: rows) of its change.
 
-    The one place that reads the plan's edits (``hooks.plan`` / ``SiteEdit``) and the fold's
-    family table; everything else works on the composed tensors.
+    The one place that reads the planned edits (:mod:`circuitlab.plan`) and the fold's family
+    table; everything else works on the composed tensors.
     """
-    from circuitlab.export.fold import _addition_vectors
-    from circuitlab.hooks import plan as site_plan
+    from circuitlab.plan import HeadProjection, HeadZero, ResidualAddition, WriterProjection
+    from circuitlab.plan import plan as plan_edits
 
     family = FAMILIES[model.facts.model_type]
     spans: dict[str, list[Tensor]] = {}
     d = model.facts.d_head
+
+    def writer_key(writer: str, layer: int) -> str:
+        if writer == "embed":
+            return family.embed
+        template = family.o_proj if writer == "attn" else family.down_proj
+        return f"{template.format(layer=layer)}.weight"
+
     for iv in interventions:
-        if isinstance(iv, ActivationAddition):
-            for layer, vector in _addition_vectors(model, iv).items():
-                if layer == 0:
-                    spans.setdefault(family.embed, []).append(vector[None].double())
-            continue
-        for edit in site_plan(model, iv):
-            if edit.writer == "embed":
-                key = family.embed
-            else:
-                template = family.o_proj if edit.writer == "attn" else family.down_proj
-                key = f"{template.format(layer=edit.layer)}.weight"
-            if edit.zero:
+        for edit in plan_edits(model, iv):
+            if isinstance(edit, ResidualAddition):
+                # Only a layer-0 addition edits a matrix (the embedding rows); later ones
+                # become biases.
+                if edit.layer == 0:
+                    spans.setdefault(family.embed, []).append(edit.vector[None].double())
+            elif isinstance(edit, HeadZero):
+                key = writer_key("attn", edit.layer)
                 cols = original(key)[:, edit.head * d : (edit.head + 1) * d]
                 spans.setdefault(key, []).append(cols.T.double())
-            else:
+            elif isinstance(edit, HeadProjection):
+                spans.setdefault(writer_key("attn", edit.layer), []).append(edit.basis.double())
+            elif isinstance(edit, WriterProjection):
+                key = writer_key(edit.writer, edit.layer)
                 spans.setdefault(key, []).append(edit.basis.double())
     return spans
 
@@ -476,7 +483,7 @@ def export_adapter(
         _install,
         _manifest_text,
         _partial,
-        _sha256,
+        _write_edits,
         check_destination,
         manifest,
     )
@@ -530,7 +537,8 @@ def export_adapter(
                 raise ExportError(
                     f"the adapter loaded by peft does not match the hooks: {checked.summary()}"
                 )
-        data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        _write_edits(tmp, plan.planned, data)
+        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "circuitlab_manifest.json").write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)

@@ -1,16 +1,17 @@
 """Fold interventions into plain Hugging Face weights, site by site as the hooks apply them.
 
-The hooks and the exporter share one description of every edit (:func:`circuitlab.hooks.plan`
-gives :class:`~circuitlab.hooks.SiteEdit` values), so the fold is that list turned into
-matrix algebra on the HF tensors:
+The hooks and the exporter share one description of every edit (:func:`circuitlab.plan.plan`
+gives typed edits), so the fold is that list turned into matrix algebra on the HF tensors,
+and it knows no intervention class:
 
-- a writer edit ``x <- x - U^T diag(w) U x`` becomes ``W <- W - U^T diag(w) U W`` for the
+- a writer projection ``x <- x - U^T diag(w) U x`` becomes ``W <- W - U^T diag(w) U W`` for the
   matrix (and bias) that writes ``x``: ``o_proj``, ``down_proj``, or the embedding rows
   ``E <- E - E U^T diag(w) U``. On sandwich-norm models ``U`` already holds the post-norm
   gain ``normalize((1 + w_post) * r)`` (the plan computed it at ``ln*_post.hook_in``);
-- a head edit acts on that head's columns ``o_proj.weight[:, h*d_head:(h+1)*d_head]``: the
-  hooks read the head's share through the *unedited* columns, so the fold does too;
-- an all-positions activation addition at ``blocks.L.hook_resid_pre`` is the last writer
+- a head projection or zeroing acts on that head's columns
+  ``o_proj.weight[:, h*d_head:(h+1)*d_head]``: the hooks read the head's share through
+  the *unedited* columns, so the fold does too;
+- a residual addition (all positions) at ``blocks.L.hook_resid_pre`` is the last writer
   before it carrying a constant: the embedding rows for ``L = 0`` (divided by the
   embedding scale), ``down_proj.bias`` of layer ``L - 1`` otherwise (Llama's ``mlp_bias``).
   It is added after every projection, because the hooks add it to the residual, which no
@@ -23,18 +24,27 @@ matrix), or the unembedding would change too.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from circuitlab.errors import CircuitlabError, UnsupportedArchitectureError
-from circuitlab.hooks import SiteEdit, layer_vectors, plan, writer_hook
-from circuitlab.interventions import ActivationAddition, HeadAblation, Intervention
+from circuitlab.models.facts import o_proj_columns
+from circuitlab.plan import (
+    Edit,
+    HeadProjection,
+    HeadZero,
+    ResidualAddition,
+    WriterProjection,
+    plan,
+    writer_hook,
+)
 
 __all__ = [
     "FAMILIES",
@@ -47,6 +57,7 @@ __all__ = [
     "check_foldable",
     "fold",
     "plan_fold",
+    "plan_fold_edits",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +151,7 @@ class FoldPlan:
         config: an edited copy of the source config (untied embeddings, bias flags).
         model_class: the HF class (``LlamaForCausalLM``, ...).
         notes: what the fold did beyond editing tensors, for the manifest and the card.
+        planned: the planned edits folded, in order (what the export's edits file holds).
     """
 
     edits: dict[str, TensorEdit]
@@ -149,6 +161,7 @@ class FoldPlan:
     config: object
     model_class: type
     notes: list[str]
+    planned: tuple[Edit, ...] = ()
 
     @property
     def edited(self) -> list[str]:
@@ -221,19 +234,10 @@ class FoldedWeights:
 
 
 # ----------------------------------------------------------------------------- refusals
-def check_foldable(intervention: Intervention) -> None:
+def check_foldable(intervention: Any) -> None:
     """Raise :class:`ExportError`, naming the nearest exact alternative, if not foldable."""
     iv, name = intervention, type(intervention).__name__
-    if isinstance(iv, ActivationAddition):
-        if iv.positions != "all":
-            raise ExportError(
-                f"ActivationAddition(positions={iv.positions!r}) steers only some positions, "
-                "and a weight acts on every position, so it cannot be folded. Nearest exact "
-                "alternative: the same addition with positions='all' "
-                "(dataclasses.replace(iv, positions='all')); validate it with hooks first"
-            )
-        return  # all positions: a bias or the embedding rows carry it (checked per family)
-    if not getattr(iv, "foldable", False):
+    if not iv.foldable:
         alternative = iv.foldable_alternative()
         hint = (
             f"Nearest exact alternative: {type(alternative).__name__} "
@@ -306,6 +310,7 @@ class _Folder:
         self.keys = dict(expected)
         self.edits: dict[str, TensorEdit] = {}
         self.created: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.added: dict[int, Tensor] = {}  # layer -> summed float64 residual additions
 
     def add(self, key: str, op: Callable[[Tensor, Tensor], Tensor], rowwise: bool = False) -> None:
         if key not in self.keys:
@@ -319,85 +324,90 @@ class _Folder:
         template = self.family.o_proj if writer == "attn" else self.family.down_proj
         return template.format(layer=layer)
 
-    def site(self, edit: SiteEdit) -> None:
-        expected = writer_hook(self.model, edit.writer, edit.layer)
-        if edit.hook != expected:
+    def site(self, edit: Edit) -> None:
+        """Queue one planned edit's tensor updates. Residual additions are summed per layer
+        and folded after every projection (:func:`_fold_additions`): the hooks add them to
+        the residual stream, which no writer hook sees."""
+        if isinstance(edit, ResidualAddition):
+            if not edit.foldable:
+                raise ExportError(
+                    f"an addition at positions={edit.positions!r} steers only some positions "
+                    "and a weight acts on every position; it cannot be folded"
+                )
+            self.added[edit.layer] = self.added.get(edit.layer, 0) + edit.vector
+        elif isinstance(edit, HeadZero):
+            self.head(edit.layer, edit.head, _zero_columns)
+        elif edit.hook != writer_hook(self.model, edit.writer, edit.layer):
             _refuse_unknown_site(self.model, edit)
-        if edit.writer == "embed":
+        elif isinstance(edit, HeadProjection):
+            self.head(edit.layer, edit.head, functools.partial(_project_columns, edit=edit))
+        elif edit.writer == "embed":
             self.add(self.family.embed, lambda rows, _: _project_rows(rows, edit), rowwise=True)
-        elif edit.head is not None:
-            self.head(edit)
         else:
             prefix = self.writer_key(edit.writer, edit.layer)
             self.add(f"{prefix}.weight", lambda w, _: _project(w, edit))
             if f"{prefix}.bias" in self.keys:  # the hook sees the bias too
                 self.add(f"{prefix}.bias", lambda b, _: _project(b[:, None], edit)[:, 0])
 
-    def head(self, edit: SiteEdit) -> None:
-        key = f"{self.writer_key('attn', edit.layer)}.weight"
-        d = self.facts.d_head
-        cols = slice(edit.head * d, (edit.head + 1) * d)
-
-        def zero(weight: Tensor, _: Tensor) -> Tensor:
-            weight = weight.clone()
-            weight[:, cols] = 0
-            return weight
-
-        def project(weight: Tensor, original: Tensor) -> Tensor:
-            # The hook reads the head's share through the columns as loaded (before any
-            # edit), so composition with other edits of this layer matches the hooks.
-            basis, scaled = _basis(edit, weight.device)
-            weight = weight.clone()
-            weight[:, cols] -= scaled.T @ (basis @ original[:, cols].double())
-            return weight
-
-        self.add(key, zero if edit.zero else project)
+    def head(self, layer: int, head: int, op: Callable[[Tensor, slice, Tensor], Tensor]) -> None:
+        key = f"{self.writer_key('attn', layer)}.weight"
+        cols = o_proj_columns(head, self.facts.d_head)
+        self.add(key, lambda weight, original: op(weight, cols, original))
 
 
-def _basis(edit: SiteEdit, device: torch.device) -> tuple[Tensor, Tensor]:
+def _zero_columns(weight: Tensor, cols: slice, _: Tensor) -> Tensor:
+    weight = weight.clone()
+    weight[:, cols] = 0
+    return weight
+
+
+def _project_columns(weight: Tensor, cols: slice, original: Tensor, edit: HeadProjection) -> Tensor:
+    # The hook reads the head's share through the columns as loaded (before any edit), so
+    # composition with other edits of this layer matches the hooks.
+    basis, scaled = _basis(edit, weight.device)
+    weight = weight.clone()
+    weight[:, cols] -= scaled.T @ (basis @ original[:, cols].double())
+    return weight
+
+
+def _basis(edit: WriterProjection | HeadProjection, device: torch.device) -> tuple[Tensor, Tensor]:
     """The edit's orthonormal rows ``U`` and ``diag(w) U``, float64, where the weights are."""
     basis = edit.basis.to(device=device, dtype=torch.float64)
     return basis, basis * edit.weights.to(device=device, dtype=torch.float64)[:, None]
 
 
-def _project(weight: Float[Tensor, "d_model n"], edit: SiteEdit) -> Float[Tensor, "d_model n"]:
+def _project(
+    weight: Float[Tensor, "d_model n"], edit: WriterProjection
+) -> Float[Tensor, "d_model n"]:
     """``W - U^T diag(w) U W``: the writer's output loses ``w_i`` of its ``u_i`` component."""
     basis, scaled = _basis(edit, weight.device)
     return weight - scaled.T @ (basis @ weight)
 
 
-def _project_rows(rows: Float[Tensor, "n d_model"], edit: SiteEdit) -> Float[Tensor, "n d_model"]:
+def _project_rows(
+    rows: Float[Tensor, "n d_model"], edit: WriterProjection
+) -> Float[Tensor, "n d_model"]:
     """``E - E U^T diag(w) U``: the same edit for row vectors (embedding rows)."""
     basis, scaled = _basis(edit, rows.device)
     return rows - (rows @ basis.T) @ scaled
 
 
-def _refuse_unknown_site(model, edit: SiteEdit) -> None:
+def _refuse_unknown_site(model, edit: WriterProjection | HeadProjection) -> None:
     """K/V (and any other) sites are not writers; a K/V edit would act on a whole group."""
+    head = getattr(edit, "head", None)
     if ".attn.hook_k" in edit.hook or ".attn.hook_v" in edit.hook:
         facts = model.facts
-        group = facts.kv_group(edit.head) if edit.head is not None else None
+        group = facts.kv_group(head) if head is not None else None
         shared = facts.heads_of_group(group) if group is not None else "several"
         raise ExportError(
             f"{edit.hook}: a K/V edit acts on KV group {group}, read by query heads {shared}; "
-            f"it was validated for query head {edit.head} only. Validate it as an edit of "
+            f"it was validated for query head {head} only. Validate it as an edit of "
             "the whole group (every query head of it) before exporting"
         )
     raise ExportError(f"no fold for an edit at {edit.hook} ({edit.writer}, layer {edit.layer})")
 
 
 # --------------------------------------------------------------------------- additions
-def _addition_vectors(model, iv: ActivationAddition) -> dict[int, Tensor]:
-    """Layer -> float64 vector added at ``blocks.{layer}.hook_resid_pre``."""
-    ds = iv.directions.load()
-    if ds.d_model != model.facts.d_model:
-        raise ExportError(f"directions have d_model {ds.d_model}, model {model.facts.d_model}")
-    if not all(0 <= layer < model.n_layers for layer in iv.layers):
-        raise ExportError(f"layers {iv.layers} out of range [0, {model.n_layers})")
-    vectors = layer_vectors(ds, iv.index, iv.component, model.n_layers) * iv.strength
-    return {layer: vectors[layer] for layer in iv.layers}
-
-
 def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: list[str]) -> None:
     """Embedding rows for layer 0; ``down_proj.bias`` of layer ``L - 1`` otherwise."""
     family, facts = folder.family, folder.facts
@@ -444,7 +454,7 @@ def _enable_bias(folder: _Folder, config, notes: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------- fold
-def check_exportable(model, interventions: Sequence[Intervention] = ()) -> None:
+def check_exportable(model, interventions: Sequence[Any] = ()) -> None:
     """Raise now what :func:`plan_fold` would raise later: an architecture the fold has no
     table for, or an intervention that cannot be folded. Cheap (nothing is folded)."""
     for iv in interventions:
@@ -452,7 +462,7 @@ def check_exportable(model, interventions: Sequence[Intervention] = ()) -> None:
     _family(model)
 
 
-def plan_fold(model, interventions: Sequence[Intervention]) -> FoldPlan:
+def plan_fold(model, interventions: Sequence[Any]) -> FoldPlan:
     """Decide how each tensor changes, in order, without reading or copying any weight.
 
     Args:
@@ -465,6 +475,12 @@ def plan_fold(model, interventions: Sequence[Intervention]) -> FoldPlan:
         UnsupportedArchitectureError: a model family the exporter has no table for.
     """
     check_exportable(model, interventions)
+    return plan_fold_edits(model, [edit for iv in interventions for edit in plan(model, iv)])
+
+
+def plan_fold_edits(model, edits: Sequence[Edit]) -> FoldPlan:
+    """:func:`plan_fold` of planned edits (from :func:`circuitlab.plan.plan`, or an export's
+    edits file read by :func:`circuitlab.plan.load_edits`: no direction files needed)."""
     family = _family(model)
     config = copy.deepcopy(model.hf_model.config)
     if hasattr(config, "quantization_config"):  # the export holds plain weights
@@ -472,17 +488,11 @@ def plan_fold(model, interventions: Sequence[Intervention]) -> FoldPlan:
     model_class = type(model.hf_model)
     folder = _Folder(model, family, _expected(model_class, config))
     notes: list[str] = []
-    added: dict[int, Tensor] = {}
-    for iv in interventions:
-        if isinstance(iv, ActivationAddition):
-            for layer, vector in _addition_vectors(model, iv).items():
-                added[layer] = added.get(layer, 0) + vector
-            continue
-        for edit in plan(model, iv):
-            folder.site(edit)
-        if isinstance(iv, HeadAblation):
-            notes.extend(_head_notes(model, iv))
-    _fold_additions(folder, config, added, notes)
+    for edit in edits:
+        folder.site(edit)
+        if isinstance(edit, HeadProjection | HeadZero):
+            notes.append(_head_note(model, edit))
+    _fold_additions(folder, config, folder.added, notes)
     copies: dict[str, str] = {}
     if family.embed in folder.edits and model.facts.tied_embeddings:
         copies[family.lm_head] = family.embed
@@ -492,10 +502,12 @@ def plan_fold(model, interventions: Sequence[Intervention]) -> FoldPlan:
             text.tie_word_embeddings = False
         notes.append("lm_head untied (tie_word_embeddings=False): it keeps the original embedding")
     expected = _expected(model_class, config)
-    return FoldPlan(folder.edits, folder.created, copies, expected, config, model_class, notes)
+    return FoldPlan(
+        folder.edits, folder.created, copies, expected, config, model_class, notes, tuple(edits)
+    )
 
 
-def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
+def fold(model, interventions: Sequence[Any]) -> FoldedWeights:
     """Fold interventions, in order, into a copy of the hooked model's HF weights (in memory).
 
     Large or quantized models are exported from their source files instead
@@ -515,17 +527,18 @@ def fold(model, interventions: Sequence[Intervention]) -> FoldedWeights:
     )  # fmt: skip
 
 
-def _head_notes(model, iv: HeadAblation) -> list[str]:
-    """GQA bookkeeping: which KV group each edited head reads, and that K/V are untouched."""
+def _head_note(model, edit: HeadProjection | HeadZero) -> str:
+    """GQA bookkeeping: which KV group an edited head reads, and that K/V are untouched."""
     facts = model.facts
-    notes = []
-    for head, group in iv.kv_groups(facts).items():
-        sharing = [h for h in facts.heads_of_group(group) if h != head.head]
-        shared = f"shared with query heads {sharing}" if sharing else "read by no other head"
-        what = "zeroed" if iv.mode == "zero" else f"projected (weight {iv.weight:g})"
-        notes.append(
-            f"layer {head.layer} head {head.head} {what} through o_proj columns "
-            f"{head.head * facts.d_head}:{(head.head + 1) * facts.d_head}; its KV group "
-            f"{group} ({shared}) is untouched"
-        )
-    return notes
+    group = facts.kv_group(edit.head)
+    sharing = [h for h in facts.heads_of_group(group) if h != edit.head]
+    shared = f"shared with query heads {sharing}" if sharing else "read by no other head"
+    if isinstance(edit, HeadZero):
+        what = "zeroed"
+    else:
+        what = f"projected (weight {', '.join(f'{w:g}' for w in edit.weights.tolist())})"
+    cols = o_proj_columns(edit.head, facts.d_head)
+    return (
+        f"layer {edit.layer} head {edit.head} {what} through o_proj columns "
+        f"{cols.start}:{cols.stop}; its KV group {group} ({shared}) is untouched"
+    )

@@ -29,12 +29,14 @@ import torch
 from safetensors import safe_open
 
 from circuitlab import checks
+from circuitlab._resources import file_sha256, json_hash
 from circuitlab.errors import ConfigError
 from circuitlab.export.card import render_card
 from circuitlab.export.fold import ExportError, FoldedWeights, FoldPlan
 from circuitlab.export.stream import write_streamed
 from circuitlab.export.verify import Parity
 from circuitlab.interventions import Intervention, to_dict
+from circuitlab.plan import Edit, edits_bytes
 
 __all__ = [
     "MANIFEST",
@@ -49,7 +51,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST = checks.EXPORT_MANIFEST
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+# The planned edits (float64) beside the manifest: reproducible without the direction files.
+EDITS = "circuitlab_edits.safetensors"
 DEFAULT_SHARD = "4GB"
 
 
@@ -154,14 +158,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest(
     model,
     interventions: Sequence[Intervention],
@@ -172,7 +168,9 @@ def manifest(
 ) -> dict[str, Any]:
     """What was done, to what, checked how: the content of ``circuitlab_manifest.json``."""
     hashes = [_direction_hash(iv) for iv in interventions]
-    combined = hashlib.sha256(json.dumps(hashes).encode()).hexdigest()[:16]
+    combined = json_hash(hashes)
+    plan = folded if isinstance(folded, FoldPlan) else folded.plan
+    edits = plan.planned if plan is not None else ()
     resolved = model.resolved
     return {
         "format": MANIFEST_FORMAT,
@@ -182,6 +180,12 @@ def manifest(
         "interventions": [to_dict(iv) for iv in interventions],
         "summary": [describe(iv) for iv in interventions],
         "directions": {"hash": combined, "per_intervention": hashes},
+        "edits": {
+            "file": EDITS,
+            "sha256": hashlib.sha256(edits_bytes(edits)).hexdigest(),
+            "read_with": "circuitlab.plan.load_edits; fold with circuitlab.export.plan_fold_edits",
+            "summary": [_edit_line(edit) for edit in edits],
+        },
         "fold": {"edited_tensors": folded.edited, "notes": folded.notes},
         "parity": parity.as_dict(),
         "scorecard": _jsonable(scorecard),
@@ -197,6 +201,21 @@ def _manifest_text(data: dict[str, Any]) -> str:
     text = json.dumps({**data, "interventions": placeholder}, indent=1)
     compact = "[\n" + ",\n".join(json.dumps(iv) for iv in data["interventions"]) + "\n ]"
     return text.replace(json.dumps(placeholder), compact, 1) + "\n"
+
+
+def _edit_line(edit: Edit) -> str:
+    """One line per planned edit: its type and the fields that are not tensors."""
+    values = {f.name: getattr(edit, f.name) for f in dataclasses.fields(edit)}
+    shown = [f"{k}={v!r}" for k, v in values.items() if not isinstance(v, torch.Tensor)]
+    return f"{type(edit).__name__}({', '.join(shown)})"
+
+
+def _write_edits(folder: Path, edits: Sequence[Edit], data: dict[str, Any]) -> None:
+    """Write the edits file the manifest names, checking it is the one it hashed."""
+    payload = edits_bytes(edits)
+    if hashlib.sha256(payload).hexdigest() != data["edits"]["sha256"]:
+        raise ExportError("the edits to write are not the ones the manifest describes")
+    (folder / EDITS).write_bytes(payload)
 
 
 # ---------------------------------------------------------------------------------- files
@@ -254,6 +273,7 @@ def save(
     *,
     force: bool = False,
     max_shard_size: str | int = DEFAULT_SHARD,
+    edits: Sequence[Edit] = (),
 ) -> Path:
     """Write a verified folded model and its manifest, atomically.
 
@@ -264,6 +284,7 @@ def save(
         data: the manifest (from :func:`manifest`); file hashes are added to it.
         force: replace an existing destination folder.
         max_shard_size: ``save_pretrained``'s shard bound (large models get several files).
+        edits: the planned edits the manifest names (``FoldPlan.planned``), written beside it.
 
     Returns:
         The destination folder.
@@ -276,7 +297,8 @@ def save(
         hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
         model.tokenizer.save_pretrained(tmp)
         shards = _check_saved(tmp, hf_model)
-        data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        _write_edits(tmp, edits, data)
+        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)
@@ -326,7 +348,8 @@ def save_streamed(
         data["fold"]["stored_dtype"] = str(streamed.dtype).removeprefix("torch.")
         data["fold"]["identical_to_verified"] = len(streamed.identical)
         data["fold"]["not_compared"] = streamed.unchecked
-        data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        _write_edits(tmp, plan.planned, data)
+        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)

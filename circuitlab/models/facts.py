@@ -7,7 +7,23 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["ModelFacts", "HeadId", "read_facts"]
+__all__ = ["ModelFacts", "HeadId", "heads_of_group", "kv_group", "o_proj_columns", "read_facts"]
+
+
+def kv_group(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """KV head read by query head ``head`` (GQA keeps ``n_heads / n_kv_heads`` per group)."""
+    return head // (n_heads // n_kv_heads)
+
+
+def heads_of_group(group: int, n_heads: int, n_kv_heads: int) -> list[int]:
+    """The query heads that read KV head ``group`` (all of them under MQA)."""
+    k = n_heads // n_kv_heads
+    return list(range(group * k, (group + 1) * k))
+
+
+def o_proj_columns(head: int, d_head: int) -> slice:
+    """The o_proj weight columns query head ``head`` writes through (its output's share)."""
+    return slice(head * d_head, (head + 1) * d_head)
 
 
 @dataclass(frozen=True, order=True)
@@ -18,7 +34,7 @@ class HeadId:
     head: int
 
     def kv_group(self, n_heads: int, n_kv_heads: int) -> int:
-        return self.head // (n_heads // n_kv_heads)
+        return kv_group(self.head, n_heads, n_kv_heads)
 
 
 @dataclass(frozen=True)
@@ -45,11 +61,10 @@ class ModelFacts:
         """KV head read by query head ``head``: ``head // (n_heads / n_kv_heads)``."""
         if not 0 <= head < self.n_heads:
             raise ValueError(f"head {head} out of range [0, {self.n_heads})")
-        return head // self.heads_per_kv_group
+        return kv_group(head, self.n_heads, self.n_kv_heads)
 
     def heads_of_group(self, group: int) -> list[int]:
-        k = self.heads_per_kv_group
-        return list(range(group * k, (group + 1) * k))
+        return heads_of_group(group, self.n_heads, self.n_kv_heads)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

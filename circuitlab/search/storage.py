@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import warnings
@@ -55,6 +54,7 @@ import optuna
 from optuna.trial import TrialState
 
 from circuitlab import checks
+from circuitlab._resources import atomic_folder
 from circuitlab.directions import DirectionSet
 from circuitlab.errors import CircuitlabError
 
@@ -284,17 +284,11 @@ def fetch_directions(store: StudyStore, digest: str, cache_dir: str | Path) -> P
     payload = store.storage.get_study_system_attrs(study_id).get(BLOB + digest)
     if payload is None:
         raise SearchError(f"study {store.name!r} holds no directions {digest}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / "directions.json").write_text(payload["json"])
         (tmp / "directions.safetensors").write_bytes(base64.b64decode(payload["safetensors"]))
         if DirectionSet.load(tmp).hash != digest:
             raise SearchError(f"stored directions {digest} do not match their hash")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
