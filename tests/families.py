@@ -109,6 +109,25 @@ def _configs() -> dict[str, tuple[str, Callable[..., Any]]]:
                 **ids,
             ),  # fmt: skip
         ),
+        "olmoe": (
+            "OlmoeForCausalLM",
+            lambda **ids: tf.OlmoeConfig(
+                **{k: v for k, v in _ATTN.items() if k != "head_dim"},
+                **_MOE,
+                num_experts=4,
+                **ids,
+            ),  # fmt: skip
+        ),
+        "gpt_oss": (  # input-major fused experts with biases, attention sinks
+            "GptOssForCausalLM",
+            lambda **ids: tf.GptOssConfig(
+                **{**_ATTN, "intermediate_size": 32},
+                **_MOE,
+                num_local_experts=4,
+                sliding_window=64,
+                **ids,
+            ),  # fmt: skip
+        ),
         "gemma2": ("Gemma2ForCausalLM", lambda **ids: tf.Gemma2Config(**_ATTN, **_GEMMA, **ids)),
         "gemma3_text": (
             "Gemma3ForCausalLM",

@@ -30,7 +30,7 @@ def test_family_hooks_fold_and_export(matrix, family):
 
 def test_moe_families_are_folded_through_their_experts(matrix):
     moe = {family for family, result in matrix.items() if result.get("moe")}
-    assert moe == {"qwen3_moe", "mixtral", "qwen2_moe"}
+    assert moe == {"qwen3_moe", "mixtral", "qwen2_moe", "olmoe", "gpt_oss"}
 
 
 def test_multimodal_wrapper_reloads_as_itself_with_the_vision_tower_untouched(matrix):

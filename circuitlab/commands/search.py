@@ -195,6 +195,8 @@ def _search_options(args: argparse.Namespace, settings: Settings) -> dict:
         "cache_dir": settings.cache_dir,
         "progress": True,
         "fail_unknown": args.fail_running,
+        "preflight": settings.preflight,
+        "response_prefix": settings.response_prefix,
     }
 
 
