@@ -333,6 +333,8 @@ def run_search(
             model, prompts.harmful_search, judge, max_new_tokens=max_tokens,
             response_prefix=response_prefix, progress=progress,
         )  # fmt: skip
+    elif response_prefix not in (None, "auto"):
+        model.response_prefix = response_prefix  # a fixed prefill applies without a preflight
     store = open_store(study_name, storage, cache_dir, heartbeat=heartbeat)
     try:
         with store.lock():
