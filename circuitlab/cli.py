@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import json
 import logging
 import os
 import random
@@ -270,9 +271,11 @@ def load_model(source: str, settings: Settings):
     source_config(source, settings)  # a missing, malformed or truncated model: one line
     spec = ModelSpec.from_settings(source, settings)
     with err.status(f"loading {source}…"):
+        kwargs = settings.chat_template_kwargs
         return HookedModel.load(
-            spec, system_prompt=settings.system_prompt, chat_template=settings.chat_template
-        )
+            spec, system_prompt=settings.system_prompt, chat_template=settings.chat_template,
+            chat_template_kwargs=json.loads(kwargs) if kwargs else None,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ commands

@@ -15,6 +15,7 @@ reads the file and its environment source the variables (``__`` nests into secti
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,23 @@ class Settings(BaseSettings):
         None,
         description="Jinja chat template (text, or a path to a file) for models that ship none.",
     )
+    chat_template_kwargs: str | None = Field(
+        None,
+        description='Extra chat-template variables as a JSON object, e.g. {"enable_thinking": '
+        "false} to keep Qwen3-style models from opening a reasoning block.",
+    )
+    response_prefix: str | None = Field(
+        "auto",
+        description="Text prefilled at the start of every assistant turn. auto: before a "
+        "search, look for a prefix common to the base model's answers and, when it opens a "
+        "reasoning block, prefill that block closed (an empty <think></think>); unset: none.",
+    )
+    preflight: bool = Field(
+        False,
+        description="Before the first trial, measure the base model's refusals and unfinished "
+        "answers on the search prompts, and stop with the likely cause when there is nothing "
+        "to search for (no refusals, answers cut off inside a reasoning block).",
+    )
     batch_size: int = Field(16, ge=1, description="Prompts per forward pass or generation batch.")
     max_new_tokens: int = Field(48, ge=1, description="Tokens to generate per prompt.")
     trust_remote_code: bool = Field(
@@ -119,6 +137,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Logging level of the command-line tool."
     )
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError('give a JSON object, e.g. {"enable_thinking": false}')
+        return value
 
     @field_validator("device", "neural_device")
     @classmethod

@@ -50,12 +50,17 @@ class HookedModel:
         resolved: ResolvedSource,
         system_prompt: str | None = None,
         chat_template: str | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         self.bridge = bridge
         self.hf_model = bridge.original_model
         self.tokenizer = tokenizer
         self.resolved = resolved
         self.system_prompt = system_prompt
+        # Extra template variables (Qwen3's enable_thinking) and text prefilled at the start
+        # of the assistant's turn (a closed reasoning block): see circuitlab.evaluate.reasoning.
+        self.chat_template_kwargs: dict = dict(chat_template_kwargs or {})
+        self.response_prefix: str = ""
         if chat_template is not None:
             template_path = Path(chat_template)
             if len(chat_template) < 256 and template_path.is_file():
@@ -76,6 +81,7 @@ class HookedModel:
         system_prompt: str | None = None,
         chat_template: str | None = None,
         progress: bool = False,
+        chat_template_kwargs: dict | None = None,
     ) -> HookedModel:
         """Load a preset, folder, GGUF file or hub id and boot the bridge on its raw weights."""
         from transformer_lens.model_bridge import TransformerBridge
@@ -101,7 +107,7 @@ class HookedModel:
             if mixed:
                 model.hf_device_map = device_map
         bridge.eval()
-        return cls(bridge, tokenizer, resolved, system_prompt, chat_template)
+        return cls(bridge, tokenizer, resolved, system_prompt, chat_template, chat_template_kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -163,11 +169,10 @@ class HookedModel:
             messages = [{"role": "user", "content": prompt}]
             if system is not None:
                 messages.insert(0, {"role": "system", "content": system})
-            texts.append(
-                self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
             )
+            texts.append(text + self.response_prefix)
         return texts
 
     def encode(self, prompts: Sequence[str], chat: bool = True) -> dict[str, Tensor]:

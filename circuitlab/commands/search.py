@@ -230,6 +230,8 @@ def search_config(args: argparse.Namespace, settings: Settings, **extra):
         cache_dir=settings.cache_dir,
         progress=True,
         fail_unknown=args.fail_running,
+        preflight=settings.preflight,
+        response_prefix=settings.response_prefix,
         **extra,
     )
 

@@ -9,7 +9,9 @@ sources (a user's file, a Hugging Face dataset) into the same :class:`Question`.
 Each question is shown as the question, its two to four options ``A.``–``D.`` and
 ``Answer:``; the model's choice is the letter with the highest next-token log-probability
 (the letter alone, or with a leading space, whichever the tokenizer makes a single token;
-both are summed).
+both are summed). A reasoning model that would open a ``<think>`` block (or a harmony analysis
+channel) first is read after that block, prefilled closed and empty: the letter is the answer,
+not the first token of the reasoning.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from circuitlab._resources import json_hash, wheel_file
 from circuitlab.engine import HookedModel
 from circuitlab.errors import PromptError
+from circuitlab.evaluate.reasoning import prefill_if_reasoning
 from circuitlab.evaluate.stats import wilson_interval
 
 __all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
@@ -162,9 +165,17 @@ def capability(
         Correct count, accuracy and the model's choice for each question.
     """
     chat = model.facts.has_chat_template if chat is None else chat
-    logprobs = model.next_token_logprobs(
-        [q.prompt() for q in questions], batch_size=batch_size, chat=chat
-    )
+    prompts = [q.prompt() for q in questions]
+    logprobs = model.next_token_logprobs(prompts, batch_size=batch_size, chat=chat)
+    block = prefill_if_reasoning(model, logprobs.argmax(dim=-1).tolist()) if chat else ""
+    if block and not model.response_prefix:
+        # A reasoning model's next token opens its reasoning, not the answer: read the
+        # letter after a closed (empty) reasoning block instead.
+        model.response_prefix = block
+        try:
+            logprobs = model.next_token_logprobs(prompts, batch_size=batch_size, chat=chat)
+        finally:
+            model.response_prefix = ""
     letters = _letter_ids(model.tokenizer)
     scores = torch.stack([logprobs[:, ids].logsumexp(dim=-1) for ids in letters], dim=1)
     # A question with fewer than four choices cannot be answered with the letters it lacks.

@@ -38,7 +38,14 @@ from safetensors.numpy import load_file, save_file
 from torch import Tensor
 
 from circuitlab._resources import json_hash, text_hash, wheel_file
-from circuitlab.evaluate.judges import LABELS, Judgements, MarkerJudge, answer_cues
+from circuitlab.evaluate.judges import (
+    LABELS,
+    UNFINISHED,
+    Judgements,
+    MarkerJudge,
+    answer_cues,
+    mark_unfinished,
+)
 from circuitlab.evaluate.labelled import LabelledSet, labelled_split, load_labelled
 from circuitlab.evaluate.text import normalise, opening, split_thinking
 
@@ -161,7 +168,9 @@ def pair_features(
         size = np.log1p(len(answer)) / np.log1p(2000)
         lexical[i] = (shared / max(1, len(asked)), float(affirm), size, *answer_cues(answer))
     markers = MarkerJudge().judge(prompts, responses).labels
-    onehot = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(m) for m in markers]]
+    # "unfinished" (no answer yet) shares the "degenerate" column: there is no text to read.
+    columns = [LABELS.index("degenerate" if m == UNFINISHED else m) for m in markers]
+    onehot = np.eye(len(LABELS), dtype=np.float32)[columns]
     # Scalars scaled up so L2 regularisation does not drown them among 768 embedding columns.
     cos = 4 * np.stack([(p * a).sum(1), (p * o).sum(1)], axis=1)
     return np.hstack([a, o, cos, 4 * lexical, onehot]).astype(np.float32)
@@ -220,12 +229,13 @@ class ClassifierJudge:
             return Judgements((), (), self.name, self.threshold)
         probs = self.probabilities(prompts, responses)
         best = probs.argmax(axis=1)
-        return Judgements(
+        verdict = Judgements(
             tuple(LABELS[i] for i in best),
             tuple(float(probs[r, i]) for r, i in enumerate(best)),
             self.name,
             self.threshold,
         )
+        return mark_unfinished(verdict, responses)
 
     @classmethod
     def fit(

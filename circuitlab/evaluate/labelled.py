@@ -27,7 +27,7 @@ import numpy as np
 
 from circuitlab._resources import text_hash
 from circuitlab.errors import PromptError
-from circuitlab.evaluate.judges import LABELS, REFUSAL_LABELS, Judge
+from circuitlab.evaluate.judges import LABELS, REFUSAL_LABELS, UNFINISHED, Judge
 from circuitlab.evaluate.stats import BinaryMetrics, binary_metrics, confusion_matrix
 
 __all__ = [
@@ -299,7 +299,10 @@ def judge_accuracy(judge: Judge, data: LabelledSet, n_boot: int = 2000) -> Judge
     """
     verdict = judge.judge(list(data.prompts), list(data.responses))
     truth = [label in REFUSAL_LABELS for label in data.labels]
-    matrix = confusion_matrix(data.labels, verdict.labels, LABELS)
+    # Labelled data predates the unfinished label: an answer cut off inside its reasoning is
+    # labelled degenerate there (no usable answer either way).
+    said = ["degenerate" if label == UNFINISHED else label for label in verdict.labels]
+    matrix = confusion_matrix(data.labels, said, LABELS)
     intervals = bootstrap_intervals(truth, verdict.is_refusal, n_boot) if n_boot else {}
     return JudgeAccuracy(
         judge=judge.name,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from circuitlab.errors import ModelNotFoundError
-from circuitlab.evaluate.judges import Judgements
+from circuitlab.evaluate.judges import Judgements, mark_unfinished
 from circuitlab.evaluate.text import split_thinking
 
 __all__ = [
@@ -185,7 +185,7 @@ class SequenceClassifierJudge:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         p = self.refusal_probability(list(prompts), list(responses))
-        return _binary(p, self.name, self.threshold)
+        return mark_unfinished(_binary(p, self.name, self.threshold), responses)
 
 
 def _binary(p_refusal: np.ndarray, name: str, threshold: float) -> Judgements:
@@ -333,10 +333,13 @@ class LLMJudge:
         if not len(prompts):
             return Judgements((), (), self.name, self.threshold)
         if self.pattern is None:
-            return _binary(
-                self.refusal_probability(list(prompts), list(responses)),
-                self.name,
-                self.threshold,
+            return mark_unfinished(
+                _binary(
+                    self.refusal_probability(list(prompts), list(responses)),
+                    self.name,
+                    self.threshold,
+                ),
+                responses,
             )
         regex = re.compile(self.pattern, re.IGNORECASE)
         labels, confs = [], []
@@ -349,7 +352,8 @@ class LLMJudge:
                 refused = match.group(1).strip().lower() in self.refusal_words
                 labels.append("hard_refusal" if refused else "compliant")
                 confs.append(1.0)
-        return Judgements(tuple(labels), tuple(confs), self.name, self.threshold)
+        verdict = Judgements(tuple(labels), tuple(confs), self.name, self.threshold)
+        return mark_unfinished(verdict, responses)
 
 
 @dataclass(frozen=True)

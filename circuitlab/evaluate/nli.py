@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from circuitlab.errors import ModelNotFoundError
-from circuitlab.evaluate.judges import LABELS, Judgements
+from circuitlab.evaluate.judges import LABELS, Judgements, mark_unfinished
 from circuitlab.evaluate.text import split_thinking
 
 __all__ = ["NLIJudge", "DEFAULT_HYPOTHESES", "DEFAULT_NLI_MODEL"]
@@ -120,9 +120,10 @@ class NLIJudge:
         )
         if isinstance(results, dict):  # the pipeline unwraps a single input
             results = [results]
-        return Judgements(
+        verdict = Judgements(
             tuple(by_text[r["labels"][0]] for r in results),
             tuple(float(r["scores"][0]) for r in results),
             self.name,
             self.threshold,
         )
+        return mark_unfinished(verdict, responses)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "normalise",
+    "Reasoned",
+    "split_reasoning",
     "split_thinking",
     "Opening",
     "opening",
@@ -66,13 +68,64 @@ def normalise(text: str) -> str:
 
 
 _THINK_OPEN = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)
+# A template that opens the block itself (DeepSeek-R1's ends the prompt with "<think>\n")
+# leaves only the closing tag in the response.
+_THINK_CLOSE = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
+# gpt-oss's harmony format: an "analysis" channel, then the "final" one. Decoding with
+# skip_special_tokens drops the <|...|> markers and leaves "analysisWe need..." and
+# "assistantfinalThe answer...", so both spellings are recognised.
+_HARMONY_ANALYSIS = re.compile(
+    r"\s*(?:<\|start\|>assistant)?(?:<\|channel\|>analysis<\|message\|>|analysis(?=[A-Z]))"
+)
+_HARMONY_FINAL = re.compile(
+    r"(?:<\|end\|>)?\s*(?:<\|start\|>)?assistant(?:<\|channel\|>final<\|message\|>|final)"
+)
+
+
+@dataclass(frozen=True)
+class Reasoned:
+    """A response split into its reasoning and the answer the user is shown.
+
+    Attributes:
+        reasoning: the reasoning block's text ("" when there is none).
+        answer: the text after the block (the whole response when there is no block).
+        finished: False when a block was opened and never closed: generation ended while
+            the model was still reasoning, so there is no answer to judge.
+    """
+
+    reasoning: str
+    answer: str
+    finished: bool
+
+
+def split_reasoning(text: str) -> Reasoned:
+    """Split ``<think>``-style blocks and gpt-oss harmony channels from the answer.
+
+    Markers inside the reasoning ("I won't help with this, redirect") say nothing about what
+    the user is shown, so judges and the capability check read only the answer.
+    """
+    match = _THINK_OPEN.match(text)
+    if match is not None:
+        close = f"</{match.group(1)}>"
+        end = text.lower().find(close.lower(), match.end())
+        if end < 0:
+            return Reasoned(text[match.end() :], "", False)
+        return Reasoned(text[match.end() : end], text[end + len(close) :], True)
+    harmony = _HARMONY_ANALYSIS.match(text)
+    if harmony is not None:
+        final = _HARMONY_FINAL.search(text, harmony.end())
+        if final is None:
+            return Reasoned(text[harmony.end() :], "", False)
+        answer = re.sub(r"<\|(?:return|end)\|>\s*$", "", text[final.end() :])
+        return Reasoned(text[harmony.end() : final.start()], answer, True)
+    close = _THINK_CLOSE.search(text)
+    if close is not None and _THINK_OPEN.search(text[: close.start()]) is None:
+        return Reasoned(text[: close.start()], text[close.end() :], True)
+    return Reasoned("", text, True)
 
 
 def split_thinking(text: str) -> tuple[str, bool]:
-    """Drop a leading chain-of-thought block (``<think>…</think>``) from a response.
-
-    Markers inside the reasoning ("I won't help with this, redirect") say nothing about what
-    the user is shown, so judges read only the answer after the block.
+    """``(answer, finished)`` of :func:`split_reasoning`, for judges that need only those.
 
     Args:
         text: a response, possibly starting with a reasoning block.
@@ -81,14 +134,8 @@ def split_thinking(text: str) -> tuple[str, bool]:
         ``(answer, finished)``: the text after the block, and False when a block was opened
         but not closed (the model is still thinking; the answer is then empty).
     """
-    match = _THINK_OPEN.match(text)
-    if match is None:
-        return text, True
-    close = f"</{match.group(1)}>"
-    end = text.lower().find(close.lower(), match.end())
-    if end < 0:
-        return "", False
-    return text[end + len(close) :], True
+    reasoned = split_reasoning(text)
+    return reasoned.answer, reasoned.finished
 
 
 # A sentence ends at terminal punctuation (optionally followed by closing quotes, brackets or

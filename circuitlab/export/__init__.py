@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,8 @@ __all__ = [
     "verify_in_place",
 ]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -150,7 +153,15 @@ def export(
     except UnsupportedArchitectureError as exc:
         raise ExportError(str(exc)) from None
     files = source_files(model.resolved) if stream is not False else []
-    if files:
+    if files and stream is None and not is_quantized(model.hf_model):
+        try:
+            check_source(plan, files)
+        except ExportError as exc:
+            # transformers renames some checkpoints on load (fused MoE experts, multimodal
+            # wrappers): the files' keys are not the modules'; fold the loaded weights.
+            log.info("folding in memory: %s", exc)
+            files = []
+    elif files:
         check_source(plan, files)
     elif stream or is_quantized(model.hf_model):
         raise ExportError(

@@ -25,7 +25,7 @@ What PEFT can target, and how each edit lands:
   keeps the original matrix, exactly what the merged export's untying does.
 
 The coupling to the fold (:func:`circuitlab.plan.plan`'s typed edits and the fold's
-family table) is all in :func:`_spans`.
+layout) is all in :func:`_spans`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from circuitlab._resources import file_sha256
-from circuitlab.export.fold import EMBED_CHUNK, FAMILIES, ExportError, FoldPlan, plan_fold
+from circuitlab.export.fold import EMBED_CHUNK, ExportError, FoldPlan, layout, plan_fold
 from circuitlab.export.inplace import live_slots, stored_keys
 from circuitlab.export.verify import Parity, Reference, compare, reference, verify_in_place
 from circuitlab.interventions import Intervention
@@ -114,21 +114,28 @@ class AdapterResult:
 def _spans(model, interventions: Sequence[Intervention], plan: FoldPlan, original) -> dict:
     """Tensor key -> vectors spanning the columns (embedding: rows) of its change.
 
-    The one place that reads the planned edits (:mod:`circuitlab.plan`) and the fold's family
-    table; everything else works on the composed tensors.
+    The one place that reads the planned edits (:mod:`circuitlab.plan`) and the fold's
+    layout; everything else works on the composed tensors.
     """
     from circuitlab.plan import HeadProjection, HeadZero, ResidualAddition, WriterProjection
     from circuitlab.plan import plan as plan_edits
 
-    family = FAMILIES[model.facts.model_type]
+    lay = layout(model)
     spans: dict[str, list[Tensor]] = {}
     d = model.facts.d_head
 
     def writer_key(writer: str, layer: int) -> str:
         if writer == "embed":
-            return family.embed
-        template = family.o_proj if writer == "attn" else family.down_proj
-        return f"{template.format(layer=layer)}.weight"
+            return lay.embed
+        if writer == "attn":
+            return f"{lay.attn[layer]}.weight"
+        down = lay.down_proj(layer)
+        if down is None:
+            raise ExportError(
+                f"layer {layer}'s MLP is a mixture of experts, whose stacked expert tensors no "
+                "LoRA module can adapt; export it merged (--format merged)"
+            )
+        return f"{down}.weight"
 
     for iv in interventions:
         for edit in plan_edits(model, iv):
@@ -136,7 +143,7 @@ def _spans(model, interventions: Sequence[Intervention], plan: FoldPlan, origina
                 # Only a layer-0 addition edits a matrix (the embedding rows); later ones
                 # become biases.
                 if edit.layer == 0:
-                    spans.setdefault(family.embed, []).append(edit.vector[None].double())
+                    spans.setdefault(lay.embed, []).append(edit.vector[None].double())
             elif isinstance(edit, HeadZero):
                 key = writer_key("attn", edit.layer)
                 cols = original(key)[:, edit.head * d : (edit.head + 1) * d]
@@ -189,10 +196,10 @@ def lora_factors(
     weights = {k for k in plan.edits if k.endswith(".weight")}
     # A bias flag creates every bias of its kind; only those the fold edits carry anything.
     biases = {k for k in plan.edits if k.endswith(".bias")}
-    family = FAMILIES[model.facts.model_type]
+    embed = layout(model).embed
     for key in sorted(weights | {b.removesuffix(".bias") + ".weight" for b in biases}):
         module = key.removesuffix(".weight")
-        kind = "embedding" if key == family.embed else "linear"
+        kind = "embedding" if key == embed else "linear"
         B, A, error = _factor(key, plan, original, spans.get(key), kind)
         bias = None
         if f"{module}.bias" in biases:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,11 +52,14 @@ __all__ = [
     "ExportError",
     "Family",
     "FoldPlan",
+    "Layout",
+    "Writer",
     "FoldedWeights",
     "TensorEdit",
     "check_exportable",
     "check_foldable",
     "fold",
+    "layout",
     "plan_fold",
     "plan_fold_edits",
 ]
@@ -71,7 +75,10 @@ class ExportError(CircuitlabError):
 
 @dataclass(frozen=True)
 class Family:
-    """Where one architecture family keeps the matrices the fold edits.
+    """What the fold must know about an architecture family beyond its module layout.
+
+    Where the tensors live is read from the loaded model (:func:`layout`), so a family entry
+    only says what the modules cannot.
 
     Attributes:
         norm: ``pre`` (writers add straight into the residual) or ``sandwich`` (a norm
@@ -79,18 +86,21 @@ class Family:
         bias_flag: config flag giving ``down_proj`` a bias (``None``: no flag does). Only
             ``down_proj`` works: it is the last writer before ``hook_resid_pre``, while an
             ``o_proj`` bias would also be read by the same layer's MLP.
+        experts_input_major: fused 3-D expert output tensors are stored ``[expert, d_ff,
+            d_model]`` and applied as ``h @ W`` (gpt-oss); otherwise ``[expert, d_model,
+            d_ff]`` applied as ``W @ h`` (Qwen3-MoE, Mixtral). Only consulted when
+            ``d_ff == d_model`` leaves the shape ambiguous.
     """
 
     norm: Literal["pre", "sandwich"]
     bias_flag: str | None = None
-    embed: str = "model.embed_tokens.weight"
-    lm_head: str = "lm_head.weight"
-    o_proj: str = "model.layers.{layer}.self_attn.o_proj"
-    down_proj: str = "model.layers.{layer}.mlp.down_proj"
+    experts_input_major: bool = False
 
 
-# By HF ``model_type``. Tested end to end: llama, gemma3_text; the others share the layout
-# and every export of them is still checked against the hooks before it is written.
+# By the text model's ``model_type`` (a multimodal wrapper's language model counts as its
+# text family). Each is exercised end to end by the family matrix (tests/test_families.py);
+# a family missing here still folds when its layout resolves, and every export is checked
+# against the hooks before it is written.
 FAMILIES: dict[str, Family] = {
     "llama": Family("pre", bias_flag="mlp_bias"),  # mlp_bias also adds gate/up biases (0)
     "mistral": Family("pre"),
@@ -99,7 +109,63 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("pre"),
     "gemma2": Family("sandwich"),
     "gemma3_text": Family("sandwich"),
+    "phi3": Family("pre"),  # fused qkv and gate_up are readers; o_proj, down_proj write
+    "qwen2_moe": Family("pre"),
+    "qwen3_moe": Family("pre"),
+    "mixtral": Family("pre"),
+    "olmoe": Family("pre"),
+    "gpt_oss": Family("pre", experts_input_major=True),
 }
+
+# Names of the tensor (or the module holding it) that writes an MLP's or an expert's output.
+OUTPUT_NAMES = ("down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "down_proj_bias")
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One tensor that writes into the residual stream, by its plain HF key.
+
+    Attributes:
+        key: the state-dict key.
+        kind: ``linear`` (``[d_model, n]`` weight or ``[d_model]`` bias: ``W <- P W``),
+            ``rows`` (a tensor whose last axis is ``d_model``: each row ``r <- r P``, the
+            input-major experts and expert biases ``[expert, d_model]``), or ``experts``
+            (``[expert, d_model, n]``: each expert ``W_e <- P W_e``).
+    """
+
+    key: str
+    kind: Literal["linear", "rows", "experts"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one loaded model keeps the tensors the fold edits, found from its modules.
+
+    Attributes:
+        embed: the input embedding's key.
+        lm_head: the unembedding's key (None when the model has none of its own).
+        attn: per layer, the attention output projection's module key (``o_proj``).
+        mlp: per layer, every tensor that writes the MLP's output: ``down_proj`` for a dense
+            MLP; each expert's output projection (and bias) and any shared expert's for MoE.
+    """
+
+    embed: str
+    lm_head: str | None
+    attn: tuple[str, ...]
+    mlp: tuple[tuple[Writer, ...], ...]
+
+    def down_proj(self, layer: int) -> str | None:
+        """The dense ``down_proj`` module key of ``layer`` (None for an MoE layer)."""
+        writers = self.mlp[layer]
+        prefixes = {w.key.rsplit(".", 1)[0] for w in writers}
+        if len(prefixes) == 1 and all(w.kind == "linear" for w in writers):
+            return prefixes.pop()
+        return None
+
+    @property
+    def moe(self) -> bool:
+        """Some layer's MLP is a mixture of experts."""
+        return any(self.down_proj(layer) is None for layer in range(len(self.mlp)))
 
 
 @dataclass(eq=False)
@@ -249,18 +315,112 @@ def check_foldable(intervention: Any) -> None:
 
 
 def _family(model) -> Family:
-    family = FAMILIES.get(model.facts.model_type)
+    facts = model.facts
+    family = FAMILIES.get(facts.model_type)
     if family is None:
+        # Where the tensors are is read from the modules; the norm placement is the one fact
+        # a table entry would add, and read_facts found it. The parity check vouches.
+        log.info("%s is not in the fold's family table; folding by its layout", facts.model_type)
+        return Family(facts.norm_placement)
+    if family.norm != facts.norm_placement:
         raise UnsupportedArchitectureError(
-            f"export does not know where {model.facts.model_type!r} keeps its weights; "
-            f"known families: {', '.join(sorted(FAMILIES))}"
-        )
-    if family.norm != model.facts.norm_placement:
-        raise UnsupportedArchitectureError(
-            f"{model.facts.model_type} has {model.facts.norm_placement} norms, the export "
+            f"{facts.model_type} has {facts.norm_placement} norms, the export "
             f"table says {family.norm}"
         )
     return family
+
+
+# ----------------------------------------------------------------------------- layout
+def _module_keys(hf_model: torch.nn.Module) -> dict[int, list[str]]:
+    """Module id -> its plain HF names (the bridge nests each HF module as
+    ``..._original_component`` and adds aliases; dropping the nesting gives HF's names)."""
+    names: dict[int, list[str]] = {}
+    for name, module in hf_model.named_modules(remove_duplicate=False):
+        plain = name.replace("._original_component", "").replace("_original_component.", "")
+        names.setdefault(id(module), []).append(plain)
+    return names
+
+
+def _key_of(module, names: dict[int, list[str]], expected, what: str) -> str:
+    module = _original(module)
+    for name in names.get(id(module), []):
+        if f"{name}.weight" in expected:
+            return name
+    raise UnsupportedArchitectureError(f"cannot find the HF name of the {what} module")
+
+
+def _expert_writers(mlp: torch.nn.Module, prefix: str, d_model: int, family: Family):
+    """Every tensor of an MoE block that writes its output: each expert's output projection
+    (fused 3-D or one module per expert), their biases, and any shared expert's.
+
+    The block's output is ``sum_e g_e(x) W_e h_e(x) (+ shared)``: projecting ``u`` out of
+    every ``W_e`` removes it from every term, whatever the gates ``g_e`` are."""
+    found: list[Writer] = []
+    for name, param in _original(mlp).named_parameters():
+        parts = name.replace("._original_component", "").split(".")
+        key = f"{prefix}.{'.'.join(parts)}"
+        if parts[-1] in OUTPUT_NAMES:  # a fused tensor: [expert, ...] or an expert bias
+            if param.ndim == 2:
+                found.append(Writer(key, "rows"))  # [expert, d_model] bias
+            elif param.ndim == 3:
+                d_out, d_in = param.shape[1], param.shape[2]
+                input_major = d_in == d_model and (d_out != d_model or family.experts_input_major)
+                found.append(Writer(key, "rows" if input_major else "experts"))
+        elif len(parts) > 1 and parts[-2] in OUTPUT_NAMES and parts[-1] in ("weight", "bias"):
+            found.append(Writer(key, "linear"))
+    return tuple(found)
+
+
+def layout(model, family: Family | None = None) -> Layout:
+    """Find the writers of a hooked model from its modules, not from fixed paths.
+
+    The bridge maps each block's attention output projection (``attn.o``) and dense MLP
+    output (``mlp.out``) to the HF module that does the work; the module's own HF name gives
+    the key, wherever the language model sits (``model.layers`` or a multimodal wrapper's
+    ``model.language_model.layers``). An MoE block has no single ``mlp.out``: its experts'
+    output projections are its writers.
+
+    Raises:
+        UnsupportedArchitectureError: a writer the bridge does not expose.
+    """
+    family = family or _family(model)
+    hf = model.hf_model
+    names = _module_keys(hf)
+    expected = set(_expected(type(hf), hf.config))
+    head = hf.get_output_embeddings()
+    lm_head = None if head is None else _key_of(head, names, expected, "unembedding")
+    attn, mlp = [], []
+    for layer, block in enumerate(model.bridge.blocks):
+        o = getattr(getattr(block, "attn", None), "o", None)
+        if o is None:
+            raise UnsupportedArchitectureError(f"block {layer} exposes no attention output")
+        attn.append(_key_of(o, names, expected, f"layer {layer} attention output"))
+        out = getattr(block.mlp, "out", None)
+        if out is not None:
+            prefix = _key_of(out, names, expected, f"layer {layer} MLP output")
+            writers = [Writer(f"{prefix}.weight", "linear")]
+            if f"{prefix}.bias" in expected:
+                writers.append(Writer(f"{prefix}.bias", "linear"))
+            mlp.append(tuple(writers))
+            continue
+        block_names = names.get(id(_original(block.mlp)), [])
+        prefix = next(
+            (n for n in block_names if any(k.startswith(f"{n}.") for k in expected)), None
+        )
+        writers = _expert_writers(block.mlp, prefix, model.facts.d_model, family) if prefix else ()
+        if not writers or any(w.key not in expected for w in writers):
+            raise UnsupportedArchitectureError(
+                f"cannot find what writes layer {layer}'s MLP output "
+                f"({type(_original(block.mlp)).__name__})"
+            )
+        mlp.append(writers)
+    embed = _key_of(hf.get_input_embeddings(), names, expected, "input embedding")
+    return Layout(
+        embed=f"{embed}.weight",
+        lm_head=None if lm_head is None else f"{lm_head}.weight",
+        attn=tuple(attn),
+        mlp=tuple(mlp),
+    )
 
 
 # ---------------------------------------------------------------------------- weights
@@ -297,16 +457,36 @@ def _source_weights(model, expected: dict[str, tuple[int, ...]]) -> dict[str, Te
             raise ExportError(f"{key} has shape {tuple(found[key].shape)}, expected {shape}")
     known = {t.data_ptr() for t in found.values()}
     for name, tensor in extra.items():
-        if tensor.data_ptr() not in known and tensor.numel() and tensor.abs().max() != 0:
+        if tensor.data_ptr() in known or not tensor.numel() or tensor.abs().max() == 0:
+            continue
+        if not _split_of_fused(name, tensor, found):
             raise ExportError(f"the hooked model computes with {name}, which HF has no key for")
     return found
+
+
+def _split_of_fused(name: str, tensor: Tensor, found: dict[str, Tensor]) -> bool:
+    """The bridge splits a fused projection (Phi-3's ``qkv_proj``) into its own q/k/v
+    copies: such a tensor is a block of rows of a tensor of the same module, so the fused
+    HF tensor carries it."""
+    layer = re.match(r"(.*\.\d+\.)", name)  # the same decoder layer (the bridge aliases the
+    parent = layer.group(1) if layer else name.rsplit(".", 2)[0] + "."  # module's name)
+    for key, fused in found.items():
+        if not key.startswith(parent) or fused.ndim != tensor.ndim or fused.shape == tensor.shape:
+            continue
+        if fused.shape[1:] != tensor.shape[1:] or fused.shape[0] < tensor.shape[0]:
+            continue
+        starts = (fused == tensor[0]).reshape(fused.shape[0], -1).all(dim=1).nonzero()
+        n = tensor.shape[0]
+        if any(torch.equal(fused[s : s + n], tensor) for s in starts.flatten().tolist()):
+            return True
+    return False
 
 
 class _Folder:
     """Collects each tensor's edits in the order the hooks apply them (no tensor is read)."""
 
-    def __init__(self, model, family: Family, expected: dict[str, tuple[int, ...]]):
-        self.model, self.family, self.facts = model, family, model.facts
+    def __init__(self, model, family: Family, expected: dict[str, tuple[int, ...]], layout: Layout):
+        self.model, self.family, self.facts, self.layout = model, family, model.facts, layout
         self.keys = dict(expected)
         self.edits: dict[str, TensorEdit] = {}
         self.created: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -320,9 +500,15 @@ class _Folder:
             edit.rowwise = False
         edit.ops.append(op)
 
-    def writer_key(self, writer: str, layer: int) -> str:
-        template = self.family.o_proj if writer == "attn" else self.family.down_proj
-        return template.format(layer=layer)
+    def writers(self, writer: str, layer: int) -> tuple[Writer, ...]:
+        """The tensors that write ``writer``'s output at ``layer`` (weights and biases)."""
+        if writer != "attn":
+            return self.layout.mlp[layer]
+        prefix = self.layout.attn[layer]
+        biased = f"{prefix}.bias" in self.keys  # the hook sees the bias too
+        return (Writer(f"{prefix}.weight", "linear"),) + (
+            (Writer(f"{prefix}.bias", "linear"),) if biased else ()
+        )
 
     def site(self, edit: Edit) -> None:
         """Queue one planned edit's tensor updates. Residual additions are summed per layer
@@ -342,15 +528,13 @@ class _Folder:
         elif isinstance(edit, HeadProjection):
             self.head(edit.layer, edit.head, functools.partial(_project_columns, edit=edit))
         elif edit.writer == "embed":
-            self.add(self.family.embed, lambda rows, _: _project_rows(rows, edit), rowwise=True)
+            self.add(self.layout.embed, lambda rows, _: _project_rows(rows, edit), rowwise=True)
         else:
-            prefix = self.writer_key(edit.writer, edit.layer)
-            self.add(f"{prefix}.weight", lambda w, _: _project(w, edit))
-            if f"{prefix}.bias" in self.keys:  # the hook sees the bias too
-                self.add(f"{prefix}.bias", lambda b, _: _project(b[:, None], edit)[:, 0])
+            for writer in self.writers(edit.writer, edit.layer):
+                self.add(writer.key, _writer_op(writer, edit))
 
     def head(self, layer: int, head: int, op: Callable[[Tensor, slice, Tensor], Tensor]) -> None:
-        key = f"{self.writer_key('attn', layer)}.weight"
+        key = f"{self.layout.attn[layer]}.weight"
         cols = o_proj_columns(head, self.facts.d_head)
         self.add(key, lambda weight, original: op(weight, cols, original))
 
@@ -368,6 +552,17 @@ def _project_columns(weight: Tensor, cols: slice, original: Tensor, edit: HeadPr
     weight = weight.clone()
     weight[:, cols] -= scaled.T @ (basis @ original[:, cols].double())
     return weight
+
+
+def _writer_op(writer: Writer, edit: WriterProjection) -> Callable[[Tensor, Tensor], Tensor]:
+    """The projection for one writer tensor: ``P W`` (weights, and stacked experts, which
+    ``matmul`` broadcasts over), ``P b`` (a bias), or ``r P`` for tensors whose last axis
+    is ``d_model`` (input-major experts and per-expert biases)."""
+    if writer.kind == "rows":
+        return lambda rows, _: _project_rows(rows, edit)
+    if writer.key.endswith(".bias"):
+        return lambda bias, _: _project(bias[:, None], edit)[:, 0]
+    return lambda weight, _: _project(weight, edit)
 
 
 def _basis(edit: WriterProjection | HeadProjection, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -412,6 +607,12 @@ def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: li
     """Embedding rows for layer 0; ``down_proj.bias`` of layer ``L - 1`` otherwise."""
     family, facts = folder.family, folder.facts
     later = sorted(layer for layer in added if layer > 0)
+    if later and folder.layout.moe:
+        raise ExportError(
+            f"an addition at layer(s) {later} of a mixture-of-experts model would need a bias "
+            "that every token receives whatever experts it is routed to, and an MoE block has "
+            "none; only layer 0 (the embedding stream) folds exactly here"
+        )
     if later and family.bias_flag is None:
         raise ExportError(
             f"an addition at layer(s) {later} of a {facts.model_type} model needs a bias on the "
@@ -425,12 +626,12 @@ def _fold_additions(folder: _Folder, config, added: dict[int, Tensor], notes: li
         # Gemma multiplies the looked-up rows by sqrt(d_model) (cast to the weight dtype).
         scale = float(getattr(embed, "embed_scale", torch.tensor(1.0)).to(embed.weight.dtype))
         vector = added[0] / scale
-        folder.add(family.embed, lambda rows, _: rows + vector.to(rows.device), rowwise=True)
+        folder.add(folder.layout.embed, lambda rows, _: rows + vector.to(rows.device), rowwise=True)
         notes.append("addition at layer 0 folded into every embedding row")
     if later:
         _enable_bias(folder, config, notes)
         for layer in later:
-            key = f"{family.down_proj.format(layer=layer - 1)}.bias"
+            key = f"{folder.layout.down_proj(layer - 1)}.bias"
             vector = added[layer]
             folder.add(key, lambda bias, _, vector=vector: bias + vector.to(bias.device))
         notes.append(f"additions at layers {later} folded into down_proj.bias of the layer before")
@@ -448,7 +649,7 @@ def _enable_bias(folder: _Folder, config, notes: list[str]) -> None:
                 raise ExportError(f"{flag}=True adds {key}, which is not a bias")
             folder.created[key] = (shape, key.removesuffix(".bias") + ".weight")
             folder.keys[key] = shape
-    if f"{folder.family.down_proj.format(layer=0)}.bias" not in folder.keys:
+    if f"{folder.layout.down_proj(0)}.bias" not in folder.keys:
         raise ExportError(f"{flag}=True gives down_proj no bias in this transformers version")
     notes.append(f"config.{flag}=True: every bias it adds is zero except the folded additions")
 
@@ -459,7 +660,7 @@ def check_exportable(model, interventions: Sequence[Any] = ()) -> None:
     table for, or an intervention that cannot be folded. Cheap (nothing is folded)."""
     for iv in interventions:
         check_foldable(iv)
-    _family(model)
+    layout(model, _family(model))
 
 
 def plan_fold(model, interventions: Sequence[Any]) -> FoldPlan:
@@ -486,7 +687,7 @@ def plan_fold_edits(model, edits: Sequence[Edit]) -> FoldPlan:
     if hasattr(config, "quantization_config"):  # the export holds plain weights
         del config.quantization_config
     model_class = type(model.hf_model)
-    folder = _Folder(model, family, _expected(model_class, config))
+    folder = _Folder(model, family, _expected(model_class, config), layout(model, family))
     notes: list[str] = []
     for edit in edits:
         folder.site(edit)
@@ -494,8 +695,9 @@ def plan_fold_edits(model, edits: Sequence[Edit]) -> FoldPlan:
             notes.append(_head_note(model, edit))
     _fold_additions(folder, config, folder.added, notes)
     copies: dict[str, str] = {}
-    if family.embed in folder.edits and model.facts.tied_embeddings:
-        copies[family.lm_head] = family.embed
+    embed = folder.layout.embed
+    if embed in folder.edits and model.facts.tied_embeddings and folder.layout.lm_head:
+        copies[folder.layout.lm_head] = embed
         config.tie_word_embeddings = False
         text = config.get_text_config()
         if text is not config:

@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 from torch import nn
 
-__all__ = ["ModelFacts", "HeadId", "heads_of_group", "kv_group", "o_proj_columns", "read_facts"]
+__all__ = [
+    "ModelFacts",
+    "HeadId",
+    "decoder_layers",
+    "heads_of_group",
+    "kv_group",
+    "o_proj_columns",
+    "read_facts",
+]
 
 
 def kv_group(head: int, n_heads: int, n_kv_heads: int) -> int:
@@ -72,12 +80,22 @@ class ModelFacts:
         return data
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
-    return layers
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's layer list, wherever the architecture keeps it.
+
+    ``get_decoder()`` reaches the language model inside a multimodal wrapper
+    (``Gemma3ForConditionalGeneration.model.language_model``) as well as a causal LM's
+    ``model``; the attribute walk covers models without it.
+    """
+    getter = getattr(model, "get_decoder", None)
+    candidates = [getter()] if callable(getter) else []
+    candidates += [getattr(model, "model", None), model]
+    for inner in candidates:
+        inner = getattr(inner, "original_component", inner)  # a bridge-wrapped module
+        layers = getattr(inner, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return layers
+    raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
 
 
 def read_facts(model: nn.Module, has_chat_template: bool) -> ModelFacts:
@@ -88,7 +106,9 @@ def read_facts(model: nn.Module, has_chat_template: bool) -> ModelFacts:
     d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     # Gemma 2/3 wrap each sublayer in a second RMSNorm after it ("sandwich"); Llama's
     # `post_attention_layernorm` is really the pre-MLP norm, so test the MLP post-norm.
-    sandwich = hasattr(_decoder_layers(model)[0], "post_feedforward_layernorm")
+    first = decoder_layers(model)[0]
+    first = getattr(first, "original_component", first)
+    sandwich = hasattr(first, "post_feedforward_layernorm")
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
@@ -100,7 +120,10 @@ def read_facts(model: nn.Module, has_chat_template: bool) -> ModelFacts:
         n_heads=n_heads,
         n_kv_heads=n_kv,
         d_head=d_head,
-        d_mlp=config.intermediate_size,
+        # MoE configs name the expert width apart; the dense width may be absent.
+        d_mlp=getattr(config, "moe_intermediate_size", None)
+        or getattr(config, "intermediate_size", None)
+        or 4 * config.hidden_size,
         vocab_size=config.vocab_size,
         norm_placement="sandwich" if sandwich else "pre",
         tied_embeddings=tied,

@@ -252,7 +252,7 @@ def load_hf(
             kwargs["max_memory"] = {_memory_key(k): v for k, v in spec.max_memory.items()}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-    model = AutoModelForCausalLM.from_pretrained(
+    model = _auto_class(resolved.location, spec).from_pretrained(
         resolved.location, dtype=DTYPES[spec.dtype], **kwargs
     )
     model.config.architectures = model.config.architectures or [type(model).__name__]
@@ -261,6 +261,19 @@ def load_hf(
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer, resolved
+
+
+def _auto_class(location: str, spec: ModelSpec):
+    """``AutoModelForCausalLM``, or the image-text-to-text class for a multimodal wrapper the
+    causal mapping lacks (Mistral 3's ``Mistral3ForConditionalGeneration``): its language
+    model is what the bridge hooks, and the export reloads as the same class."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=spec.trust_remote_code)
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not hasattr(config, "text_config"):
+        return AutoModelForCausalLM
+    return AutoModelForImageTextToText
 
 
 def _memory_key(key: str) -> str | int:

@@ -149,6 +149,8 @@ def abliterate(
     fail_unknown: bool = False,
     export_options: dict[str, Any] | None = None,
     batch_cap: int = DEFAULT_BATCH_CAP,
+    preflight: bool = False,
+    response_prefix: str | None = "auto",
 ) -> Abliteration:
     """Search (or resume) a study, choose a trial, score it on the test split, export it.
 
@@ -156,7 +158,8 @@ def abliterate(
         model: the base model.
         prompts: all splits, including the test split.
         study_name, n_trials, storage, space, objective, seed, profile, family, cache_dir,
-            progress, fail_unknown: as for :func:`circuitlab.search.run_search`.
+            progress, fail_unknown, preflight, response_prefix: as for
+            :func:`circuitlab.search.run_search`.
         out: export folder; None: do not export.
         force: replace ``out`` if it exists.
         judge: refusal judge of the search trials (default ``MarkerJudge``).
@@ -180,6 +183,7 @@ def abliterate(
         model, prompts, study_name, n_trials, storage=storage, space=space,
         objective=objective, judge=judge, seed=seed, profile=profile, family=family,
         cache_dir=cache_dir, progress=progress, fail_unknown=fail_unknown,
+        preflight=preflight, response_prefix=response_prefix,
     )  # fmt: skip
     front = pareto_front(study, cache_dir)  # this host's copies of the study's directions
     chosen = choose(front, kl_target, rule)

@@ -40,6 +40,8 @@ class SearchConfig:
     heartbeat: int = 10
     cache_dir: str | Path = "cache"
     progress: bool = False
+    preflight: bool = False
+    response_prefix: str | None = "auto"
 
     def keywords(self) -> dict[str, Any]:
         """The fields as run_search's keywords (the trial budget is positional there)."""

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, MarkerJudge
+from circuitlab.evaluate.preflight import preflight as check_base_model
 from circuitlab.interventions import DirectionRef, to_dict
 from circuitlab.progress import progress_bar
 from circuitlab.search.assets import (
@@ -286,6 +287,8 @@ def run_search(
     cache_dir: str | Path = "cache",
     progress: bool = False,
     on_trial: Callable[[int, TrialScore], None] | None = None,
+    preflight: bool = False,
+    response_prefix: str | None = "auto",
 ) -> optuna.Study:
     """Run trials of a study until ``n_trials`` are COMPLETE, PRUNED or RUNNING.
 
@@ -313,6 +316,10 @@ def run_search(
         cache_dir: cache root (default storage, activations, learned profiles).
         progress: draw a progress bar.
         on_trial: called after each of this worker's trials with its number and score.
+        preflight: first measure the base model on the search prompts and stop
+            (:class:`~circuitlab.evaluate.preflight.PreflightError`) when there is nothing to
+            search for; ``response_prefix`` (``auto``: a closed reasoning block when the
+            model opens one) is settled there, before any activation is read.
 
     Returns:
         The study, reloaded after the last trial.
@@ -320,6 +327,14 @@ def run_search(
     if n_trials < 1:
         raise SearchError(f"the trial budget must be at least 1, got {n_trials}")
     judge = judge or MarkerJudge()
+    if preflight:
+        max_tokens = (objective or ObjectiveConfig()).max_new_tokens
+        check_base_model(
+            model, prompts.harmful_search, judge, max_new_tokens=max_tokens,
+            response_prefix=response_prefix, progress=progress,
+        )  # fmt: skip
+    elif response_prefix not in (None, "auto"):
+        model.response_prefix = response_prefix  # a fixed prefill applies without a preflight
     store = open_store(study_name, storage, cache_dir, heartbeat=heartbeat)
     try:
         with store.lock():
