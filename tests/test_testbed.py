@@ -165,7 +165,7 @@ def tiny_recipe(tmp_path_factory, cache_dir, gemma_tokenizer):
     ChatML as the teacher: the second organism's code path at toy size."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
-    from tests.tiny import tiny_llama
+    from tiny import tiny_llama
 
     root = tmp_path_factory.mktemp("tiny-organism")
     config = Gemma3TextConfig(
