@@ -163,9 +163,8 @@ def gemma_tokenizer(cache_dir):
 def tiny_recipe(tmp_path_factory, cache_dir, gemma_tokenizer):
     """A tiny random Gemma 3 with the real Gemma tokenizer as the base, a tiny Llama with
     ChatML as the teacher: the second organism's code path at toy size."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
     from tiny import tiny_llama
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
     root = tmp_path_factory.mktemp("tiny-organism")
     config = Gemma3TextConfig(
