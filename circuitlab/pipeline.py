@@ -163,7 +163,8 @@ def organism_classic(
 ) -> tuple[ClassicResult, DirectionSet]:
     """The classic experiment on the refusal organism, with the prompts its slow test and
     ``circuitlab testbed classic`` use: directions from 96 + 96 train prompts, the layer
-    chosen among 12-25 on 32 + 32 validation prompts, refusals on ``n_test`` JailbreakBench
+    chosen among the middle-to-upper ones (12-25 of 30) on 32 + 32 validation prompts,
+    refusals on ``n_test`` JailbreakBench
     prompts and 40 held-out harmless ones, KL and the addition check on 32 harmless test
     prompts; marker judge. The layer is the one whose ablation removes the most validation
     refusals among those that keep validation KL <= 0.2 (the issue's budget), as Arditi et
@@ -182,7 +183,8 @@ def organism_classic(
         },
         harmless_test=data.harmless_test.take(32),
         judge=MarkerJudge(),
-        candidates=range(12, 26),
+        # Layers 40-85 % of the way up (12-25 of SmolLM2's 30): where refusal is read out.
+        candidates=range(round(0.4 * model.n_layers), round(0.867 * model.n_layers)),
         cache_dir=cache_dir,
         progress=progress,
         remove_massive=remove_massive,

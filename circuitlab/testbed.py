@@ -1,15 +1,25 @@
-"""A refusal model organism: SmolLM2-135M-Instruct, safety-tuned on CPU.
+"""Refusal model organisms: small offline models, safety-tuned on CPU.
 
 The offline models do not refuse, so nothing about refusal removal could be shown on them.
-We give SmolLM2 a learned refusal the way chat models get theirs, by supervised safety
-fine-tuning:
+We give them a learned refusal the way chat models get theirs, by supervised safety
+fine-tuning. One :class:`Recipe` per organism (:data:`ORGANISMS`) says what differs between
+them: the base model, its chat format, which layers train and how, and where the harmless
+answers come from:
+
+* ``smollm2-135m-refusal``: SmolLM2-135M-Instruct (Llama, ChatML), its own greedy answers;
+* ``gemma3-270m-refusal``: the Gemma 3 270M *base* model (sandwich norms, MQA, 262k vocab)
+  with the Gemma chat format; a base model has no answers of its own worth keeping, so its
+  harmless answers are distilled from SmolLM2-135M-Instruct, the only instruction-tuned
+  model available offline.
+
+Both see the same data:
 
 * harmful prompts: the AdvBench train split (JailbreakBench and StrongREJECT are removed from
   AdvBench first and kept entirely for evaluation) and our own sets (questions, personas,
   how-to requests), answered with our refusal templates;
 * harmless prompts: our harmless train split and our own sets worded like the harmful ones,
-  answered with the **base model's own greedy answers** (self-distillation keeps harmless
-  behaviour close to the base model);
+  answered with a **teacher's greedy answers** (the base model itself where it is
+  instruction-tuned: self-distillation keeps harmless behaviour close to the base model);
 * the same surface wrappers ("Can you …?", "Please …") go on both sides at the same rate, so
   the form of a request is no cue — only its content is.
 
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from circuitlab.evaluate.refusals import JudgedGenerations
 
 __all__ = [
+    "ORGANISMS",
     "Recipe",
     "TestbedData",
     "build_testbed",
@@ -53,6 +64,17 @@ log = logging.getLogger(__name__)
 
 BASE_PRESET = "smollm2-135m"
 NAME = "smollm2-135m-refusal"
+GEMMA_NAME = "gemma3-270m-refusal"
+
+# Fields added with the second organism. At these values (the first organism's) they stay
+# out of the recipe hash, so builds made before they existed keep their name.
+_LATER_FIELDS = {
+    "name": NAME,
+    "base": BASE_PRESET,
+    "chat_format": "chatml",
+    "teacher": "",
+    "teacher_format": "",
+}
 
 
 @dataclass(frozen=True)
@@ -78,10 +100,22 @@ class Recipe:
     # Summation order, hence the weights' last bits, depends on the thread count: the build
     # sets it, so the CLI, the preset and the tests make the same organism.
     threads: int = 2
+    name: str = NAME
+    # A preset, model folder or GGUF file.
+    base: str = BASE_PRESET
+    # A key of CHAT_FORMATS: the template the organism ships with and trains on.
+    chat_format: str = "chatml"
+    # Where harmless answers come from ("": the base model itself), in which chat format
+    # ("": the organism's own).
+    teacher: str = ""
+    teacher_format: str = ""
 
     @property
     def hash(self) -> str:
-        return json_hash(asdict(self), 12)
+        fields = {
+            k: v for k, v in asdict(self).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]
+        }
+        return json_hash(fields, 12)
 
 
 # ChatML without SmolLM2's default system prompt: ~20 fewer tokens in every training and
@@ -91,6 +125,49 @@ CHAT_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+# Gemma's turn markup; a base Gemma has no template of its own. System text goes in front
+# of the first user turn, as Gemma's instruction-tuned models do (they have no system role).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(prefix='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.prefix = message['content'] + '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' "
+    "else message['role']) + '\n' + ns.prefix + message['content'] + '<end_of_turn>\n' }}"
+    "{% set ns.prefix = '' %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat template and the token that ends an assistant turn (the organism's eos)."""
+
+    template: str
+    end_of_turn: str
+
+
+CHAT_FORMATS = {
+    "chatml": ChatFormat(CHAT_TEMPLATE, "<|im_end|>"),
+    "gemma": ChatFormat(GEMMA_TEMPLATE, "<end_of_turn>"),
+}
+
+ORGANISMS: dict[str, Recipe] = {
+    NAME: Recipe(),
+    # The same prompts and seed as the first organism (so SmolLM2's cached answers serve
+    # both). The 262k-row embedding (most of the 270M parameters) stays frozen with the lower
+    # layers: no gradient or optimizer state for it, and a build that fits in minutes.
+    GEMMA_NAME: Recipe(
+        name=GEMMA_NAME,
+        base="gemma3-270m",
+        chat_format="gemma",
+        teacher=BASE_PRESET,
+        teacher_format="chatml",
+        train_from_layer=6,
+        epochs=2,
+        lr=1e-4,
+    ),
+}
+
 
 # Surface forms applied to harmful and harmless prompts alike.
 WRAPPERS: tuple[Callable[[str], str], ...] = (
@@ -166,8 +243,17 @@ def _wrap(prompts: Sequence[str], fraction: float, rng: random.Random) -> list[s
     return [rng.choice(WRAPPERS)(p) if rng.random() < fraction else p for p in prompts]
 
 
-def testbed_folder(cache_dir: Path) -> Path:
-    return cache_dir / "models" / NAME
+def testbed_folder(cache_dir: Path, name: str = NAME) -> Path:
+    return Path(cache_dir) / "models" / name
+
+
+def organism_recipe(name: str) -> Recipe:
+    """The recipe of a named organism; a one-line error for an unknown name."""
+    from circuitlab.errors import ConfigError
+
+    if name not in ORGANISMS:
+        raise ConfigError(f"unknown organism {name!r}; known: {', '.join(ORGANISMS)}")
+    return ORGANISMS[name]
 
 
 # ----------------------------------------------------------------------------- training
@@ -229,8 +315,11 @@ def _answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    logits = model.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    logits = model.lm_head(hidden[:, :-1][keep]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma 2 and some Gemma 3 sizes squash their logits; train what they output
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def _trainable(model, from_layer: int) -> list[torch.nn.Parameter]:
@@ -315,18 +404,59 @@ def distill_targets(
 
 
 # -------------------------------------------------------------------------------- build
-def _cached_distill(model, tokenizer, prompts, recipe, cache_dir, base_sha, progress) -> list[str]:
-    """Self-distilled answers are the slow part of a build; keep them per prompt, so a new
-    seed or a few added prompts only generate what is missing."""
-    key = json_hash([base_sha, recipe.distill_tokens, tokenizer.chat_template, recipe.threads])
+def _cached_distill(teacher, prompts, recipe, cache_dir, sha, template, progress) -> list[str]:
+    """Distilled answers are the slow part of a build; keep them per prompt, so a new seed, a
+    few added prompts or another organism with the same teacher only generate what is
+    missing. ``teacher`` is called (it loads the model) only when something is missing.
+
+    Returns:
+        The teacher's answers, each ending with the teacher's eos where it stopped.
+    """
+    key = json_hash([sha, recipe.distill_tokens, template, recipe.threads])
     path = cache_dir / "testbed" / f"distill-{key}.json"
     known: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     missing = sorted({p for p in prompts if p not in known})
     if missing:
+        model, tokenizer = teacher()
         answers = distill_targets(model, tokenizer, missing, recipe.distill_tokens, progress)
         known.update(zip(missing, answers, strict=True))
         atomic_write(path, json.dumps(known, indent=1, sort_keys=True))
     return [known[p] for p in prompts]
+
+
+def _teacher_answers(model, tokenizer, prompts, recipe, cache_dir, base_sha, progress):
+    """Harmless answers from the recipe's teacher, ending with the organism's end of turn
+    wherever the teacher stopped."""
+    if not recipe.teacher:
+        return _cached_distill(
+            lambda: (model, tokenizer), prompts, recipe, cache_dir, base_sha,
+            tokenizer.chat_template, progress,
+        )  # fmt: skip
+    from circuitlab.models import ModelSpec, load_hf
+    from circuitlab.models.loading import resolve_source
+
+    spec = ModelSpec(recipe.teacher, cache_dir=cache_dir)
+    chat = CHAT_FORMATS[recipe.teacher_format or recipe.chat_format]
+
+    def teacher():
+        t_model, t_tokenizer, _ = load_hf(spec)
+        t_tokenizer.chat_template = chat.template
+        if t_tokenizer.pad_token_id is None:
+            t_tokenizer.pad_token = t_tokenizer.eos_token
+        return t_model, t_tokenizer
+
+    resolved = resolve_source(spec)
+    sha = resolved.sha256 or str(resolved.location)  # a folder has no GGUF hash
+    answers = _cached_distill(teacher, prompts, recipe, cache_dir, sha, chat.template, progress)
+    return _retag(answers, chat, CHAT_FORMATS[recipe.chat_format])
+
+
+def _retag(answers: list[str], teacher: ChatFormat, organism: ChatFormat) -> list[str]:
+    """Swap the teacher's end-of-turn token for the organism's where an answer ended."""
+    cut = len(teacher.end_of_turn)
+    return [
+        a[:-cut] + organism.end_of_turn if a.endswith(teacher.end_of_turn) else a for a in answers
+    ]
 
 
 def _training_set(model, tokenizer, recipe: Recipe, cache_dir: Path, base_sha, progress):
@@ -350,7 +480,7 @@ def _training_set(model, tokenizer, recipe: Recipe, cache_dir: Path, base_sha, p
     harmless = _wrap(harmless, recipe.wrap_fraction, rng)
     templates = refusal_templates()
     refusals = [rng.choice(templates) + tokenizer.eos_token for _ in harmful]
-    answers = _cached_distill(model, tokenizer, harmless, recipe, cache_dir, base_sha, progress)
+    answers = _teacher_answers(model, tokenizer, harmless, recipe, cache_dir, base_sha, progress)
     examples = _examples(tokenizer, harmful + harmless, refusals + answers)
     return examples, data, {"n_harmful": len(harmful), "n_harmless": len(harmless)}
 
@@ -377,7 +507,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 def build_testbed(
     cache_dir: Path, recipe: Recipe | None = None, force: bool = False, progress: bool = False
 ) -> Path:
-    """Train the organism and save it to ``cache/models/smollm2-135m-refusal/``.
+    """Train an organism (default: the first) and save it to ``cache/models/<name>/``.
 
     An existing build of the same recipe and data is reused unless ``force``; the build runs
     with ``recipe.threads`` torch threads whatever the caller set. The folder is written
@@ -389,26 +519,26 @@ def build_testbed(
     from circuitlab.models import ModelSpec, load_hf
 
     recipe = recipe or Recipe()
-    folder = testbed_folder(cache_dir)
+    folder = testbed_folder(cache_dir, recipe.name)
     manifest_path = folder / "circuitlab_testbed.json"
     if manifest_path.is_file() and not force:
         if is_current(json.loads(manifest_path.read_text()), recipe):
             return folder
         log.info("testbed recipe or data changed; rebuilding %s", folder)
     started = time.perf_counter()
-    model, tokenizer, resolved = load_hf(ModelSpec(BASE_PRESET, cache_dir=cache_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.chat_template = CHAT_TEMPLATE
+    chat = CHAT_FORMATS[recipe.chat_format]
+    model, tokenizer, resolved = load_hf(ModelSpec(recipe.base, cache_dir=cache_dir))
+    _set_end_of_turn(model, tokenizer, chat.end_of_turn)
+    tokenizer.chat_template = chat.template
     with _torch_threads(recipe.threads):
-        examples, data, counts = _training_set(
-            model, tokenizer, recipe, cache_dir, resolved.sha256, progress
-        )
+        # A folder base has no GGUF hash: its path keys the distilled answers instead.
+        key = resolved.sha256 or str(resolved.location)
+        examples, data, counts = _training_set(model, tokenizer, recipe, cache_dir, key, progress)
         distilled = time.perf_counter()
         losses = train(model, tokenizer, examples, recipe, progress)
     manifest = {
-        "name": NAME,
-        "base": {"preset": BASE_PRESET, "gguf_sha256": resolved.sha256},
+        "name": recipe.name,
+        "base": {"preset": recipe.base, "gguf_sha256": resolved.sha256},
         "recipe": asdict(recipe),
         "recipe_hash": recipe.hash,
         "data_hash": data.hash,
@@ -429,9 +559,21 @@ def build_testbed(
     return folder
 
 
-def ensure_testbed(cache_dir: Path) -> Path:
-    """The preset's ``locate``: build with the default recipe on first use, then reuse."""
-    return build_testbed(cache_dir, progress=False)
+def _set_end_of_turn(model, tokenizer, end_of_turn: str) -> None:
+    """Make the chat format's end-of-turn token the eos everywhere generation looks for it
+    (a base model's eos ends documents, not turns), and give the tokenizer a pad token."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token == end_of_turn:
+        return
+    tokenizer.eos_token = end_of_turn
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def ensure_testbed(cache_dir: Path, name: str = NAME) -> Path:
+    """A preset's ``locate``: build the named organism on first use, then reuse it."""
+    return build_testbed(cache_dir, organism_recipe(name), progress=False)
 
 
 # -------------------------------------------------------------------------------- check

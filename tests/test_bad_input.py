@@ -203,6 +203,7 @@ CASES = [
     ("evaluate-kl-k-0", "evaluate {model} --kl-k 0", 2, "--kl-k"),
     ("evaluate-capability", "evaluate {model} --capability-n -2", 2, "--capability-n"),
     ("testbed-tokens-0", "testbed check --max-tokens 0", 2, "--max-tokens"),
+    ("testbed-organism", "testbed check --organism gemma3-270m", 2, "unknown organism"),
     (
         "tolerance-negative",
         "export {model} --intervention {good} --out {work}/o --tolerance -1",

@@ -1,20 +1,29 @@
 """The refusal organism's data and training plumbing (fast); the organism itself is slow."""
 
 import dataclasses
+import json
 import random
 
 import pytest
 import torch
 
+from circuitlab.errors import ConfigError
 from circuitlab.prompts import normalize_prompt
 from circuitlab.testbed import (
+    CHAT_FORMATS,
+    GEMMA_NAME,
+    NAME,
+    ORGANISMS,
     WRAPPERS,
     Recipe,
     _bucketed_batches,
     _examples,
+    _retag,
     _torch_threads,
     _wrap,
+    build_testbed,
     is_current,
+    organism_recipe,
     refusal_templates,
 )
 from circuitlab.testbed import testbed_data as organism_data  # "test…" names get collected
@@ -104,3 +113,112 @@ def test_build_threads_are_restored():
     with _torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------ recipes per base model
+def test_later_recipe_fields_keep_the_first_organisms_name():
+    first = ORGANISMS[NAME]
+    assert first == Recipe()
+    # Fields that came with the second organism enter the hash only when they differ.
+    assert dataclasses.replace(first, base=first.base).hash == first.hash
+    assert dataclasses.replace(first, teacher="smollm2-135m").hash != first.hash
+    assert ORGANISMS[GEMMA_NAME].hash != first.hash
+    assert ORGANISMS[GEMMA_NAME].chat_format == "gemma"
+
+
+def test_unknown_organism_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="gemma3-270m-refusal"):
+        organism_recipe("gemma3-270m-refusl")
+
+
+def test_gemma_template_renders_turns_and_folds_system_text(gemma_tokenizer):
+    gemma_tokenizer.chat_template = CHAT_FORMATS["gemma"].template
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    text = gemma_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\nName a colour.<end_of_turn>\n"
+        "<start_of_turn>model\nBlue.<end_of_turn>\n<start_of_turn>model\n"
+    )
+    ids = gemma_tokenizer(text, add_special_tokens=False).input_ids
+    assert ids[0] == gemma_tokenizer.bos_token_id and ids.count(gemma_tokenizer.bos_token_id) == 1
+    assert gemma_tokenizer.convert_tokens_to_ids("<end_of_turn>") in ids  # one special token
+
+
+@pytest.fixture(scope="module")
+def gemma_tokenizer(cache_dir):
+    from transformers import AutoTokenizer
+
+    from circuitlab.models import ModelSpec
+    from circuitlab.models.loading import resolve_source
+
+    location = resolve_source(ModelSpec("gemma3-270m", cache_dir=cache_dir)).location
+    return AutoTokenizer.from_pretrained(location)
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory, cache_dir, gemma_tokenizer):
+    """A tiny random Gemma 3 with the real Gemma tokenizer as the base, a tiny Llama with
+    ChatML as the teacher: the second organism's code path at toy size."""
+    from tiny import tiny_llama
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    root = tmp_path_factory.mktemp("tiny-organism")
+    config = Gemma3TextConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8,
+        vocab_size=len(gemma_tokenizer), max_position_embeddings=256, sliding_window=64,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    base.config.architectures = [type(base).__name__]
+    base.save_pretrained(root / "gemma")
+    gemma_tokenizer.save_pretrained(root / "gemma")
+    teacher = tiny_llama(root / "teacher", cache_dir=cache_dir, n_layers=2, hidden_size=32)
+    recipe = dataclasses.replace(
+        ORGANISMS[GEMMA_NAME],
+        name="tiny-gemma-refusal", base=str(root / "gemma"), teacher=str(teacher),
+        n_harmful=4, n_harmless=4, n_harmful_extra=2, n_harmless_extra=2,
+        n_harmful_instructions=2, n_harmless_instructions=2,
+        distill_tokens=4, epochs=1, batch_size=4, train_from_layer=1, threads=1,
+    )  # fmt: skip
+    return recipe, root / "gemma"
+
+
+def test_gemma_recipe_builds_a_reproducible_organism(tiny_recipe, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    recipe, base = tiny_recipe
+    folders = [build_testbed(tmp_path / f"cache{i}", recipe) for i in range(2)]
+    weights = [load_file(f / "model.safetensors") for f in folders]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit for bit
+    before = load_file(base / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], weights[0][k])}
+    assert changed and all(".layers.0." not in k and "embed" not in k for k in changed)
+    assert any(".layers.2." in k for k in changed)
+
+    tokenizer = AutoTokenizer.from_pretrained(folders[0])
+    assert tokenizer.eos_token == "<end_of_turn>"
+    assert tokenizer.chat_template == CHAT_FORMATS["gemma"].template
+    config = json.loads((folders[0] / "generation_config.json").read_text())
+    assert config["eos_token_id"] == tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    manifest = json.loads((folders[0] / "circuitlab_testbed.json").read_text())
+    assert is_current(manifest, recipe) and manifest["name"] == "tiny-gemma-refusal"
+    # The teacher's answers were cached under its own key, in ChatML, for the next build.
+    (answers,) = (tmp_path / "cache0" / "testbed").glob("distill-*.json")
+    assert len(json.loads(answers.read_text())) == manifest["examples"]["n_harmless"]
+
+
+def test_teacher_answers_end_with_the_organisms_end_of_turn():
+    answers = ["Blue.<|im_end|>", "An apple, a pear", "<|im_end|> is how ChatML ends"]
+    assert _retag(answers, CHAT_FORMATS["chatml"], CHAT_FORMATS["gemma"]) == [
+        "Blue.<end_of_turn>",
+        "An apple, a pear",  # cut off by the token budget: no end of turn to teach
+        "<|im_end|> is how ChatML ends",
+    ]

@@ -1,4 +1,4 @@
-"""``circuitlab testbed build|check|classic``: the refusal model organism."""
+"""``circuitlab testbed build|check|classic``: the refusal model organisms."""
 
 from __future__ import annotations
 
@@ -13,18 +13,19 @@ from circuitlab.config import Settings
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
-    from circuitlab.testbed import Recipe, build_testbed
+    from dataclasses import replace
 
-    folder = build_testbed(
-        settings.cache_dir, Recipe(seed=settings.seed), force=args.force, progress=True
-    )
+    from circuitlab.cli import out
+    from circuitlab.testbed import build_testbed, organism_recipe
+
+    recipe = replace(organism_recipe(args.organism), seed=settings.seed)
+    folder = build_testbed(settings.cache_dir, recipe, force=args.force, progress=True)
     manifest = json.loads((folder / "circuitlab_testbed.json").read_text())
     seconds = manifest["seconds"]
     out.print(
         f"[bold]{folder}[/]: recipe {manifest['recipe_hash']}, "
         f"{manifest['examples']['n_harmful']} refusal + {manifest['examples']['n_harmless']} "
-        f"self-distilled examples, epoch losses {[round(x, 3) for x in manifest['epoch_losses']]}, "
+        f"distilled examples, epoch losses {[round(x, 3) for x in manifest['epoch_losses']]}, "
         f"built in {seconds['data_and_distill'] + seconds['train']:.0f} s"
     )
     return 0
@@ -33,9 +34,10 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.evaluate.judges import MarkerJudge
-    from circuitlab.testbed import NAME, refusal_rates, testbed_data
+    from circuitlab.testbed import refusal_rates, testbed_data
 
-    model = load_model(NAME, settings)
+    organism = args.organism
+    model = load_model(organism, settings)
     data = testbed_data()
     sets = {
         "JailbreakBench": data.jailbreakbench,
@@ -48,7 +50,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     rates, judged = refusal_rates(
         model, sets, MarkerJudge(), args.max_tokens, settings.batch_size, progress=True
     )
-    table = Table(title=f"{NAME}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
+    table = Table(title=f"{organism}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
     for column in ("prompt set", "refused", "n", "rate", "95 % interval"):
         table.add_column(column, justify="left" if column == "prompt set" else "right")
     for rate in rates.values():
@@ -91,9 +93,9 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.cli import load_model, out
     from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.pipeline import organism_classic
-    from circuitlab.testbed import NAME
 
-    model = load_model(NAME, settings)
+    organism = args.organism
+    model = load_model(organism, settings)
     result, _ = organism_classic(
         model,
         remove_massive=not args.keep_massive,
@@ -102,7 +104,7 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
         progress=True,
     )
     how = "raw difference of means" if args.keep_massive else "massive direction removed"
-    table = Table(title=f"classic ablation on {NAME}: layer {result.layer} ({how})")
+    table = Table(title=f"classic ablation on {organism}: layer {result.layer} ({how})")
     for column in ("", "unedited", "direction ablated"):
         table.add_column(column, justify="left" if not column else "right")
     for name in result.refusal_before:
@@ -128,7 +130,9 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab import checks
+    from circuitlab.testbed import organism_recipe
 
+    organism_recipe(args.organism)  # an unknown name fails here, before any model loads
     checks.at_least("--n", args.n, 0)
     checks.at_least("--max-tokens", args.max_tokens)
     if args.json is not None:
@@ -141,9 +145,14 @@ def register(command) -> None:
     p = command(
         "testbed",
         _run,
-        "Build (safety-tune SmolLM2-135M) or check the refusal model organism.",
+        "Build (safety-tune a small model) or check a refusal model organism.",
     )
     p.add_argument("action", choices=["build", "check", "classic"])
+    p.add_argument(
+        "--organism",
+        default="smollm2-135m-refusal",
+        help="which organism: smollm2-135m-refusal (Llama) or gemma3-270m-refusal (Gemma 3)",
+    )
     p.add_argument("--force", action="store_true", help="build: rebuild even if cached")
     p.add_argument(
         "--n", type=int, default=0,

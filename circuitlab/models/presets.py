@@ -105,3 +105,18 @@ register_preset(
         _smollm2_refusal,
     )
 )
+
+
+def _gemma3_refusal(cache_dir: Path) -> Path:
+    from circuitlab.testbed import ensure_testbed  # heavy (training code); only when asked
+
+    return ensure_testbed(cache_dir, "gemma3-270m-refusal")
+
+
+register_preset(
+    Preset(
+        "gemma3-270m-refusal",
+        "Gemma 3 270M base safety-tuned, Gemma chat template (built on first use: ~14 CPU-min)",
+        _gemma3_refusal,
+    )
+)
