@@ -56,10 +56,18 @@ def _load(source: str):
     """The plain HF model and tokenizer of a preset or folder (SDPA attention)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from circuitlab.config import load_settings
     from circuitlab.models import ModelSpec
     from circuitlab.models.loading import resolve_source
+    from circuitlab.testbed import NAME, testbed_folder
 
-    location = resolve_source(ModelSpec(source)).location
+    # The organism's built folder directly: resolving the preset checks the build against
+    # the base model, minutes of work on a loaded machine.
+    built = testbed_folder(Path(load_settings().cache_dir))
+    if source == NAME and (built / "config.json").is_file():
+        location = str(built)
+    else:
+        location = resolve_source(ModelSpec(source)).location
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModelForCausalLM.from_pretrained(
         location, dtype=torch.float32, attn_implementation="sdpa"
