@@ -185,6 +185,18 @@ def _env(threads: int) -> dict:
     return env
 
 
+def heretic_default_markers(args: argparse.Namespace) -> list[str]:
+    """Heretic's own default refusal markers, asked of its installed settings by running its
+    interpreter (a separate program: nothing of it is imported here)."""
+    code = (
+        "import json; from heretic.config import Settings; "
+        "print(json.dumps(Settings.model_fields['refusal_markers'].default))"
+    )
+    python = str(Path(args.heretic_venv) / "bin" / "python")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def heretic_config(args: argparse.Namespace, model: Path, prompts: Path, seed: int) -> str:
     """Heretic's ``config.toml`` for one run (its settings are read from the working
     directory)."""
@@ -193,7 +205,7 @@ def heretic_config(args: argparse.Namespace, model: Path, prompts: Path, seed: i
         # A spec whose dataset is an existing file is read as text, one prompt a line.
         return f'{{ dataset = "{prompts / name}.txt", split = "train", column = "text" }}'
 
-    markers = json.dumps(refusal_markers())
+    markers = json.dumps(heretic_default_markers(args) + refusal_markers())
     return "\n".join([
         f'model = "{model}"',
         'dtypes = ["float32"]',
@@ -203,7 +215,8 @@ def heretic_config(args: argparse.Namespace, model: Path, prompts: Path, seed: i
         f"seed = {seed}",
         'response_prefix = ""',
         'export_strategy = "merge"',
-        f"extra_refusal_markers = {markers}",
+        f"refusal_markers = {markers}",
+        f'study_checkpoint_dir = "{Path(args.work) / "checkpoints" / str(seed)}"',
         f"good_prompts = {spec('harmless_train')}",
         f"bad_prompts = {spec('harmful_train')}",
         f"good_evaluation_prompts = {spec('harmless_search')}",

@@ -161,7 +161,8 @@ def test_per_layer_trials_use_each_layers_own_directions():
 
     from circuitlab.interventions import DirectionRef, SubspaceAblation
 
-    space = SearchSpace(methods=("diff-means", "cones"), calibrate=False)
+    space = SearchSpace(methods=("diff-means", "cones"), calibrate=False, per_layer=True)
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.as_dict()))) == space
     params = _params(space)
     assert "per_layer" in params and set(params) == OLD_PARAMS | {"per_layer"}
     refs = {"diff-means": DirectionRef("dm", "h1"), "cones": DirectionRef("cn", "h2")}
@@ -248,7 +249,7 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
         3,
         storage=str(journal),
         # Without per-layer directions: the study stands for one made before they existed.
-        space=SearchSpace(methods=("diff-means", "pca"), per_layer=False),
+        space=SearchSpace(methods=("diff-means", "pca")),
         objective=NO_PRUNE,
         seed=1,
     )
@@ -392,7 +393,11 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     assert all(set(t.params) == OLD_PARAMS for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
     space = SearchSpace(
-        methods=("diff-means",), calibrate=False, heads=((20, 1), (22, 3)), remove_massive=True
+        methods=("diff-means",),
+        calibrate=False,
+        heads=((20, 1), (22, 3)),
+        remove_massive=True,
+        per_layer=True,
     )
     heads = run_search(
         smollm, tiny_prompts, "heads", 1, storage=str(journal.with_name("heads.journal")),

@@ -93,7 +93,11 @@ class SearchSpace:
         sae_max_features: the most features an ``sae`` trial ablates; ``sae_features``
             (how many of the top-ranked ones) is searched in ``[1, sae_max_features]``.
         per_layer: offer per-layer directions (each layer's writers remove that layer's own
-            direction) as a choice beside the one fractional-index direction.
+            direction) as a choice beside the one fractional-index direction. Off by
+            default: on the SmolLM2 refusal organism, without ``remove_massive``, every
+            per-layer trial tried raised the first-token refusal mass instead of lowering
+            it (its mid-depth difference-of-means directions carry the attention sinks'
+            massive-activation direction).
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -110,7 +114,7 @@ class SearchSpace:
     remove_massive: bool = False
     sae: str | None = None
     sae_max_features: int = 8
-    per_layer: bool = True
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
@@ -137,8 +141,6 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        # A study recorded before per-layer directions existed searched without them.
-        tuples.setdefault("per_layer", False)
         return cls(**tuples)
 
     def ranges(self) -> dict[str, Range]:
