@@ -132,11 +132,13 @@ def test_head_space_adds_head_weight_and_a_head_ablation():
     from circuitlab.interventions import DirectionRef, HeadAblation
     from circuitlab.models.facts import HeadId
 
-    plain = SearchSpace(methods=("diff-means",), calibrate=False)
+    plain = SearchSpace(methods=("diff-means",), calibrate=False, per_layer=False)
     # Older studies recorded spaces without a heads key: they must compare equal.
     assert "heads" not in plain.as_dict() and "head_weight" not in plain.ranges()
     assert set(_params(plain)) == OLD_PARAMS
-    heads = SearchSpace(methods=("diff-means",), calibrate=False, heads=[[20, 1], HeadId(22, 3)])
+    heads = SearchSpace(
+        methods=("diff-means",), calibrate=False, per_layer=False, heads=[[20, 1], HeadId(22, 3)]
+    )
     assert heads.heads == ((20, 1), (22, 3))
     assert SearchSpace.from_dict(json.loads(json.dumps(heads.as_dict()))) == heads
     assert clamp_params({"head_weight": 3.0}, heads) == {"head_weight": 1.0}
@@ -152,6 +154,47 @@ def test_head_space_adds_head_weight_and_a_head_ablation():
     assert head.mode == "project" and head.directions == ablation.directions
     assert head.index == ablation.index and head.component == 0
     assert build_interventions(params, assets, plain) == (ablation,)
+
+
+def test_per_layer_trials_use_each_layers_own_directions():
+    from types import SimpleNamespace
+
+    from circuitlab.interventions import DirectionRef, SubspaceAblation
+
+    space = SearchSpace(methods=("diff-means", "cones"), calibrate=False, per_layer=True)
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.as_dict()))) == space
+    params = _params(space)
+    assert "per_layer" in params and set(params) == OLD_PARAMS | {"per_layer"}
+    refs = {"diff-means": DirectionRef("dm", "h1"), "cones": DirectionRef("cn", "h2")}
+    assets = SimpleNamespace(n_layers=31, refs=refs)
+    params = {**params, "direction": 0.5, "addition_strength": 0.0}
+    (own,) = build_interventions({**params, "method": "diff-means", "per_layer": True}, assets,
+                                 space)  # fmt: skip
+    (one,) = build_interventions({**params, "method": "diff-means", "per_layer": False}, assets,
+                                 space)  # fmt: skip
+    assert own.index is None and one.index == 15.0 and own.attn == one.attn
+    (cones,) = build_interventions({**params, "method": "cones", "per_layer": True}, assets, space)
+    assert isinstance(cones, SubspaceAblation) and cones.layer is None
+    # Old profiles meant the global direction; a space without the option drops the key.
+    assert clamp_params({"per_layer": True}, space) == {"per_layer": True}
+    assert clamp_params({"per_layer": True}, SearchSpace(per_layer=False)) == {}
+
+
+def test_choice_rule_takes_least_kl_near_the_fewest_refusals_and_finds_the_knee():
+    from circuitlab.search.front import knee
+
+    front = [point(0, 0.0, 0.30), point(1, 1 / 30, 0.12), point(2, 0.2, 0.05),
+             point(3, 0.6, 0.01)]  # fmt: skip
+    # One refusal more than the best is within the margin; its KL is far lower.
+    assert choose(front, kl_target=1.0).number == 1
+    assert choose(front, kl_target=1.0, margin=0.0).number == 0
+    assert choose(front, kl_target=0.1).number == 2  # the budget comes first
+    assert choose(front, refusal_target=0.25).number == 2
+    assert choose(front, refusal_target=-1.0).number == 0  # unreachable: fewest refusals
+    assert knee(front).number == 1
+    assert knee(front[:2]) is None
+    # A straight front has no knee.
+    assert knee([point(0, 0.0, 0.3), point(1, 0.5, 0.15), point(2, 1.0, 0.0)]) is None
 
 
 def test_family_comes_from_model_type():
@@ -205,6 +248,7 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
         "three",
         3,
         storage=str(journal),
+        # Without per-layer directions: the study stands for one made before they existed.
         space=SearchSpace(methods=("diff-means", "pca")),
         objective=NO_PRUNE,
         seed=1,
@@ -342,21 +386,27 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     study, journal, _ = study_3
     setup = study.user_attrs["setup"]
     assert "heads" not in setup["space"] and "remove_massive" not in setup["space"]
+    assert "per_layer" not in setup["space"]
     # Through JSON, as the resume check compares them.
     space = SearchSpace.from_dict(setup["space"])
     assert json.loads(json.dumps(space.as_dict())) == setup["space"]
     assert all(set(t.params) == OLD_PARAMS for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
     space = SearchSpace(
-        methods=("diff-means",), calibrate=False, heads=((20, 1), (22, 3)), remove_massive=True
+        methods=("diff-means",),
+        calibrate=False,
+        heads=((20, 1), (22, 3)),
+        remove_massive=True,
+        per_layer=True,
     )
     heads = run_search(
         smollm, tiny_prompts, "heads", 1, storage=str(journal.with_name("heads.journal")),
         space=space, objective=NO_PRUNE, seed=2, profile=None,
     )  # fmt: skip
     (trial,) = heads.get_trials(states=(TrialState.COMPLETE,))
-    assert "head_weight" in trial.params
+    assert "head_weight" in trial.params and "per_layer" in trial.params
     setup = heads.user_attrs["setup"]
+    assert setup["space"]["per_layer"]
     assert setup["space"]["heads"] == [[20, 1], [22, 3]] and setup["space"]["remove_massive"]
     # The directions travel inside the storage, never as a path of one host.
     assert "folder" not in json.dumps(setup["directions"])

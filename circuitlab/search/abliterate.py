@@ -19,11 +19,14 @@ from circuitlab.interventions import save_interventions
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.front import (
     DEFAULT_KL_TARGET,
+    DEFAULT_MARGIN,
     Rule,
     SearchResult,
     choose,
     evaluate_choice,
+    knee,
     pareto_front,
+    rule_name,
 )
 from circuitlab.search.objective import ObjectiveConfig
 from circuitlab.search.space import SearchSpace
@@ -141,6 +144,9 @@ def abliterate(
     capability_n: int = 0,
     kl_target: float = DEFAULT_KL_TARGET,
     rule: Rule | None = None,
+    margin: float = DEFAULT_MARGIN,
+    refusal_target: float | None = None,
+    score_knee: bool = True,
     seed: int = 0,
     profile: str | Path | None = "auto",
     family: str | None = None,
@@ -166,7 +172,10 @@ def abliterate(
         test_judge: refusal judge of the test-split scorecard (default: ``judge``); a
             slower, better judge belongs here (``neural_detection_for_optuna`` off).
         capability_n: MMLU questions in the test scorecards (0: no capability check).
-        kl_target, rule: the choice (see :func:`circuitlab.search.choose`).
+        kl_target, rule, margin, refusal_target: the choice (see
+            :func:`circuitlab.search.choose`).
+        score_knee: also score the front's knee on the test split when it is not the
+            chosen point (one more scorecard).
         export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts);
             the parity tolerance fits the model's dtype unless ``tolerance`` is given.
         batch_cap: on an accelerator the batch size is measured (the largest power of two
@@ -186,15 +195,21 @@ def abliterate(
         preflight=preflight, response_prefix=response_prefix,
     )  # fmt: skip
     front = pareto_front(study, cache_dir)  # this host's copies of the study's directions
-    chosen = choose(front, kl_target, rule)
+    chosen = choose(front, kl_target, rule, margin=margin, refusal_target=refusal_target)
+    bend = knee(front)
+    bend = None if bend is None or bend.number == chosen.number else bend
     objective = ObjectiveConfig(**study.user_attrs["setup"]["objective"])
-    base, edited = evaluate_choice(
+    base, edited, *knee_card = evaluate_choice(
         model, chosen, prompts.harmful_test, prompts.harmless_test, test_judge or judge,
         max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
         questions=load_mmlu(capability_n, seed) if capability_n else (),
+        also=(bend,) if bend is not None and score_knee else (),
     )  # fmt: skip
-    rule_name = "custom" if rule is not None else f"fewest refusals with KL <= {kl_target}"
-    result = SearchResult(study_name, rule_name, chosen, tuple(front), base, edited)
+    how = "custom" if rule is not None else rule_name(kl_target, margin, refusal_target)
+    result = SearchResult(
+        study_name, how, chosen, tuple(front), base, edited, bend,
+        knee_card[0] if knee_card else None,
+    )  # fmt: skip
     # The choice as a file `evaluate`, `steer` and `export` read with --intervention.
     store = open_store(study_name, storage, cache_dir)
     chosen_path = save_interventions(chosen.interventions, store.assets_dir / "chosen.json")

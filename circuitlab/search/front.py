@@ -1,9 +1,17 @@
 """The Pareto front of a study, the choice of one trial, and its test-split evaluation.
 
-The default rule (:func:`choose`): the fewest refusals among trials whose KL is at most
-``kl_target`` (ties: lower KL); if no trial is under the target, the lowest KL among the
-trials with the fewest refusals. A literal "lowest KL" or "KL < 0.1" rule picked useless
-edits in our first experiment; refusals first, within a KL budget, is what users ask for.
+The default rule (:func:`choose`) looks at the whole front under the KL budget
+``kl_target`` (the whole front if nothing is under it): it finds the fewest refusals there,
+then takes the *least KL* among the points within ``margin`` of them. "Fewest refusals"
+alone picks the extreme point, which on a 30-prompt search split often buys one refusal
+fewer (a difference well inside the split's noise) with twice the KL; a literal "lowest
+KL" or "KL < 0.1" rule picked useless edits in our first experiment. With
+``refusal_target`` the rule is the user's: the least KL whose refusal rate is at most the
+target.
+
+The front's *knee* (:func:`knee`) is reported beside the choice: the point farthest from
+the chord between the front's two ends, in coordinates scaled to the front's ranges (the
+"kneedle" idea of Satopää et al., 2011) -- where trading more KL stops buying refusals.
 
 The chosen trial is then scored on the test split, which the search never read: refusal
 rate with a Wilson interval, over-refusals, and KL against the base on harmless test
@@ -32,6 +40,8 @@ __all__ = [
     "SearchResult",
     "choose",
     "evaluate_choice",
+    "knee",
+    "rule_name",
     "pareto_front",
     "rank_key",
     "trial_interventions",
@@ -40,6 +50,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_KL_TARGET = 0.2
+# One refusal in the default 30 search prompts is 0.033: the margin tolerates one more
+# refusal than the best point, not two.
+DEFAULT_MARGIN = 0.05
 
 
 def trial_interventions(
@@ -127,6 +140,9 @@ def choose(
     kl_target: float = DEFAULT_KL_TARGET,
     rule: Rule | None = None,
     trial: int | None = None,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    refusal_target: float | None = None,
 ) -> FrontPoint:
     """Pick one point of the front.
 
@@ -135,6 +151,10 @@ def choose(
         kl_target: the KL budget of the default rule.
         rule: a function of the front that returns the point to use, replacing the default.
         trial: take this trial number (it must be on the front).
+        margin: the default rule takes the least KL among points whose refusal rate is at
+            most the fewest refusals (under the budget) plus this.
+        refusal_target: instead, the least KL whose refusal rate is at most this (if no
+            point reaches it: the fewest refusals, then the least KL).
 
     Returns:
         The chosen point.
@@ -150,7 +170,42 @@ def choose(
         return matches[0]
     if rule is not None:
         return rule(front)
-    return min(front, key=lambda p: (*rank_key(p.refusal_rate, p.kl, kl_target), p.number))
+    if refusal_target is not None:
+        reached = [p for p in front if p.refusal_rate <= refusal_target + 1e-9]
+        if reached:
+            return min(reached, key=lambda p: (p.kl, p.refusal_rate, p.number))
+        return min(front, key=lambda p: (p.refusal_rate, p.kl, p.number))
+    budget = [p for p in front if p.kl <= kl_target] or list(front)
+    best = min(p.refusal_rate for p in budget)
+    near = [p for p in budget if p.refusal_rate <= best + margin + 1e-9]
+    return min(near, key=lambda p: (p.kl, p.refusal_rate, p.number))
+
+
+def rule_name(kl_target: float, margin: float = DEFAULT_MARGIN, refusal_target=None) -> str:
+    """How :func:`choose` chose, in words (the report and the manifest say it)."""
+    if refusal_target is not None:
+        return f"least KL with refusals <= {refusal_target:g}"
+    return f"least KL within {margin:g} of the fewest refusals with KL <= {kl_target:g}"
+
+
+def knee(front: Sequence[FrontPoint]) -> FrontPoint | None:
+    """The front's knee: the point farthest below the chord joining its two ends, with
+    both objectives scaled to the front's ranges; None with fewer than three points."""
+    points = sorted(front, key=lambda p: (p.kl, p.refusal_rate))
+    if len(points) < 3:
+        return None
+    first, last = points[0], points[-1]  # least KL (most refusals) .. most KL (fewest)
+    span_kl = (last.kl - first.kl) or 1.0
+    span_rate = (first.refusal_rate - last.refusal_rate) or 1.0
+
+    def below(p: FrontPoint) -> float:
+        x = (p.kl - first.kl) / span_kl
+        y = (first.refusal_rate - p.refusal_rate) / span_rate
+        return y - x  # how far the point lies above the chord y = x (refusals removed)
+
+    inner = points[1:-1]
+    best = max(inner, key=below)
+    return best if below(best) > 0 else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +218,8 @@ class SearchResult:
         chosen: the chosen front point.
         front: the whole front.
         base, edited: test-split scorecards of the base model and of the edit.
+        knee: the front's knee (:func:`knee`) when it is another point than the chosen one.
+        knee_card: the knee's test-split scorecard (same base, prompts and KL baseline).
     """
 
     study: str
@@ -171,6 +228,8 @@ class SearchResult:
     front: tuple[FrontPoint, ...]
     base: Scorecard
     edited: Scorecard
+    knee: FrontPoint | None = None
+    knee_card: Scorecard | None = None
 
     @property
     def refusal_rate(self) -> float:
@@ -190,7 +249,7 @@ class SearchResult:
         def point(p: FrontPoint) -> dict[str, Any]:
             return {"trial": p.number, "refusal_rate": p.refusal_rate, "kl": p.kl}
 
-        return {
+        data = {
             "study": self.study,
             "rule": self.rule,
             "chosen": {**point(self.chosen), "params": self.chosen.params},
@@ -200,6 +259,11 @@ class SearchResult:
                 "edited": json.loads(self.edited.to_json()),
             },
         }
+        if self.knee is not None:
+            data["knee"] = {**point(self.knee), "params": self.knee.params}
+            if self.knee_card is not None:
+                data["test"]["knee"] = json.loads(self.knee_card.to_json())
+        return data
 
 
 def evaluate_choice(
@@ -213,16 +277,19 @@ def evaluate_choice(
     batch_size: int = 16,
     kl_k: int = 4,
     questions: Sequence[Any] = (),
-) -> tuple[Scorecard, Scorecard]:
+    also: Sequence[FrontPoint] = (),
+) -> tuple[Scorecard, ...]:
     """Score the base model and the chosen edit on the test split.
 
     Args:
         harmful_test: harmful prompts the search never saw.
         harmless_test: harmless prompts for over-refusals and KL (also unseen).
         questions: capability questions (``circuitlab.evaluate.load_mmlu``); empty: skip.
+        also: more front points (e.g. the knee) scored the same way, against the same base.
 
     Returns:
-        ``(base, edited)`` scorecards; the edit's KL is against the base on these prompts.
+        ``(base, edited, *also)`` scorecards; the edits' KL is against the base on these
+        prompts.
     """
     from circuitlab.evaluate.kl import KLBaseline
     from circuitlab.evaluate.scorecard import score_model
@@ -242,9 +309,12 @@ def evaluate_choice(
         "questions": tuple(questions),
     }
     base, _ = score_model(model, "base", **options)
-    with apply(model, *chosen.interventions):
-        edited, _ = score_model(model, f"trial {chosen.number}", base=base, **options)
-    return base, edited
+    cards = [base]
+    for point in (chosen, *also):
+        with apply(model, *point.interventions):
+            card, _ = score_model(model, f"trial {point.number}", base=base, **options)
+        cards.append(card)
+    return tuple(cards)
 
 
 def completed(study: optuna.Study) -> int:

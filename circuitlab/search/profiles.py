@@ -48,7 +48,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "mistral": ("mistral", "mixtral", "ministral"),
     "gemma": ("gemma", "gemma2", "gemma3", "gemma3_text"),
 }
-PARAM_KEYS = ("method", "component", "calibrate")
+PARAM_KEYS = ("method", "component", "calibrate", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,12 @@ def resolve_profile(
 def enqueue_profile(study: optuna.Study, profile: Profile, space: SearchSpace) -> int:
     """Enqueue the profile's trials (clamped into ``space``); returns how many."""
     for i, params in enumerate(profile.trials):
+        fitted = clamp_params(params, space)
+        if space.per_layer:
+            # A profile written before per-layer directions existed meant the global one.
+            fitted.setdefault("per_layer", False)
         study.enqueue_trial(
-            clamp_params(params, space),
+            fitted,
             user_attrs={"warm_start": f"{profile.name}#{i}"},
             skip_if_exists=True,
         )
@@ -161,18 +165,24 @@ def _profile_params(params: Mapping[str, Any], space: SearchSpace) -> dict[str, 
 def learn_profile(
     study: optuna.Study, top: int = 4, kl_target: float = 0.2, family: str | None = None
 ) -> Profile:
-    """A profile from a finished study's best trials, ranked by the default choice rule.
+    """A profile from a finished study: the points of its front a search should revisit.
+
+    The chosen point (the default rule of :func:`circuitlab.search.choose`) comes first,
+    then the front's knee, then the rest of the front from the least KL up, then other
+    trials by the old rule (fewest refusals under the KL target). Taking the ``top`` trials
+    of one ranking gave four near-copies of one point, which spends the warm start's trials
+    on one corner of the space and leaves TPE little to compare against.
 
     Args:
         study: a study run by :func:`circuitlab.search.run_search`.
         top: how many trials to keep.
-        kl_target: the KL target of the ranking (see :func:`circuitlab.search.choose`).
+        kl_target: the KL budget of the choice rule.
         family: override the family recorded in the study.
 
     Returns:
         The profile (save it with :func:`save_profile`).
     """
-    from circuitlab.search.front import rank_key
+    from circuitlab.search.front import FrontPoint, choose, knee, rank_key
     from circuitlab.search.storage import SearchError
 
     setup = study.user_attrs.get("setup", {})
@@ -183,7 +193,15 @@ def learn_profile(
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not trials:
         raise SearchError(f"study {study.study_name!r} has no complete trial to learn from")
-    best = sorted(trials, key=lambda t: rank_key(t.values[0], t.values[1], kl_target))[:top]
+    by_number = {t.number: t for t in trials}
+    front = [FrontPoint(t.number, t.values[0], t.values[1], {}, ()) for t in study.best_trials]
+    order = [choose(front, kl_target).number]
+    bend = knee(front)
+    order += [bend.number] if bend is not None else []
+    order += [p.number for p in sorted(front, key=lambda p: (p.kl, p.refusal_rate))]
+    ranked = sorted(trials, key=lambda t: rank_key(t.values[0], t.values[1], kl_target))
+    order += [t.number for t in ranked]
+    best = [by_number[n] for n in dict.fromkeys(order)][:top]
     space = SearchSpace.from_dict(setup["space"]) if "space" in setup else SearchSpace()
     return Profile(
         name=family,

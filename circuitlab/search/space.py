@@ -16,7 +16,19 @@ plus an ``ActivationAddition`` when the addition strength is above zero.
 The head-level edit's ``head_weight`` exists only in spaces with heads, and is then
 suggested on every trial like everything else; a space without heads suggests exactly the
 parameters it always did, so older studies resume unchanged. ``sae_features`` likewise
-exists only in spaces whose methods include ``sae``.
+exists only in spaces whose methods include ``sae``, and ``per_layer`` only in spaces with
+``per_layer`` on.
+
+**Per-layer directions.** Arditi et al. (2024) read one refusal direction at one layer and
+remove it everywhere; the direction is not the same vector at every depth, though, and a
+direction read at layer 22 is partly noise at layer 10 and at layer 28. With ``per_layer``
+a trial may instead let each layer's writers remove *that layer's own* direction (the
+set's direction at the layer it writes to), weighted by the same tents. The fractional
+``direction`` still matters there: the head-level edit and the addition read it, and a
+per-layer trial with a tent peaking where the global direction would be read is the
+nearest neighbour of the global trial, which keeps the two halves of the history
+informative for TPE. Calibration measures one direction at one layer, so a per-layer
+trial ignores ``calibrate`` (a multiplier of 1).
 """
 
 from __future__ import annotations
@@ -80,6 +92,12 @@ class SearchSpace:
         sae: the SAE folder (SAELens layout) the ``sae`` method ranks refusal features of.
         sae_max_features: the most features an ``sae`` trial ablates; ``sae_features``
             (how many of the top-ranked ones) is searched in ``[1, sae_max_features]``.
+        per_layer: offer per-layer directions (each layer's writers remove that layer's own
+            direction) as a choice beside the one fractional-index direction. Off by
+            default: on the SmolLM2 refusal organism, without ``remove_massive``, every
+            per-layer trial tried raised the first-token refusal mass instead of lowering
+            it (its mid-depth difference-of-means directions carry the attention sinks'
+            massive-activation direction).
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -96,6 +114,7 @@ class SearchSpace:
     remove_massive: bool = False
     sae: str | None = None
     sae_max_features: int = 8
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
@@ -115,6 +134,8 @@ class SearchSpace:
             del data["remove_massive"]  # likewise for studies older than the option
         if self.sae is None:
             del data["sae"], data["sae_max_features"]  # likewise
+        if not self.per_layer:
+            del data["per_layer"]  # likewise
         return data
 
     @classmethod
@@ -148,6 +169,8 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     params["calibrate"] = trial.suggest_categorical(
         "calibrate", [False, True] if space.calibrate else [False]
     )
+    if space.per_layer:
+        params["per_layer"] = trial.suggest_categorical("per_layer", [False, True])
     return params
 
 
@@ -172,6 +195,8 @@ def clamp_params(params: Mapping[str, Any], space: SearchSpace) -> dict[str, Any
             out[name] = bool(value) and space.calibrate
         elif name == "sae_features" and "sae" in space.methods:
             out[name] = min(max(int(value), 1), space.sae_max_features)
+        elif name == "per_layer" and space.per_layer:
+            out[name] = bool(value)
     return out
 
 
@@ -209,9 +234,10 @@ def build_interventions(
     layer = round(index)
     ref = assets.refs[method]
     component = int(params["component"]) if method == "pca" else 0
-    # SAE features live at one layer: no per-layer calibration, and the head-level edit and
-    # the addition read the difference-of-means direction instead.
-    calibrate = params.get("calibrate") and method != "sae"
+    # SAE features live at one layer and have no per-layer form: no calibration, and the
+    # head-level edit and the addition read the difference-of-means direction instead.
+    per_layer = bool(params.get("per_layer")) and method != "sae"
+    calibrate = params.get("calibrate") and method != "sae" and not per_layer
     calibration = assets.calibration(method, layer, component) if calibrate else 1.0
     common: dict[str, Any] = {
         "attn": _kernel(params, "attn", depth),
@@ -220,13 +246,15 @@ def build_interventions(
         "calibration": calibration,
     }
     if method == "cones":
-        ablation: Intervention = SubspaceAblation(ref, layer=layer, **common)
+        at_layer = None if per_layer else layer
+        ablation: Intervention = SubspaceAblation(ref, layer=at_layer, **common)
     elif method == "sae":
         n = int(params["sae_features"])
         ablation = SubspaceAblation(ref, layer=0, components=tuple(range(n)), **common)
         method, ref = "diff-means", assets.refs["diff-means"]
     else:
-        ablation = DirectionalAblation(ref, index=index, component=component, **common)
+        own = None if per_layer else index
+        ablation = DirectionalAblation(ref, index=own, component=component, **common)
     edits: list[Intervention] = [ablation]
     if space.heads:
         # Cone directions are not aligned across layers: read them at one layer, as above.
