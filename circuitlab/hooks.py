@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitlab.decoding import writer_hooks
 from circuitlab.directions.base import DirectionSet, interpolate_direction
 from circuitlab.engine import HookedModel, HookFn
 from circuitlab.errors import UnsupportedArchitectureError
@@ -454,6 +455,9 @@ def _build_dynamic(model: HookedModel, iv: DynamicStrength, state: _State, key: 
     return _Built(hooks, _Router(key, [layer], decide), needs_phase=True)
 
 
+# Applied as decoding.writer_hooks (the plan's static edits on the writer modules).
+_WRITER_EDITS = (DirectionalAblation, SubspaceAblation, HeadAblation)
+
 _BUILDERS: dict[type, Callable[..., _Built]] = {
     DirectionalAblation: _build_foldable,
     SubspaceAblation: _build_foldable,
@@ -579,6 +583,18 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         ...     completions = model.generate(prompts)
     """
     state = _State()
+    if interventions and all(type(iv) in _WRITER_EDITS for iv in interventions):
+        # Linear writer edits become torch hooks on the writer modules: the decoder can
+        # then generate on the plain HF view (SDPA, no hook points) instead of the bridge.
+        edits = [edit for iv in interventions for edit in plan(model, iv)]
+        with writer_hooks(model, edits) as finite:
+            yield Applied(state, len(interventions))
+        if not finite.ok():
+            raise NonFiniteError(
+                f"the edit ({', '.join(type(iv).__name__ for iv in interventions)}) produced "
+                "non-finite activations (NaN or inf); check its strengths and directions"
+            )
+        return
     built = []
     for key, iv in enumerate(interventions):
         builder = _BUILDERS.get(type(iv))
