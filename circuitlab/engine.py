@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab import decoding
+from circuitlab import decoding, fastpath
 from circuitlab.errors import ChatTemplateError, CircuitlabError
 from circuitlab.models.facts import ModelFacts, read_facts
 from circuitlab.models.loading import ModelSpec, ResolvedSource, input_device, load_hf
@@ -65,7 +65,7 @@ class HookedModel:
         self.facts: ModelFacts = read_facts(self.hf_model, bool(tokenizer.chat_template))
         self._batch_cap: int | None = None  # lowered after an out-of-memory error
         self._measuring = False  # measure_batch_size wants the error, not the back-off
-        self._writer_hooks = 0  # torch hooks of decoding.writer_hooks now attached
+        self._writer_hooks = 0  # torch hooks of fastpath.writer_hooks now attached
         self._plain: list = []  # the plain HF view, built on first use (None if impossible)
 
     @classmethod
@@ -122,9 +122,9 @@ class HookedModel:
     @property
     def plain(self):
         """The HF model without the bridge's hook points, on the same weights (SDPA
-        attention; :func:`circuitlab.decoding.plain_view`), or None where none is exact."""
+        attention; :func:`circuitlab.fastpath.plain_view`), or None where none is exact."""
         if not self._plain:
-            self._plain.append(decoding.plain_view(self.hf_model))
+            self._plain.append(fastpath.plain_view(self.hf_model))
         return self._plain[0]
 
     # ----------------------------------------------------------------------------- hooks

@@ -26,10 +26,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab.decoding import writer_hooks
 from circuitlab.directions.base import DirectionSet, interpolate_direction
 from circuitlab.engine import HookedModel, HookFn
 from circuitlab.errors import UnsupportedArchitectureError
+from circuitlab.fastpath import writer_hooks
 from circuitlab.interventions import (
     ActivationAddition,
     ConeRouting,
@@ -455,7 +455,7 @@ def _build_dynamic(model: HookedModel, iv: DynamicStrength, state: _State, key: 
     return _Built(hooks, _Router(key, [layer], decide), needs_phase=True)
 
 
-# Applied as decoding.writer_hooks (the plan's static edits on the writer modules).
+# Applied as fastpath.writer_hooks (the plan's static edits on the writer modules).
 _WRITER_EDITS = (DirectionalAblation, SubspaceAblation, HeadAblation)
 
 _BUILDERS: dict[type, Callable[..., _Built]] = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import example_interventions, tiny_model
 
-from circuitlab import decoding
+from circuitlab import decoding, fastpath
 from circuitlab.engine import HookedModel
 from circuitlab.hooks import apply
 
@@ -31,14 +31,14 @@ def tiny(request, tmp_path_factory, cache_dir) -> HookedModel:
 def through_bridge(model: HookedModel):
     """Force the bridge path: any TransformerLens hook does."""
     with model.hooks([("blocks.0.hook_resid_pre", lambda x, hook: None)]):
-        assert decoding.runner(model).net is model.hf_model
+        assert fastpath.runner(model).net is model.hf_model
         yield
 
 
 def test_plain_view_shares_the_bridges_weights(tiny):
     view = tiny.plain
     assert view is not None and view.config._attn_implementation == "sdpa"
-    assert decoding.runner(tiny).net is view
+    assert fastpath.runner(tiny).net is view
     shared = {p.data_ptr() for p in tiny.hf_model.parameters()}
     assert {p.data_ptr() for p in view.parameters()} <= shared
     assert not any(type(m).__name__ == "HookPoint" for m in view.modules())
@@ -50,7 +50,7 @@ def test_fast_path_generates_what_the_bridge_generates(tiny, kind):
     other TL-hooked edits run through the bridge, and say so)."""
     interventions = example_interventions(tiny, kind)
     with apply(tiny, *interventions):
-        fast_path = decoding.runner(tiny).net is tiny.plain
+        fast_path = fastpath.runner(tiny).net is tiny.plain
         fast = tiny.generate(PROMPTS, max_new_tokens=8, batch_size=4)
         fast_lp = tiny.next_token_logprobs(PROMPTS)
         with through_bridge(tiny):
@@ -69,7 +69,7 @@ def test_writer_hooks_flag_non_finite_edits_and_unwind(tiny):
 
     (edit, *_) = plan(tiny, example_interventions(tiny, "directional")[0])
     broken = type(edit)(edit.writer, edit.layer, edit.hook, edit.basis, edit.weights * torch.nan)
-    with decoding.writer_hooks(tiny, [broken]) as finite:
+    with fastpath.writer_hooks(tiny, [broken]) as finite:
         assert tiny.n_active_hooks() == 1 and tiny.n_tl_hooks() == 0
         tiny.next_token_logprobs(PROMPTS[:1])
     assert not finite.ok() and tiny.n_active_hooks() == 0

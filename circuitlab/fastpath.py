@@ -1,0 +1,229 @@
+"""The fast path: a plain HF view of a bridged model, and linear edits as torch hooks on it.
+
+Booting the TransformerLens bridge wraps every HF submodule in hook points and forces eager
+attention; both cost speed (greedy generation through the bridge ran at ~0.8x plain HF
+here). The decoder (:mod:`circuitlab.decoding`) runs on the plain view whenever no TL hook
+is attached, and :func:`writer_hooks` applies linear edits (projections of what the
+embedding, ``o_proj`` and ``down_proj`` write, head edits) as ordinary torch forward hooks
+on those modules. The modules are shared by both paths, so an edit holds on every forward,
+through the bridge (collection, patching, attribution) or not.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from circuitlab.engine import HookedModel
+
+__all__ = ["Runner", "WriterEdit", "plain_view", "runner", "writer_hooks"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What runs a forward pass: a causal LM module, where its inputs go, its pad id."""
+
+    net: nn.Module
+    device: torch.device
+    pad_id: int
+
+
+def _bridged(module: nn.Module) -> bool:
+    return hasattr(module, "_original_component") or type(module).__name__ == "HookPoint"
+
+
+def plain_view(hf_model: nn.Module) -> nn.Module | None:
+    """A plain HF model of the same class built around the bridged model's own leaf modules.
+
+    Booting the bridge wraps every HF submodule in hook points and forces eager attention;
+    both cost speed (the bridge ran at ~0.8x plain HF here). The view is a fresh skeleton
+    (on the meta device: no memory) whose parameter-holding modules -- embeddings, linear
+    layers, norms, rotary embeddings -- *are* the bridged model's, so weights are shared,
+    in-place weight swaps are seen, and torch hooks on those modules fire on both paths.
+
+    Returns:
+        The view with SDPA attention, or None where it cannot be built exactly (a model
+        split over devices, or a module the bridge left no plain original of).
+    """
+    device_map = getattr(hf_model, "hf_device_map", None)
+    if device_map and len({str(v) for v in device_map.values()}) > 1:
+        return None  # the dispatcher's per-layer device moves live on the bridged containers
+    originals: dict[str, nn.Module] = {}
+    for name, module in hf_model.named_modules():
+        if not _bridged(module):
+            # named_modules lists parents first: the innermost original wins.
+            originals[
+                name.replace("._original_component", "").replace("_original_component.", "")
+            ] = module
+    config = copy.deepcopy(hf_model.config)
+    try:
+        with torch.device("meta"):
+            view = type(hf_model)._from_config(config, attn_implementation="sdpa")
+    except Exception as exc:  # an architecture without SDPA or a meta-unsafe init
+        log.info("no plain view of %s: %s", type(hf_model).__name__, exc)
+        return None
+    for name, module in list(view.named_modules()):
+        owns = (
+            next(module.parameters(recurse=False), None) is not None
+            or next(module.buffers(recurse=False), None) is not None
+        )
+        if not name or not owns:
+            continue
+        original = originals.get(name)
+        if original is None or type(original) is not type(module):
+            return None
+        if any(_bridged(m) for m in original.modules()):
+            return None
+        view.set_submodule(name, original)
+    if any(t.is_meta for t in [*view.parameters(), *view.buffers()]):
+        return None
+    view.generation_config = copy.deepcopy(hf_model.generation_config)
+    return view.eval()
+
+
+def runner(model: HookedModel) -> Runner:
+    """The fastest exact forward for ``model`` now: its plain view when no TransformerLens
+    hook is attached (torch writer hooks fire there too), the bridge otherwise."""
+    pad = model.tokenizer.pad_token_id
+    if model.n_tl_hooks() == 0:
+        view = model.plain
+        if view is not None:
+            return Runner(view, model.device, pad)
+    return Runner(model.hf_model, model.device, pad)
+
+
+# ------------------------------------------------------------------------ writer hooks
+class WriterEdit(Protocol):
+    """A linear edit of one writer's output (what :func:`writer_hooks` applies).
+
+    ``x -> x - sum_i w_i (x . u_i) u_i`` on the output of the embedding (``writer`` embed),
+    ``o_proj`` (attn) or ``down_proj`` (mlp) of ``layer``; with ``head`` set only that query
+    head's share of ``o_proj``'s output, or the head's input columns zeroed (``zero``).
+    """
+
+    writer: str
+    layer: int
+    basis: Tensor
+    weights: Tensor
+    head: int | None
+    zero: bool
+
+
+def _writer_module(model: HookedModel, writer: str, layer: int) -> nn.Module:
+    if writer == "embed":
+        return model.bridge.embed.original_component
+    block = model.bridge.blocks[layer]
+    return (block.attn.o if writer == "attn" else block.mlp.out).original_component
+
+
+class _Placed:
+    """Tensors copied once per (device, dtype) of the activations they meet."""
+
+    def __init__(self, *tensors: Tensor):
+        self.tensors, self.copies = tensors, {}
+
+    def on(self, x: Tensor) -> tuple[Tensor, ...]:
+        key = (x.device, x.dtype)
+        if key not in self.copies:
+            self.copies[key] = tuple(t.to(device=x.device, dtype=x.dtype) for t in self.tensors)
+        return self.copies[key]
+
+
+def _edit_hook(model: HookedModel, edit: WriterEdit, module: nn.Module) -> tuple[bool, Callable]:
+    """The torch hook of one edit: ``(is_pre_hook, fn)``.
+
+    This is the one adapter from the edit-planning API (today ``circuitlab.hooks.SiteEdit``)
+    to torch hooks: a new kind of planned edit needs a branch here and nothing elsewhere.
+    The arithmetic is the TransformerLens hooks', at the same activations, so both paths give
+    the same numbers.
+    """
+    if edit.head is None:
+        placed = _Placed(edit.basis, edit.basis * edit.weights[:, None])
+
+        def project(mod, args, out):
+            basis, scaled = placed.on(out)
+            return out - (out @ basis.T) @ scaled
+
+        return False, project
+    d_head = model.facts.d_head
+    columns = slice(edit.head * d_head, (edit.head + 1) * d_head)
+    if edit.zero:
+
+        def zero(mod, args):
+            z = args[0].clone()
+            z[..., columns] = 0
+            return (z, *args[1:])
+
+        return True, zero
+    weight = module.weight.detach().double().cpu()[:, columns]
+    readout = _Placed(edit.basis.double() @ weight)  # [m, d_head]
+    scaled = _Placed(edit.basis * edit.weights[:, None])
+
+    def head_share(mod, args, out):
+        coef = args[0][..., columns] @ readout.on(out)[0].T
+        return out - coef @ scaled.on(out)[0]
+
+    return False, head_share
+
+
+@dataclass
+class _Finite:
+    """Whether every edited activation stayed finite (a flag per device, no host sync)."""
+
+    bad: dict[torch.device, Tensor] = field(default_factory=dict)
+
+    def wrap(self, hook: Callable) -> Callable:
+        def checked(mod, args, out):
+            result = hook(mod, args, out)
+            flag = ~torch.isfinite(result).all()
+            known = self.bad.get(result.device)
+            self.bad[result.device] = flag if known is None else known | flag
+            return result
+
+        return checked
+
+    def ok(self) -> bool:
+        return not any(bool(flag) for flag in self.bad.values())
+
+
+@contextmanager
+def writer_hooks(model: HookedModel, edits: Sequence[WriterEdit]) -> Iterator[_Finite]:
+    """Apply linear edits as torch forward hooks on the writer modules, for the block.
+
+    The writer modules are shared by the bridge and its plain view, so the edits hold on
+    every forward path (collection and patching through the bridge included). All hooks
+    are registered or none; all are removed on exit.
+
+    Yields:
+        A handle whose ``ok()`` says whether every edited activation stayed finite.
+    """
+    finite = _Finite()
+    hooks = []
+    for edit in edits:  # built first: a bad edit raises before anything is attached
+        module = _writer_module(model, edit.writer, edit.layer)
+        hooks.append((module, *_edit_hook(model, edit, module)))
+    handles = []
+    try:
+        for module, pre, fn in hooks:
+            if pre:
+                handles.append(module.register_forward_pre_hook(fn))
+            else:
+                handles.append(module.register_forward_hook(finite.wrap(fn)))
+        model._writer_hooks += len(handles)
+        try:
+            yield finite
+        finally:
+            model._writer_hooks -= len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
