@@ -119,6 +119,9 @@ def _run_suffixes(
 ):
     """Forward ``prefix`` once, then ``[prefix][suffix_i][padding]`` for the batch.
 
+    With no prefix and ``run.share_prefix`` off, rows are left-padded instead (every
+    prompt's last token at position -1, as position-reading hooks expect).
+
     Returns:
         ``(logits, cache, mask, lengths)``: per row, the logits at its ``wanted`` suffix
         offsets (float32, ``[len(wanted[i]), vocab]``); the cache, mask and suffix lengths.
@@ -131,11 +134,19 @@ def _run_suffixes(
         cache.batch_repeat_interleave(b)
     lengths = torch.tensor([len(s) for s in suffixes], device=device)
     width = int(lengths.max())
-    ids = torch.tensor([s + [run.pad_id] * (width - len(s)) for s in suffixes], device=device)
-    suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+    left = [0] * b if run.share_prefix else [width - len(s) for s in suffixes]
+    rows = [
+        [run.pad_id] * n + s + [run.pad_id] * (width - len(s) - n)
+        for s, n in zip(suffixes, left, strict=True)
+    ]
+    ids = torch.tensor(rows, device=device)
+    offset = torch.tensor(left, device=device)[:, None]
+    steps = torch.arange(width, device=device)[None]
+    suffix_mask = ((steps >= offset) & (steps < offset + lengths[:, None])).long()
     mask = torch.cat([torch.ones(b, p, dtype=torch.long, device=device), suffix_mask], dim=1)
-    positions = (p + torch.arange(width, device=device)).expand(b, -1)
+    positions = (p + steps - offset).clamp_min(0).expand(b, -1)
     # Logits only where some row needs them (a 1-D index keeps the same columns for all rows).
+    wanted = [[o + n for o in row] for row, n in zip(wanted, left, strict=True)]
     columns = sorted({o for row in wanted for o in row})
     out = _forward(
         run, ids, mask, positions, cache, torch.tensor(columns, device=device), keep_cache or p > 0
@@ -184,9 +195,11 @@ class Prefill:
     run: Runner | None = None
 
 
-def _batch_index(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    # Similar lengths in a batch waste less compute on padding.
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def _batch_index(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
+    # Similar lengths in a batch waste less compute on padding; per-prompt routing keeps
+    # the given order (its decisions are read back by batch row).
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else range(len(lengths))
+    order = list(order)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -200,10 +213,10 @@ def prefill_tokens(
         The first-token log-probs and (``keep_cache``) the caches to decode from.
     """
     ids = [list(row) for row in ids]
-    p = common_prefix(ids) if len(ids) > 1 else 0  # one row: nothing to share
+    p = common_prefix(ids) if len(ids) > 1 and run.share_prefix else 0
     first: list[Tensor] = [torch.empty(0)] * len(ids)
     batches = []
-    for index in _batch_index([len(r) for r in ids], batch_size):
+    for index in _batch_index([len(r) for r in ids], batch_size, run.share_prefix):
         suffixes = [ids[i][p:] for i in index]
         wanted = [[len(s) - 1] for s in suffixes]
         logits, cache, mask, lengths = _run_suffixes(run, ids[0][:p], suffixes, wanted, keep_cache)
@@ -246,7 +259,7 @@ def teacher_forced(
     """
     run = runner(model)
     ids = token_ids(model, prompts, chat)
-    p, k = (common_prefix(ids) if len(ids) > 1 else 0), continuation.shape[1]
+    p, k = (common_prefix(ids) if len(ids) > 1 and run.share_prefix else 0), continuation.shape[1]
     out: list[Tensor] = []
     for start in range(0, len(ids), batch_size):
         rows = range(start, min(start + batch_size, len(ids)))

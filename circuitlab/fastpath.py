@@ -24,7 +24,14 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel
 
-__all__ = ["Runner", "WriterEdit", "plain_view", "runner", "writer_hooks"]
+__all__ = [
+    "Runner",
+    "WriterEdit",
+    "edits_apply_at_writers",
+    "plain_view",
+    "runner",
+    "writer_hooks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class Runner:
     net: nn.Module
     device: torch.device
     pad_id: int
+    share_prefix: bool = True
 
 
 def _bridged(module: nn.Module) -> bool:
@@ -93,16 +101,28 @@ def plain_view(hf_model: nn.Module) -> nn.Module | None:
 
 def runner(model: HookedModel) -> Runner:
     """The fastest exact forward for ``model`` now: its plain view when no TransformerLens
-    hook is attached (torch writer hooks fire there too), the bridge otherwise."""
+    hook is attached (torch writer hooks fire there too), the bridge otherwise.
+
+    A pre-hook on the bridged decoder (per-prompt routing, position-dependent additions)
+    must see each whole prompt in one pass, left-padded as ``generate`` would give it: there
+    the prompts' shared prefix is not split off.
+    """
     pad = model.tokenizer.pad_token_id
     if model.n_tl_hooks() == 0:
         view = model.plain
         if view is not None:
             return Runner(view, model.device, pad)
-    return Runner(model.hf_model, model.device, pad)
+    getter = getattr(model.hf_model, "get_decoder", None)
+    decoder = getter() if getter is not None else model.hf_model.model
+    return Runner(model.hf_model, model.device, pad, share_prefix=not decoder._forward_pre_hooks)
 
 
-# ------------------------------------------------------------------------ writer hooks
+def edits_apply_at_writers(model: HookedModel) -> bool:
+    """Whether writer-module hooks reach every forward of ``model``: with per-head results
+    on (``use_attn_result``) the bridge sums the heads itself and never calls ``o_proj``."""
+    return not getattr(model.bridge.cfg, "use_attn_result", False)
+
+
 class WriterEdit(Protocol):
     """A linear edit of one writer's output (what :func:`writer_hooks` applies).
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from circuitlab.directions.base import DirectionSet, interpolate_direction
 from circuitlab.engine import HookedModel, HookFn
 from circuitlab.errors import UnsupportedArchitectureError
-from circuitlab.fastpath import writer_hooks
+from circuitlab.fastpath import edits_apply_at_writers, writer_hooks
 from circuitlab.interventions import (
     ActivationAddition,
     ConeRouting,
@@ -583,7 +583,11 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         ...     completions = model.generate(prompts)
     """
     state = _State()
-    if interventions and all(type(iv) in _WRITER_EDITS for iv in interventions):
+    if (
+        interventions
+        and all(type(iv) in _WRITER_EDITS for iv in interventions)
+        and edits_apply_at_writers(model)
+    ):
         # Linear writer edits become torch hooks on the writer modules: the decoder can
         # then generate on the plain HF view (SDPA, no hook points) instead of the bridge.
         edits = [edit for iv in interventions for edit in plan(model, iv)]
