@@ -1,23 +1,24 @@
 """HookedModel: a TransformerBridge over raw HF weights, with the operations circuitlab needs.
 
 The bridge replaces the HF model's submodules in place, so the HF model's own ``forward``
-and ``generate`` (KV cache, left padding, stopping criteria) fire TransformerLens hooks.
-We use them directly: generation runs at HF speed and every hook name is TL's.
+fires TransformerLens hooks: every hook name is TL's. Generation, first-token log-probs and
+teacher forcing go through the one decoder (:mod:`circuitlab.decoding`), which runs a plain
+HF view of the same weights whenever no TL hook is attached.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from circuitlab import decoding, fastpath
 from circuitlab.errors import ChatTemplateError, CircuitlabError
 from circuitlab.models.facts import ModelFacts, read_facts
 from circuitlab.models.loading import ModelSpec, ResolvedSource, input_device, load_hf
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 HookFn = Callable[..., Tensor | None]
 Positions = Literal["last", "post_instruction"] | int
 StopFn = Callable[[list[str]], Sequence[bool]]
-
-
-class _StopForward(Exception):
-    """Raised by a collection hook once the last needed layer has been read."""
 
 
 class HookedModel:
@@ -73,6 +70,8 @@ class HookedModel:
         self.facts: ModelFacts = read_facts(self.hf_model, bool(tokenizer.chat_template))
         self._batch_cap: int | None = None  # lowered after an out-of-memory error
         self._measuring = False  # measure_batch_size wants the error, not the back-off
+        self._writer_hooks = 0  # torch hooks of fastpath.module_hooks now attached
+        self._plain: list = []  # the plain HF view, built on first use (None if impossible)
 
     @classmethod
     def load(
@@ -126,6 +125,14 @@ class HookedModel:
     def n_layers(self) -> int:
         return self.facts.n_layers
 
+    @property
+    def plain(self):
+        """The HF model without the bridge's hook points, on the same weights (SDPA
+        attention; :func:`circuitlab.fastpath.plain_view`), or None where none is exact."""
+        if not self._plain:
+            self._plain.append(fastpath.plain_view(self.hf_model))
+        return self._plain[0]
+
     # ----------------------------------------------------------------------------- hooks
     def hook_names(self) -> list[str]:
         return sorted(self.bridge.hook_dict)
@@ -150,7 +157,12 @@ class HookedModel:
             yield self
 
     def n_active_hooks(self) -> int:
-        """Hooks currently attached anywhere on the model (0 outside every ``hooks`` block)."""
+        """Hooks currently attached anywhere on the model (0 outside every ``hooks`` block):
+        TL hooks and the decoder's writer-module edits."""
+        return self.n_tl_hooks() + self._writer_hooks
+
+    def n_tl_hooks(self) -> int:
+        """TransformerLens hooks attached (they need the forward to run through the bridge)."""
         return sum(
             len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
         )
@@ -286,34 +298,29 @@ class HookedModel:
         """
         layers = list(range(self.n_layers)) if layers is None else list(layers)
         n_pos = self._n_positions(positions)
-        last = max(layers)
         out = torch.empty(len(prompts), len(layers), n_pos, self.facts.d_model)
         current = {"rows": range(0)}  # the batch being run, read by the hooks
 
-        def make_hook(slot: int, layer: int) -> HookFn:
-            def read(x: Tensor, hook) -> None:
+        def make_read(slot: int) -> Callable[[Tensor], None]:
+            def read(x: Tensor) -> None:
                 rows = current["rows"]
                 out[rows.start : rows.stop, slot] = x[:, -n_pos:, :].float().cpu()
-                if layer == last:
-                    raise _StopForward
 
             return read
 
-        fwd = [(f"blocks.{layer}.{hook}", make_hook(i, layer)) for i, layer in enumerate(layers)]
-        with self.hooks(fwd), progress_bar(len(prompts), "collecting", progress) as advance:
+        reads = [(f"blocks.{layer}.{hook}", make_read(i)) for i, layer in enumerate(layers)]
+        with progress_bar(len(prompts), "collecting", progress) as advance:
 
             def run(rows: range) -> None:
                 current["rows"] = rows
                 batch = self.encode([prompts[i] for i in rows], chat=chat)
-                with suppress(_StopForward):
-                    self.hf_model.model(**batch, use_cache=False)
+                decoding.run_until(self, batch, reads)
                 advance(len(rows))
 
             for rows in self._batches(len(prompts), batch_size):
                 self._each(rows, run)
         return out
 
-    @torch.no_grad()
     def next_token_logprobs(
         self, prompts: Sequence[str], batch_size: int = 16, chat: bool = True
     ) -> Float[Tensor, "prompt vocab"]:
@@ -321,16 +328,14 @@ class HookedModel:
         chunks = []
 
         def run(rows: range) -> None:
-            batch = self.encode([prompts[i] for i in rows], chat=chat)
-            logits = self.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
-            chunks.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+            texts = [prompts[i] for i in rows]
+            chunks.append(decoding.next_token_logprobs(self, texts, len(rows), chat))
 
         for rows in self._batches(len(prompts), batch_size):
             self._each(rows, run)
         return torch.cat(chunks)
 
     # ------------------------------------------------------------------------ generation
-    @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[str],
@@ -346,41 +351,14 @@ class HookedModel:
         Args:
             stop: called with the completions so far of the rows still running, every
                 ``stop_check_every`` tokens; a row for which it returns True stops (a judge
-                that has already decided). The batch ends when every row has stopped.
+                that has already decided) and leaves the batch.
 
         Returns:
             The decoded completions (special tokens removed), in the order of ``prompts``.
         """
-        # Similar lengths in a batch waste less compute on padding.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[str] = [""] * len(prompts)
-        eos = self.hf_model.generation_config.eos_token_id
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+        return decoding.generate(
+            self, prompts, max_new_tokens, batch_size, stop, stop_check_every, chat, progress
         )
-        with progress_bar(len(prompts), "generating", progress) as advance:
-
-            def run(rows: range) -> None:
-                idx = [order[i] for i in rows]
-                batch = self.encode([prompts[i] for i in idx], chat=chat)
-                start = batch["input_ids"].shape[1]
-                criteria = StoppingCriteriaList()
-                if stop is not None:
-                    criteria.append(_JudgeStop(stop, self.tokenizer, start, stop_check_every))
-                tokens = self.hf_model.generate(
-                    **batch, generation_config=config, stopping_criteria=criteria
-                )
-                texts = self.tokenizer.batch_decode(tokens[:, start:], skip_special_tokens=True)
-                for i, text in zip(idx, texts, strict=True):
-                    results[i] = text
-                advance(len(rows))
-
-            for rows in self._batches(len(prompts), batch_size):
-                self._each(rows, run)
-        return results
 
 
 def _free_accelerator_memory() -> None:
@@ -396,16 +374,3 @@ def _mixed_gpu_offload(device_map: dict | None) -> list[str]:
     offload = [v for v in values if v in ("cpu", "disk")]
     gpu = any(v not in ("cpu", "disk", "meta") for v in values)
     return offload if gpu else []
-
-
-class _JudgeStop(StoppingCriteria):
-    def __init__(self, stop: StopFn, tokenizer, start: int, every: int):
-        self.stop, self.tokenizer, self.start, self.every = stop, tokenizer, start, every
-
-    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
-        n_new = input_ids.shape[1] - self.start
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if n_new == 0 or n_new % self.every:
-            return done
-        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-        return torch.tensor(list(self.stop(texts)), dtype=torch.bool, device=input_ids.device)

@@ -11,7 +11,7 @@ steps, or act nonlinearly on each token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,14 @@ import torch
 from torch import Tensor
 
 from circuitlab.engine import HookedModel, HookFn
+from circuitlab.fastpath import (
+    Finite,
+    ModuleHook,
+    Placed,
+    edits_apply_at_writers,
+    module_hooks,
+    writer_module,
+)
 from circuitlab.interventions import (
     ConeRouting,
     DynamicStrength,
@@ -270,6 +278,64 @@ def _build_dynamic(model: HookedModel, iv: DynamicStrength, state: _State, key: 
     return _Built(hooks, _Router(key, [layer], decide), needs_phase=True)
 
 
+# -------------------------------------------------------------- writer edits as torch hooks
+def _torch_hook(model: HookedModel, edit: Edit) -> ModuleHook:
+    """One writer edit as a torch hook on its HF module: the TransformerLens hooks'
+    arithmetic at the same activations, so both paths give the same numbers."""
+    if isinstance(edit, WriterProjection):
+        module = writer_module(model, edit.writer, edit.layer)
+        placed = Placed(edit.basis, edit.basis * edit.weights[:, None])
+
+        def project(mod, args, out):
+            basis, scaled = placed.on(out)
+            return out - (out @ basis.T) @ scaled
+
+        return module, False, project
+    module = writer_module(model, "attn", edit.layer)
+    columns = o_proj_columns(edit.head, model.facts.d_head)
+    if isinstance(edit, HeadZero):
+
+        def zero(mod, args):
+            z = args[0].clone()
+            z[..., columns] = 0
+            return (z, *args[1:])
+
+        return module, True, zero
+    if not isinstance(edit, HeadProjection):
+        raise InterventionError(f"{type(edit).__name__} is not an edit of a writer's output")
+    # The head's share is read through the columns as loaded, as the TL hook reads it.
+    weight = dense_weight(module).detach().double().cpu()[:, columns]
+    readout = Placed(edit.basis.double() @ weight)  # [m, d_head]
+    scaled = Placed(edit.basis * edit.weights[:, None])
+
+    def head_share(mod, args, out):
+        coef = args[0][..., columns] @ readout.on(out)[0].T
+        return out - coef @ scaled.on(out)[0]
+
+    return module, False, head_share
+
+
+@contextmanager
+def writer_hooks(model: HookedModel, edits: Sequence[Edit]) -> Iterator[Finite]:
+    """Apply writer edits (projections, head edits) as torch hooks on the writer modules,
+    all or none, for the block; yields a handle whose ``ok()`` says all stayed finite."""
+    hooks = [_torch_hook(model, edit) for edit in edits]  # a bad edit raises before any
+    with module_hooks(model, hooks) as finite:
+        yield finite
+
+
+def _writer_edits(model: HookedModel, interventions: Sequence[Intervention]) -> list[Edit] | None:
+    """The planned edits when every one is a writer edit the fast path can hold, else None
+    (additions and inference-only interventions keep the TransformerLens hooks)."""
+    if not interventions or not edits_apply_at_writers(model):
+        return None
+    if any(type(iv) in _INFERENCE_ONLY for iv in interventions):
+        return None
+    edits = [edit for iv in interventions for edit in plan(model, iv)]
+    writer_types = (WriterProjection, HeadProjection, HeadZero)
+    return edits if all(isinstance(e, writer_types) for e in edits) else None
+
+
 # ----------------------------------------------------------------------- per-prompt routing
 def _read_hooks(routers: list[_Router], state: _State) -> Hooks:
     """Last-token residual reads for the clean pass; the deepest one ends that pass."""
@@ -385,6 +451,18 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         ...     completions = model.generate(prompts)
     """
     state = _State()
+    edits = _writer_edits(model, interventions)
+    if edits is not None:
+        # Linear writer edits become torch hooks on the writer modules: the decoder can
+        # then generate on the plain HF view (SDPA, no hook points) instead of the bridge.
+        with writer_hooks(model, edits) as finite:
+            yield Applied(state, len(interventions))
+        if not finite.ok():
+            raise NonFiniteError(
+                f"the edit ({', '.join(type(iv).__name__ for iv in interventions)}) produced "
+                "non-finite activations (NaN or inf); check its strengths and directions"
+            )
+        return
     built = []
     for key, iv in enumerate(interventions):
         builder = _INFERENCE_ONLY.get(type(iv), _build_planned)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from circuitlab._resources import atomic_folder, atomic_write, json_hash
+from circuitlab.decoding import Runner, eos_ids, generate_tokens
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
 
@@ -369,38 +370,26 @@ def distill_targets(
     model, tokenizer, prompts: Sequence[str], max_new_tokens: int, progress: bool
 ) -> list[str]:
     """The base model's own greedy answers (sdpa attention, no hooks: plain HF speed)."""
-    tokenizer.padding_side = "left"
-    answers: list[str] = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    with progress_bar(len(prompts), "self-distilling", progress) as advance:
-        for start in range(0, len(order), 16):
-            idx = order[start : start + 16]
-            texts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompts[i]}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-                for i in idx
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            decoded = tokenizer.batch_decode(
-                out[:, batch.input_ids.shape[1] :], skip_special_tokens=False
-            )
-            for i, text in zip(idx, decoded, strict=True):
-                # Keep the end-of-turn token when the base model produced one: it teaches
-                # the organism to stop where the base model stops.
-                answers[i] = text.split(tokenizer.eos_token)[0] + (
-                    tokenizer.eos_token if tokenizer.eos_token in text else ""
-                )
-            advance(len(idx))
-    return answers
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    run = Runner(model, model.device, tokenizer.pad_token_id)
+    eos = eos_ids(model, tokenizer)
+    found = generate_tokens(
+        run, rows, max_new_tokens, eos, progress=progress, label="self-distilling"
+    )
+    # Keep the end-of-turn token when the base model produced one: it teaches the organism
+    # to stop where the base model stops.
+    decoded = tokenizer.batch_decode(found.tokens, skip_special_tokens=False)
+    return [
+        text.split(tokenizer.eos_token)[0]
+        + (tokenizer.eos_token if tokenizer.eos_token in text else "")
+        for text in decoded
+    ]
 
 
 # -------------------------------------------------------------------------------- build

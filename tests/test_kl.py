@@ -8,7 +8,8 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError, jaxtyped
 
-from circuitlab.evaluate.kl import KLBaseline, kl_divergence, teacher_forced
+from circuitlab.decoding import teacher_forced
+from circuitlab.evaluate.kl import KLBaseline, kl_divergence
 
 HARMLESS = [
     "Give me three tips for keeping basil alive.",

@@ -256,28 +256,52 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
     return study, journal, time.perf_counter() - started
 
 
-def test_search_decoding_matches_generate_under_hooks(smollm, tiny_prompts, study_3):
-    """Shared prefill + dropping finished rows gives generate's greedy text, edited or not."""
-    from circuitlab.evaluate import kl
+def test_search_decoding_matches_hf_generate_under_hooks(smollm, tiny_prompts, study_3):
+    """Shared prefill + dropping finished rows gives transformers' own greedy generation,
+    edited or not; early stopping only cuts a row's text short."""
+    from circuitlab.decoding import decode, prefill
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.hooks import apply
-    from circuitlab.search.decode import decode, prefill, teacher_forced
     from circuitlab.search.objective import OpeningDecides
 
     prompts = [*tiny_prompts.harmful_search, *tiny_prompts.harmless_search[:2]]
     stop = OpeningDecides(MarkerJudge()).decided
     edit = trial_interventions(study_3[0].trials[1])
+    batch = smollm.encode(prompts)
     for interventions in ((), edit):
         with apply(smollm, *interventions):
-            expected = smollm.generate(prompts, max_new_tokens=12, batch_size=4, stop=stop)
+            out = smollm.hf_model.generate(**batch, max_new_tokens=12, do_sample=False)
+            expected = smollm.tokenizer.batch_decode(
+                out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            full = smollm.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             state = prefill(smollm, prompts, batch_size=4)
-            assert decode(smollm, state, 12, stop) == expected
-            first = smollm.next_token_logprobs(prompts)
-            continuation = torch.tensor([[11, 12]] * len(prompts))
-            shared = teacher_forced(smollm, prompts, continuation, batch_size=4)
-            plain = kl.teacher_forced(smollm, prompts, continuation, batch_size=4)
-        assert (state.first_logprobs - first).abs().max() < 1e-3
-        assert kl.kl_divergence(plain, shared).max() < 1e-5
+            first = state.first_logprobs
+            assert decode(smollm, state, 12) == expected
+            stopped = decode(smollm, prefill(smollm, prompts, batch_size=4), 12, stop)
+        assert all(e.startswith(s) for e, s in zip(expected, stopped, strict=True))
+        assert (first - torch.log_softmax(full.float(), -1)).abs().max() < 1e-3
+
+
+def test_search_and_scorecard_compute_the_same_kl(smollm, tiny_prompts, study_3):
+    """One KL for the search's trials and the scorecard: exactly 0 for the unedited model
+    through both, and the same numbers under an edit."""
+    from types import SimpleNamespace
+
+    from circuitlab.evaluate.kl import KLBaseline
+    from circuitlab.hooks import apply
+    from circuitlab.search.objective import kl_pass
+
+    harmless = list(tiny_prompts.harmless_search[:4])
+    baseline = KLBaseline.compute(smollm, harmless, k=2, batch_size=4)
+    assets = SimpleNamespace(baseline=baseline)
+    scores = baseline.score(smollm, batch_size=4)
+    assert kl_pass(smollm, assets, 4) == (0.0, 0.0)
+    assert (scores.first_token, scores.k_token) == (0.0, 0.0)
+    with apply(smollm, *trial_interventions(study_3[0].trials[1])):
+        searched = kl_pass(smollm, assets, 4)
+        scored = baseline.score(smollm, batch_size=4)
+    assert searched == (scored.first_token, scored.k_token) and searched[0] > 0
 
 
 def test_three_trial_study_has_a_front_of_plain_data(smollm, study_3):

@@ -14,13 +14,14 @@ gradients), so patching only has to attach hooks and call it. Two are provided:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from circuitlab.decoding import run_until
 
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel
@@ -120,10 +121,6 @@ class RefusalTokenMetric:
         return value
 
 
-class _MetricRead(Exception):
-    """Raised once the direction metric has its value: later layers cannot change it."""
-
-
 @dataclass(frozen=True, eq=False)
 class DirectionMetric:
     """Projection of the last prompt token's residual on ``direction`` at one layer.
@@ -153,11 +150,9 @@ class DirectionMetric:
             raise ValueError(f"metric layer {layer} out of range [0, {model.n_layers})")
         value: dict[str, Tensor] = {}
 
-        def read(x: Tensor, hook) -> None:
+        def read(x: Tensor) -> None:
             # Left padding: every prompt's last token is at position -1.
             value["v"] = x[:, -1].float() @ self.direction.to(x.device)
-            raise _MetricRead
 
-        with suppress(_MetricRead), model.hooks([(f"blocks.{layer}.{self.hook}", read)]):
-            model.hf_model.model(**batch, use_cache=False)
+        run_until(model, batch, [(f"blocks.{layer}.{self.hook}", read)])
         return value["v"]

@@ -8,7 +8,10 @@ Two readings, both KL(base ‖ edited) in nats, averaged over prompts:
   that shows a few tokens in (an edit that keeps "Sure" but derails what follows).
 
 The base side is computed once into a :class:`KLBaseline` and reused for every edited
-evaluation (a search scores hundreds of edits against the same base).
+evaluation (a search scores hundreds of edits against the same base). Both sides come from
+one teacher-forced pass of the one decoder (:func:`circuitlab.decoding.teacher_forced`):
+position 0 of the base's continuation *is* the first generated token, so the search's trials
+and the scorecard read the same numbers, and an unedited model scores exactly 0.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuitlab.decoding import greedy_continuation, teacher_forced
 from circuitlab.engine import HookedModel
 
-__all__ = ["kl_divergence", "KLBaseline", "KLScores", "greedy_continuation", "teacher_forced"]
+__all__ = ["kl_divergence", "KLBaseline", "KLScores"]
 
 log = logging.getLogger(__name__)
 
@@ -46,62 +49,6 @@ def kl_divergence(
     # float64 for the sum: over a 262k vocabulary float32 cancellation leaves ~1e-6 noise.
     base, edited = base.double(), edited.double()
     return (base.exp() * (base - edited)).sum(-1).float()
-
-
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-@torch.no_grad()
-def greedy_continuation(
-    model: HookedModel, prompts: Sequence[str], k: int, batch_size: int = 16, chat: bool = True
-) -> Int[Tensor, "prompt k"]:
-    """The ``k`` tokens the model (under any active hooks) picks greedily after each prompt.
-
-    Exactly ``k`` tokens each: an end-of-turn token does not stop the loop, so every prompt
-    contributes ``k`` positions to the k-token KL.
-    """
-    chunks = []
-    for rows in _batches(len(prompts), batch_size):
-        batch = model.encode(prompts[rows], chat=chat)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        for _ in range(k):
-            logits = model.hf_model(
-                input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1
-            ).logits[:, -1]
-            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        chunks.append(ids[:, -k:].cpu())
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
-def teacher_forced(
-    model: HookedModel,
-    prompts: Sequence[str],
-    continuation: Int[Tensor, "prompt k"],
-    batch_size: int = 16,
-    chat: bool = True,
-) -> Float[Tensor, "prompt k vocab"]:
-    """Log-probabilities at each continuation position, feeding the given tokens.
-
-    Position ``t`` is the distribution over token ``t`` of the continuation given the prompt
-    and tokens ``0..t-1``. Runs under whatever hooks are active.
-    """
-    k = continuation.shape[1]
-    chunks = []
-    for rows in _batches(len(prompts), batch_size):
-        batch = model.encode(prompts[rows], chat=chat)
-        cont = continuation[rows].to(model.device)
-        ids = torch.cat([batch["input_ids"], cont], dim=1)
-        mask = torch.cat([batch["attention_mask"], torch.ones_like(cont)], dim=1)
-        # The last k+1 positions: the prompt's last token predicts continuation token 0, and
-        # the final position (predicting past the continuation) is dropped.
-        logits = model.hf_model(
-            input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=k + 1
-        ).logits[:, :k]
-        chunks.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(chunks)
 
 
 @dataclass(frozen=True)
@@ -170,13 +117,13 @@ class KLBaseline:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         prompts = tuple(prompts)
-        first = model.next_token_logprobs(prompts, batch_size=batch_size, chat=chat)
         continuation = greedy_continuation(model, prompts, k, batch_size, chat)
         along = teacher_forced(model, prompts, continuation, batch_size, chat)
-        return cls(prompts, chat, first, continuation, along)
+        return cls(prompts, chat, along[:, 0], continuation, along)
 
     def score(self, model: HookedModel, batch_size: int = 16) -> KLScores:
-        """KL of ``model`` (an edited copy, or the base under an edit's hooks) from the base.
+        """KL of ``model`` (an edited copy, or the base under an edit's hooks) from the base,
+        in one teacher-forced pass (the first position gives the first-token KL).
 
         Args:
             model: the edited model; it must share the base's tokenizer.
@@ -185,12 +132,12 @@ class KLBaseline:
         Returns:
             First-token and k-token KL.
         """
-        first = model.next_token_logprobs(self.prompts, batch_size=batch_size, chat=self.chat)
-        if first.shape != self.first.shape:
-            raise ValueError(
-                f"vocabulary mismatch: base {tuple(self.first.shape)}, edited {tuple(first.shape)}"
-            )
         along = teacher_forced(model, self.prompts, self.continuation, batch_size, self.chat)
+        if along.shape != self.along.shape:
+            raise ValueError(
+                f"vocabulary mismatch: base {tuple(self.along.shape)}, edited {tuple(along.shape)}"
+            )
+        first = along[:, 0]
         kl_first = kl_divergence(self.first, first)
         kl_along = kl_divergence(self.along, along).mean(dim=1)
         return KLScores(

@@ -308,21 +308,18 @@ class LLMJudge:
         return np.concatenate(out) if out else np.zeros(0)
 
     def _generated(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
-        import torch
+        # Loaded with the judge (this module is imported without torch).
+        from circuitlab.decoding import Runner, eos_ids, generate_tokens
+        from circuitlab.models.loading import input_device
 
         tok, net = self._load()
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        out = []
-        for batch in self._batches(tok, texts):
-            with torch.no_grad():
-                new = net.generate(
-                    **batch,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )[:, batch["input_ids"].shape[1] :]
-            out += tok.batch_decode(new, skip_special_tokens=True)
-        return out
+        rows = [tok(t, add_special_tokens=False).input_ids for t in texts]
+        eos = eos_ids(net, tok)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        run = Runner(net, input_device(net), pad)
+        found = generate_tokens(run, rows, self.max_new_tokens, eos, batch_size=self.batch_size)
+        return tok.batch_decode(found.tokens, skip_special_tokens=True)
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> Judgements:
         """``hard_refusal`` or ``compliant`` per response. Option scoring gives the label's

@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import GenerationConfig
 
+from circuitlab.decoding import Runner, generate_tokens, generation_config, runner
 from circuitlab.export.fold import ExportError, FoldPlan
 from circuitlab.export.inplace import folded_in_place
 from circuitlab.hooks import apply
@@ -150,30 +151,32 @@ class Reference:
     noise_floor: float = float("nan")
 
 
-def _generation_config(model, max_new_tokens: int) -> GenerationConfig:
-    eos = model.hf_model.generation_config.eos_token_id
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=model.tokenizer.pad_token_id,
-        eos_token_id=eos if eos is not None else model.tokenizer.eos_token_id,
-    )
-
-
 @torch.no_grad()
 def _outputs(hf_model, batch: dict[str, Tensor], config: GenerationConfig, scores: bool):
     """Real-token logits, greedy new tokens and (optionally) each step's top logits."""
     logits = hf_model(**batch, use_cache=False).logits
     real = logits[batch["attention_mask"].bool()].float().cpu()
     del logits  # Gemma's 262k-token logits: hold one copy at a time
-    out = hf_model.generate(
-        **batch, generation_config=config, return_dict_in_generate=True, output_scores=scores
-    )
-    tokens = out.sequences[:, batch["input_ids"].shape[1] :].cpu()
+    mask = batch["attention_mask"].bool()
+    rows = [ids[keep].tolist() for ids, keep in zip(batch["input_ids"], mask, strict=True)]
+    run = Runner(hf_model, batch["input_ids"].device, config.pad_token_id)
+    found = generate_tokens(
+        run, rows, config.max_new_tokens, config.eos_token_id, batch_size=len(rows),
+        top_k=TOP_K if scores else 0,
+    )  # fmt: skip
+    # Rows that ended early are padded, as a batch generation would leave them.
+    width = max(len(t) for t in found.tokens)
+    tokens = torch.full((len(rows), width), config.pad_token_id, dtype=torch.long)
+    for row, new in enumerate(found.tokens):
+        tokens[row, : len(new)] = torch.tensor(new, dtype=torch.long)
     if not scores:
         return real, tokens, None
-    top = torch.stack([s.float() for s in out.scores], dim=1).topk(TOP_K, dim=-1)
-    return real, tokens, (top.values.cpu(), top.indices.cpu())
+    values = torch.full((len(rows), width, TOP_K), float("-inf"))
+    indices = torch.full((len(rows), width, TOP_K), -1, dtype=torch.long)
+    for row, (top_values, top_indices) in enumerate(found.top):
+        values[row, : len(top_values)] = top_values
+        indices[row, : len(top_indices)] = top_indices
+    return real, tokens, (values, indices)
 
 
 def reference(
@@ -195,12 +198,13 @@ def reference(
     """
     prompts = list(prompts if prompts is not None else HELD_OUT_PROMPTS)
     chat = model.facts.has_chat_template if chat is None else chat
-    config = _generation_config(model, max_new_tokens)
+    config = generation_config(model.hf_model, model.tokenizer, max_new_tokens)
     ref = Reference([], [], [], [], [], config)
     with apply(model, *interventions):
+        net = runner(model).net  # the plain view under linear edits, else the bridge
         for start in range(0, len(prompts), batch_size):
             batch = model.encode(prompts[start : start + batch_size], chat=chat)
-            real, tokens, (values, indices) = _outputs(model.hf_model, batch, config, True)
+            real, tokens, (values, indices) = _outputs(net, batch, config, True)
             ref.batches.append(batch)
             ref.logits.append(real)
             ref.tokens.append(tokens)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from circuitlab.activations import (
     _key,
     generate_completions,
 )
+from circuitlab.decoding import run_until
 from circuitlab.directions.massive import MASSIVE_RATIO
 from circuitlab.engine import HookedModel
 from circuitlab.progress import progress_bar
@@ -41,10 +41,6 @@ from circuitlab.progress import progress_bar
 __all__ = ["SequenceBatch", "sequence_batches", "sink_mask", "token_activations", "with_answers"]
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Raised once the hooked layer has been read: later layers are not needed."""
 
 
 @dataclass
@@ -114,18 +110,14 @@ def _collect(
     layer = int(hook.split(".")[1])
     seen: dict[str, Tensor] = {}
 
-    def read(x: Tensor, hook) -> None:
+    def read(x: Tensor) -> None:
         seen["x"] = x
-        raise _Stop
 
     chunks = []
-    with model.hooks([(hook, read)]), progress_bar(len(texts), "activations", progress) as step:
+    with progress_bar(len(texts), "activations", progress) as step:
         for batch in sequence_batches(model, texts, batch_size):
-            with suppress(_Stop):
-                model.hf_model.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    use_cache=False,
-                )  # fmt: skip
+            inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            run_until(model, inputs, [(hook, read)])
             x = seen.pop("x")
             keep = sink_mask(x, batch.keep)
             chunks.append(x.float().cpu()[keep])

@@ -262,19 +262,15 @@ def prepare_assets(
     Returns:
         The assets every trial of this worker uses.
     """
+    from circuitlab.decoding import prefill
     from circuitlab.directions.select import refusal_score, refusal_token_ids
-    from circuitlab.evaluate.kl import greedy_continuation
-    from circuitlab.search.decode import prefill, teacher_forced
 
     if model.n_active_hooks():
         raise RuntimeError("prepare_assets needs the unedited model: hooks are attached")
     sets = {method: ref.load() for method, ref in refs.items()}
-    harmless = list(prompts.harmless_search)
-    continuation = greedy_continuation(model, harmless, kl_k, batch_size)
-    # The trials' KL pass uses the search's prefix-sharing teacher forcing; the base side
-    # must come from the same function, or an unedited model would not score exactly 0.
-    along = teacher_forced(model, harmless, continuation, batch_size)
-    baseline = KLBaseline(tuple(harmless), True, along[:, 0], continuation, along)
+    # The trials score KL with KLBaseline.score, the same teacher-forced pass as this base
+    # side, so an unedited model scores exactly 0.
+    baseline = KLBaseline.compute(model, list(prompts.harmless_search), kl_k, batch_size)
     tokens = refusal_token_ids(model.tokenizer)
     first = prefill(model, list(prompts.harmful_search), batch_size).first_logprobs
     mass = refusal_score(first, tokens).exp().mean().item()

@@ -2,7 +2,7 @@
 
 Cheapest first. One teacher-forced pass over the harmless prompts gives both the first-token
 KL and the k-token KL (position 0 of the base's continuation *is* the first generated token).
-Then the harmful prompts are prefilled once (:mod:`circuitlab.search.decode`): the
+Then the harmful prompts are prefilled once (:mod:`circuitlab.decoding`): the
 prefill's logits give the first-token refusal mass and, if the trial is not hopeless,
 decoding goes on from the same KV cache, each row leaving the batch as soon as its *refusal
 verdict* is final. With the marker judge that is when the answer's opening (its first
@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, Judgements, MarkerJudge
-from circuitlab.evaluate.kl import kl_divergence
 from circuitlab.hooks import NonFiniteError, apply
 from circuitlab.interventions import Intervention
 from circuitlab.search.assets import StudyAssets
@@ -157,15 +156,8 @@ def refusal_stopper(judge: Judge) -> Judge:
 def kl_pass(model: HookedModel, assets: StudyAssets, batch_size: int) -> tuple[float, float]:
     """KL(base ‖ edited) on the harmless prompts, first token and k tokens, in one pass
     under whatever hooks are active."""
-    from circuitlab.search.decode import teacher_forced
-
-    base = assets.baseline
-    along = teacher_forced(model, base.prompts, base.continuation, batch_size, base.chat)
-    # The base side was computed by the same function (prepare_assets), so an unedited
-    # model scores exactly 0.
-    kl_first = kl_divergence(base.along[:, 0], along[:, 0]).mean().item()
-    kl_k = kl_divergence(base.along, along).mean().item()
-    return kl_first, kl_k
+    scores = assets.baseline.score(model, batch_size)
+    return scores.first_token, scores.k_token
 
 
 def prune_reason(
@@ -226,8 +218,8 @@ def score_trial(
 
 
 def _score(model, interventions, assets, harmful, judge, config, start: float) -> TrialScore:
+    from circuitlab.decoding import decode, prefill
     from circuitlab.directions.select import refusal_score
-    from circuitlab.search.decode import decode, prefill
 
     n = len(harmful)
     with apply(model, *interventions):
