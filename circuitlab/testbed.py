@@ -31,15 +31,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
-
-if TYPE_CHECKING:
-    from circuitlab.evaluate.refusals import JudgedGenerations
 
 __all__ = [
     "Recipe",
@@ -447,48 +443,3 @@ def build_testbed(
 def ensure_testbed(cache_dir: Path) -> Path:
     """The preset's ``locate``: build with the default recipe on first use, then reuse."""
     return build_testbed(cache_dir, progress=False)
-
-
-# -------------------------------------------------------------------------------- check
-@dataclass(frozen=True)
-class RefusalRate:
-    """How often a model refused one prompt set, with a 95 % Wilson interval."""
-
-    name: str
-    refused: int
-    n: int
-    low: float
-    high: float
-
-    @property
-    def rate(self) -> float:
-        return self.refused / self.n
-
-
-def refusal_rates(
-    model,
-    sets: dict[str, PromptSet],
-    judge,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> tuple[dict[str, RefusalRate], dict[str, JudgedGenerations]]:
-    """Greedy-generate on each set, judge the answers, and count refusals.
-
-    Generation stops per prompt once ``judge.decided`` says the answer is settled.
-
-    Returns:
-        The rates per set and the judged completions per set (for reading samples).
-    """
-    from circuitlab.evaluate.refusals import judged_generate
-    from circuitlab.evaluate.stats import wilson_interval
-
-    rates, judged_sets = {}, {}
-    for name, prompts in sets.items():
-        judged = judged_generate(
-            model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
-        )
-        low, high = wilson_interval(judged.refusals, len(prompts))
-        rates[name] = RefusalRate(name, judged.refusals, len(prompts), low, high)
-        judged_sets[name] = judged
-    return rates, judged_sets

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from circuitlab.activations import collect_activations, select_position
+from circuitlab.activations import collect_activations, massive_directions, select_position
 from circuitlab.circuits import RefusalTokenMetric
-from circuitlab.directions import extract_diff_means, massive_directions, without_massive
+from circuitlab.directions import extract_diff_means, without_massive
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline

@@ -13,13 +13,7 @@ from circuitlab.circuits.circuit import (
     RefusalCircuit,
     head_ablation,
 )
-from circuitlab.circuits.metrics import (
-    DEFAULT_REFUSAL_OPENINGS,
-    DirectionMetric,
-    Metric,
-    RefusalTokenMetric,
-    opening_token_ids,
-)
+from circuitlab.circuits.metrics import DirectionMetric, Metric, RefusalTokenMetric
 from circuitlab.circuits.patching import (
     AgreementCheck,
     activation_patching,
@@ -48,7 +42,6 @@ from circuitlab.circuits.sources import (
 
 __all__ = [
     "BLOCK_KINDS",
-    "DEFAULT_REFUSAL_OPENINGS",
     "AgreementCheck",
     "CircuitBlock",
     "LayerSite",
@@ -70,7 +63,6 @@ __all__ = [
     "attribution_patching",
     "head_ablation",
     "head_scores_figure",
-    "opening_token_ids",
     "patch_hooks",
     "patched_positions",
     "plot_head_scores",

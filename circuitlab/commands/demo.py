@@ -87,7 +87,6 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         search_judges,
     )
     from circuitlab.evaluate.scorecard import scorecard_table
-    from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search import SearchPrompts, abliterate
     from circuitlab.testbed import NAME, Recipe, build_testbed
@@ -139,8 +138,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
                 model, result.chosen.interventions, args.n_jbb, test_judge, settings
             )
         for name, judged in (("before", before), (f"after (trial {result.chosen.number})", after)):
-            low, high = wilson_interval(judged.refusals, len(jbb))
-            jbb_rows.append((name, f"{judged.refusals}/{len(jbb)}", f"[{low:.0%}, {high:.0%}]"))
+            low, high = judged.refused.interval
+            jbb_rows.append((name, str(judged.refused), f"[{low:.0%}, {high:.0%}]"))
             out.print(f"JailbreakBench refusals {name}: {jbb_rows[-1][1]} {jbb_rows[-1][2]}")
         jbb_samples = list(zip(jbb, before.responses, after.responses, strict=True))[:4]
         for prompt, a, b in jbb_samples[:3]:

@@ -152,8 +152,9 @@ def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings:
 
 def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """(metric, counterfactual, provenance) for the command's options."""
-    from circuitlab.circuits import DEFAULT_REFUSAL_OPENINGS, DirectionMetric, RefusalTokenMetric
+    from circuitlab.circuits import DirectionMetric, RefusalTokenMetric
     from circuitlab.directions.base import interpolate_direction
+    from circuitlab.evaluate.openings import REFUSAL_OPENINGS
     from circuitlab.interventions import DirectionalAblation, DirectionRef
 
     info: dict = {"counterfactual": args.counterfactual}
@@ -167,7 +168,7 @@ def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Setting
     if args.metric == "refusal-projection":
         metric = DirectionMetric(interpolate_direction(ds.directions[:, 0], float(layer)))
     else:
-        openings = args.openings or DEFAULT_REFUSAL_OPENINGS
+        openings = args.openings or REFUSAL_OPENINGS
         log_odds = args.metric == "refusal-logodds"
         metric = RefusalTokenMetric.from_openings(model.tokenizer, openings, log_odds)
         info["token_ids"] = list(metric.token_ids)

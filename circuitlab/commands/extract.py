@@ -183,7 +183,8 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
         clock.lap("labels (generate and judge)")
     ds = run_method(args.method, *acts, labels, args, settings.seed)
     if args.remove_massive:
-        from circuitlab.directions import massive_directions, without_massive
+        from circuitlab.activations import massive_directions
+        from circuitlab.directions import without_massive
 
         found = massive_directions(model, harmless.prompts, chat=model.facts.has_chat_template)
         ds = without_massive(ds, found)

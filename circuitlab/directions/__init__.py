@@ -10,7 +10,7 @@ from circuitlab.directions.calibrate import (
 from circuitlab.directions.compliance import extract_compliance
 from circuitlab.directions.cones import assign_cones, extract_cones
 from circuitlab.directions.diff_means import extract_diff_means, mean_difference
-from circuitlab.directions.massive import massive_directions, without_massive
+from circuitlab.directions.massive import without_massive
 from circuitlab.directions.pca import contrastive_pca, eigenvalue_weights, extract_pca
 from circuitlab.directions.probe import combine_directions, extract_ensemble, extract_probe
 
@@ -30,7 +30,6 @@ __all__ = [
     "extract_pca",
     "extract_probe",
     "interpolate_direction",
-    "massive_directions",
     "mean_difference",
     "projection_stats",
     "without_massive",

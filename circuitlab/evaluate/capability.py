@@ -25,7 +25,7 @@ import torch
 
 from circuitlab.engine import HookedModel
 from circuitlab.errors import PromptError
-from circuitlab.evaluate.stats import wilson_interval
+from circuitlab.evaluate.stats import Proportion
 from circuitlab.models.presets import wheel_file
 
 __all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
@@ -117,12 +117,16 @@ class CapabilityResult:
     chosen: tuple[int, ...]
 
     @property
+    def proportion(self) -> Proportion:
+        return Proportion(self.correct, self.n)
+
+    @property
     def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
+        return self.proportion.rate
 
     @property
     def ci(self) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.n)
+        return self.proportion.interval
 
 
 def subset_hash(questions: Sequence[Question]) -> str:

@@ -19,7 +19,7 @@ from circuitlab.evaluate.capability import CapabilityResult, Question, capabilit
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.refusals import judged_generate
-from circuitlab.evaluate.stats import wilson_interval
+from circuitlab.evaluate.stats import Proportion
 
 __all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompts_hash"]
 
@@ -69,32 +69,45 @@ class Scorecard:
     capability_source: str = "MMLU"
 
     @property
+    def refused(self) -> Proportion:
+        """Refused harmful prompts, of how many."""
+        return Proportion(self.refusals, self.n_harmful)
+
+    @property
+    def over_refused(self) -> Proportion:
+        """Refused harmless prompts, of how many."""
+        return Proportion(self.over_refusals, self.n_harmless)
+
+    @property
+    def capable(self) -> Proportion | None:
+        """Capability questions answered correctly, of how many (None when not measured)."""
+        if not self.capability_n:
+            return None
+        return Proportion(self.capability_correct, self.capability_n)
+
+    @property
     def refusal_rate(self) -> float:
-        return self.refusals / self.n_harmful if self.n_harmful else 0.0
+        return self.refused.rate
 
     @property
     def refusal_ci(self) -> tuple[float, float]:
-        return wilson_interval(self.refusals, self.n_harmful)
+        return self.refused.interval
 
     @property
     def over_refusal_rate(self) -> float:
-        return self.over_refusals / self.n_harmless if self.n_harmless else 0.0
+        return self.over_refused.rate
 
     @property
     def over_refusal_ci(self) -> tuple[float, float]:
-        return wilson_interval(self.over_refusals, self.n_harmless)
+        return self.over_refused.interval
 
     @property
     def capability_accuracy(self) -> float | None:
-        if not self.capability_n:
-            return None
-        return self.capability_correct / self.capability_n
+        return None if self.capable is None else self.capable.rate
 
     @property
     def capability_ci(self) -> tuple[float, float] | None:
-        if not self.capability_n:
-            return None
-        return wilson_interval(self.capability_correct, self.capability_n)
+        return None if self.capable is None else self.capable.interval
 
     def to_json(self) -> str:
         """JSON with the stored values plus the derived rates and intervals (for readers;

@@ -8,6 +8,7 @@ Real models ship inside PyPI wheels (see DESIGN.md); we read their files through
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -16,7 +17,15 @@ from pathlib import Path
 
 from circuitlab.errors import IntegrityError, ModelNotFoundError
 
-__all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "wheel_file", "sha256_file"]
+__all__ = [
+    "LazyBuilder",
+    "Preset",
+    "PRESETS",
+    "register_preset",
+    "get_preset",
+    "wheel_file",
+    "sha256_file",
+]
 
 
 @dataclass(frozen=True)
@@ -124,16 +133,26 @@ register_preset(
 )
 
 
-def _smollm2_refusal(cache_dir: Path) -> Path:
-    from circuitlab.testbed import ensure_testbed  # heavy (training code); only when asked
+@dataclass(frozen=True)
+class LazyBuilder:
+    """A ``locate`` named as ``"module:function"`` and imported only when called.
 
-    return ensure_testbed(cache_dir)
+    Builders of fine-tuned models live in the application layer, above the model layer;
+    naming them by string keeps every import pointing down and keeps the training code
+    unloaded until someone asks for the model.
+    """
+
+    target: str
+
+    def __call__(self, cache_dir: Path) -> Path:
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)(cache_dir)
 
 
 register_preset(
     Preset(
         "smollm2-135m-refusal",
         "SmolLM2-135M safety-tuned to refuse harmful requests (built on first use, ~10 min)",
-        _smollm2_refusal,
+        LazyBuilder("circuitlab.testbed:ensure_testbed"),
     )
 )

@@ -29,12 +29,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from circuitlab.activations import (
+    MASSIVE_RATIO,
     _atomic_write,
     _cache_file,
     _key,
     generate_completions,
 )
-from circuitlab.directions.massive import MASSIVE_RATIO
 from circuitlab.engine import HookedModel
 from circuitlab.progress import progress_bar
 

@@ -162,6 +162,7 @@ def extract_directions(
         The sets by method name.
     """
     from circuitlab import directions as d
+    from circuitlab.activations import massive_directions
 
     harmful, harmless = _train_activations(model, prompts, cache_dir, batch_size, progress)
     sets = {"diff-means": d.extract_diff_means(harmful, harmless)}
@@ -185,7 +186,7 @@ def extract_directions(
                 batch_size=batch_size, cache_dir=cache_dir,
             )  # fmt: skip
     if remove_massive:
-        found = d.massive_directions(model, prompts.harmless_train, batch_size=batch_size)
+        found = massive_directions(model, prompts.harmless_train, batch_size=batch_size)
         sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
     return sets
 
@@ -262,8 +263,8 @@ def prepare_assets(
     Returns:
         The assets every trial of this worker uses.
     """
-    from circuitlab.directions.select import refusal_score, refusal_token_ids
     from circuitlab.evaluate.kl import greedy_continuation
+    from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
     from circuitlab.search.decode import prefill, teacher_forced
 
     if model.n_active_hooks():
@@ -275,9 +276,9 @@ def prepare_assets(
     # must come from the same function, or an unedited model would not score exactly 0.
     along = teacher_forced(model, harmless, continuation, batch_size)
     baseline = KLBaseline(tuple(harmless), True, along[:, 0], continuation, along)
-    tokens = refusal_token_ids(model.tokenizer)
+    tokens = sorted(opening_token_ids(model.tokenizer))
     first = prefill(model, list(prompts.harmful_search), batch_size).first_logprobs
-    mass = refusal_score(first, tokens).exp().mean().item()
+    mass = refusal_log_mass(first, tokens).exp().mean().item()
     harmful = None
     if calibrate:
         harmful = _train_activations(model, prompts, cache_dir, batch_size, False)[0]

@@ -226,7 +226,7 @@ def score_trial(
 
 
 def _score(model, interventions, assets, harmful, judge, config, start: float) -> TrialScore:
-    from circuitlab.directions.select import refusal_score
+    from circuitlab.evaluate.openings import refusal_log_mass
     from circuitlab.search.decode import decode, prefill
 
     n = len(harmful)
@@ -236,7 +236,7 @@ def _score(model, interventions, assets, harmful, judge, config, start: float) -
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, None, reason, 0, time.perf_counter() - start)
         state = prefill(model, list(harmful), config.batch_size)
-        mass = refusal_score(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
+        mass = refusal_log_mass(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
         reason = prune_reason(kl_first, mass, assets.base_refusal_mass, config)
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, mass, reason, 0, time.perf_counter() - start)
