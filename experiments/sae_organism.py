@@ -47,6 +47,7 @@ from circuitlab.evaluate.scorecard import score_model
 from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionalAblation, DirectionRef, SubspaceAblation
 from circuitlab.models import ModelSpec
+from circuitlab.report import sae_report
 from circuitlab.sae import (
     TrainConfig,
     feature_ablation,
@@ -60,7 +61,6 @@ from circuitlab.sae import (
     rank_by_difference,
     reconstruction_stats,
     sae_quality,
-    sae_report,
     token_activations,
     top_prompts,
     with_answers,

@@ -463,7 +463,7 @@ def extract_cli(smollm, monkeypatch):
     module = "circuitlab.commands.extract"
     if module not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, module))
-    monkeypatch.setattr(cli, "load_model", lambda source, settings: smollm)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: smollm)
     return cli.main
 
 

@@ -60,7 +60,7 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
     """Bad sizes, names and paths fail now, not after a quarter of an hour of search."""
     from circuitlab import checks
-    from circuitlab.commands.search import check_capability_n, check_export_destination
+    from circuitlab.commands._common import check_capability_n, check_export_destination
     from circuitlab.errors import ConfigError
 
     checks.at_least("--trials", args.trials)
@@ -78,13 +78,16 @@ def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.activations import model_fingerprint
-    from circuitlab.cli import err, facts_table, load_model, out
-    from circuitlab.commands.search import (
-        _slug,
+    from circuitlab.commands._common import (
+        err,
+        facts_table,
         front_table,
+        load_model,
+        out,
         quiet_optuna,
         report_path,
         search_judges,
+        slug,
     )
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
@@ -106,7 +109,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     # The weights' fingerprint in the name: a rebuilt organism starts its own study instead
     # of failing on the old one's (a study refuses other weights).
     study = args.study or (
-        f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
+        f"demo-{slug(args.model)}-{model_fingerprint(model)[:8]}-seed{settings.seed}"
     )
     # The organism's own splits: its training prompts never reach the search or the test.
     prompts = SearchPrompts.from_testbed(n_test=args.n_test, split_seed=Recipe().split_seed)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from rich.table import Table
 
+from circuitlab.commands._common import last_token_activations, prompt_sets
 from circuitlab.config import Settings
 
 METHODS = ("diff-means", "pca", "probe", "ensemble", "cones", "compliance")
 SUPERVISED = {"probe", "ensemble", "compliance"}
-EVALUATION_SETS = ("jailbreakbench", "strongreject")
 
 
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -41,26 +41,6 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="take the attention sinks' massive-activation direction out of the directions",
     )
-
-
-def _train_prompts(source: str, n: int, seed: int, holdout: tuple = ()):
-    from circuitlab.prompts import load_prompts
-
-    prompts = load_prompts(source)
-    if holdout:
-        prompts = prompts.without(*holdout)
-    train = prompts.split(seed=seed).train
-    return train.take(min(n, len(train)))
-
-
-def prompt_sets(args: argparse.Namespace, settings: Settings):
-    from circuitlab.prompts import load_prompts
-
-    holdout = ()
-    if args.harmful not in EVALUATION_SETS:
-        holdout = tuple(load_prompts(name) for name in EVALUATION_SETS)
-    harmful = _train_prompts(args.harmful, args.n, settings.seed, holdout)
-    return harmful, _train_prompts(args.harmless, args.n, settings.seed)
 
 
 def _labels(model, harmful, harmless, settings: Settings) -> tuple[list[bool], list[bool]]:
@@ -129,25 +109,6 @@ def _default_out(settings: Settings, model_name: str, method: str, key: dict) ->
     return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
 
 
-def last_token_activations(model, sets, settings: Settings, progress: bool = False) -> list:
-    """Cached last-token residuals [prompt, layer, d_model] of each prompt set, in order."""
-    from circuitlab.activations import collect_activations, select_position
-
-    return [
-        select_position(
-            collect_activations(
-                model,
-                s.prompts,
-                batch_size=settings.batch_size,
-                chat=model.facts.has_chat_template,
-                cache_dir=settings.cache_dir,
-                progress=progress,
-            )
-        )
-        for s in sets
-    ]
-
-
 def check_directions_out(out: str | None) -> None:
     """An ``--out`` folder that saving a DirectionSet may replace: new, empty, or an earlier
     set (saving replaces the folder: never one holding other files)."""
@@ -164,8 +125,9 @@ def check_directions_out(out: str | None) -> None:
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab import checks, cli
+    from circuitlab import checks
     from circuitlab.activations import model_fingerprint
+    from circuitlab.commands import _common as common
     from circuitlab.report import Clock, command_line, directions_report
 
     clock = Clock()
@@ -174,7 +136,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     checks.at_least("--n-cones", args.n_cones)
     check_directions_out(args.out)
     harmful, harmless = prompt_sets(args, settings)  # a bad source fails before the model
-    model = cli.load_model(args.model, settings)
+    model = common.load_model(args.model, settings)
     clock.lap("load model and prompts")
     acts = last_token_activations(model, (harmful, harmless), settings, progress=True)
     clock.lap("activations")
@@ -188,7 +150,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
 
         found = massive_directions(model, harmless.prompts, chat=model.facts.has_chat_template)
         ds = without_massive(ds, found)
-        cli.err.print(f"removed {len(found)} massive-activation direction(s)")
+        common.err.print(f"removed {len(found)} massive-activation direction(s)")
     clock.lap(f"extract ({args.method})")
     provenance = {
         "model": args.model,
@@ -205,20 +167,20 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
         key["remove_massive"] = True  # older folders keep their names
     folder = ds.save(args.out or _default_out(settings, args.model, args.method, key))
     title = f"{args.model}: {ds.method} directions ({len(harmful)} + {len(harmless)} prompts)"
-    cli.out.print(layer_table(ds, title))
+    common.out.print(layer_table(ds, title))
     if "fallback" in ds.metadata:
-        cli.err.print(f"[yellow]fallback:[/] {ds.metadata['fallback']['reason']}")
+        common.err.print(f"[yellow]fallback:[/] {ds.metadata['fallback']['reason']}")
     if labels is not None:
-        cli.out.print(
+        common.out.print(
             f"refused: {sum(labels[0])}/{len(labels[0])} harmful, "
             f"{sum(labels[1])}/{len(labels[1])} harmless"
         )
     if args.plot:
-        cli.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
-    cli.out.print(f"saved: {folder}")
+        common.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
+    common.out.print(f"saved: {folder}")
     report = directions_report(
         ds, title, labels=labels, command=command_line(args), seed=settings.seed,
         timings=clock.laps,
     )  # fmt: skip
-    cli.out.print(f"report: {report.write(folder / 'report.html')}")
+    common.out.print(f"report: {report.write(folder / 'report.html')}")
     return 0

@@ -47,7 +47,7 @@ def _slug(text: str) -> str:
 
 def _splits(args: argparse.Namespace, settings: Settings):
     """(harmful, harmless) PromptSplits, JailbreakBench and StrongREJECT held out."""
-    from circuitlab.commands.extract import EVALUATION_SETS
+    from circuitlab.commands._common import EVALUATION_SETS
     from circuitlab.prompts import load_prompts
 
     held = tuple(load_prompts(name) for name in EVALUATION_SETS)
@@ -58,7 +58,7 @@ def _splits(args: argparse.Namespace, settings: Settings):
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.sae import TrainConfig, fit_sae, sae_quality, token_activations, with_answers
 
     model = load_model(args.source, settings)
@@ -91,14 +91,14 @@ def _features(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from circuitlab.circuits import RefusalTokenMetric
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
+    from circuitlab.report import sae_report
     from circuitlab.sae import (
         feature_auroc,
         load_sae,
         post_instruction_features,
         rank_by_attribution,
         rank_by_difference,
-        sae_report,
         top_prompts,
     )  # fmt: skip
 
@@ -142,7 +142,7 @@ def _features(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _edit(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.errors import CircuitlabError
     from circuitlab.hooks import apply
     from circuitlab.interventions import save_intervention
@@ -166,7 +166,7 @@ def _edit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _info(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.sae import load_sae
 
     sae = load_sae(args.source)

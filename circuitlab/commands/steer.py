@@ -28,7 +28,7 @@ CHAT_HELP = """commands:
 
 def _load(args: argparse.Namespace, settings: Settings):
     """Interventions first (a bad file fails before a model loads), then the model."""
-    from circuitlab.cli import check_interventions, check_prompts, load_model
+    from circuitlab.commands._common import check_interventions, check_prompts, load_model
 
     check_prompts(getattr(args, "prompts", ()))
     interventions = check_interventions(args.intervention, args.model, settings)
@@ -55,7 +55,7 @@ def _generate(model, prompts: Sequence[str], settings: Settings, chat: bool, int
 
 
 def cmd_steer(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
 
     model, interventions, chat = _load(args, settings)
     plain = _generate(model, args.prompts, settings, chat)
@@ -99,7 +99,7 @@ def _chat_command(line: str, state: dict, base: list) -> str | None:
 
 
 def _chat_loop(model, base: list, settings: Settings, chat: bool, lines: Iterable[str]) -> None:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
 
     state = {"on": True, "interventions": list(base)}
     interactive = sys.stdin.isatty()

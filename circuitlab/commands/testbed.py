@@ -12,7 +12,7 @@ from circuitlab.config import Settings
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.testbed import Recipe, build_testbed
 
     folder = build_testbed(
@@ -30,7 +30,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.evaluate.refusals import refusal_counts
     from circuitlab.testbed import NAME, testbed_data
@@ -85,7 +85,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _classic(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.pipeline import organism_classic
     from circuitlab.testbed import NAME
 
