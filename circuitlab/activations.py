@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from circuitlab.models.loading import readable_parameters
+from circuitlab.prompts import prompts_hash
 
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, Positions
@@ -35,7 +36,6 @@ __all__ = [
     "generate_completions",
     "response_labels",
     "model_fingerprint",
-    "prompts_hash",
     "Judge",
 ]
 
@@ -63,11 +63,6 @@ def model_fingerprint(model: HookedModel) -> str:
             digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
             digest.update(sample.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def prompts_hash(prompts: Sequence[str]) -> str:
-    """The same hash as ``PromptSet.hash`` for the same prompts."""
-    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
 
 
 def _key(model: HookedModel, prompts: Sequence[str], **parts: Any) -> dict[str, str]:

@@ -33,13 +33,18 @@ import numpy as np
 from circuitlab.errors import PromptError
 from circuitlab.models.presets import wheel_file
 
-__all__ = ["PromptSet", "Splits", "load_prompts", "PACKAGED", "normalize_prompt"]
+__all__ = ["PromptSet", "Splits", "load_prompts", "PACKAGED", "normalize_prompt", "prompts_hash"]
 
 
 def normalize_prompt(text: str) -> str:
     """Key for duplicate detection: case, unicode form, punctuation and spacing folded."""
     text = unicodedata.normalize("NFKC", text).lower()
     return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def prompts_hash(prompts: Sequence[str]) -> str:
+    """Content hash of one list of prompts, in order (cache keys, study records)."""
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class PromptSet:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16]
+        return prompts_hash(self.prompts)
 
     def take(self, n: int) -> PromptSet:
         """The first ``n`` prompts (an error if there are fewer)."""

@@ -21,7 +21,7 @@ from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.refusals import judged_generate
 from circuitlab.evaluate.stats import Proportion
 
-__all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompts_hash"]
+__all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompt_groups_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Scorecard:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
-def prompts_hash(*groups: Sequence[str]) -> str:
+def prompt_groups_hash(*groups: Sequence[str]) -> str:
     """One hash over several prompt lists (order matters, group boundaries too)."""
     return hashlib.sha256(json.dumps([list(g) for g in groups]).encode()).hexdigest()[:16]
 
@@ -193,7 +193,9 @@ def score_model(
         capability_correct=cap.correct if cap else None,
         capability_n=cap.n if cap else None,
         capability_delta=delta,
-        prompts_hash=prompts_hash(harmful, harmless, kl_prompts, [q.prompt() for q in questions]),
+        prompts_hash=prompt_groups_hash(
+            harmful, harmless, kl_prompts, [q.prompt() for q in questions]
+        ),
         tokens_saved=bad.tokens_saved + good.tokens_saved,
         degenerate=bad.judgements.labels.count("degenerate")
         + good.judgements.labels.count("degenerate"),

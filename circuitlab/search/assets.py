@@ -17,10 +17,22 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab.directions import DirectionSet
+from circuitlab import directions as d
+from circuitlab.activations import (
+    collect_activations,
+    massive_directions,
+    response_labels,
+    select_position,
+)
+from circuitlab.directions import DirectionSet, calibrate_weight
 from circuitlab.engine import HookedModel
-from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.judges import MarkerJudge
+from circuitlab.evaluate.kl import KLBaseline, greedy_continuation
+from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
 from circuitlab.interventions import DirectionRef
+from circuitlab.prompts import prompts_hash
+from circuitlab.sae import refusal_feature_set
+from circuitlab.search.decode import prefill, teacher_forced
 
 __all__ = [
     "SUPERVISED",
@@ -85,15 +97,11 @@ class SearchPrompts:
 
     def search_hashes(self) -> dict[str, str]:
         """Hashes of every split the search reads (a resumed study must see the same)."""
-        from circuitlab.activations import prompts_hash
-
         names = ("harmful_train", "harmless_train", "harmful_search", "harmless_search")
         return {name: prompts_hash(getattr(self, name)) for name in names}
 
 
 def _train_activations(model, prompts: SearchPrompts, cache_dir, batch_size, progress):
-    from circuitlab.activations import collect_activations, select_position
-
     return tuple(
         select_position(
             collect_activations(
@@ -105,9 +113,6 @@ def _train_activations(model, prompts: SearchPrompts, cache_dir, batch_size, pro
 
 
 def _labels(model, prompts: SearchPrompts, cache_dir, batch_size) -> tuple[list, list]:
-    from circuitlab.activations import response_labels
-    from circuitlab.evaluate.judges import MarkerJudge
-
     judge = MarkerJudge().judge
     options = {"batch_size": batch_size, "cache_dir": cache_dir}
     return (
@@ -161,9 +166,6 @@ def extract_directions(
     Returns:
         The sets by method name.
     """
-    from circuitlab import directions as d
-    from circuitlab.activations import massive_directions
-
     harmful, harmless = _train_activations(model, prompts, cache_dir, batch_size, progress)
     sets = {"diff-means": d.extract_diff_means(harmful, harmless)}
     labels = _labels(model, prompts, cache_dir, batch_size) if SUPERVISED & set(methods) else None
@@ -177,8 +179,6 @@ def extract_directions(
         elif method == "ensemble":
             sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
         elif method == "sae":
-            from circuitlab.sae import refusal_feature_set
-
             if sae is None:
                 raise ValueError("the sae method needs an SAE folder (SearchSpace.sae)")
             sets[method] = refusal_feature_set(
@@ -223,8 +223,6 @@ class StudyAssets:
 
     def calibration(self, method: str, layer: int, component: int) -> float:
         """The calibrated weight multiplier of a direction (computed once, then cached)."""
-        from circuitlab.directions import calibrate_weight
-
         key = (method, layer, component)
         if key not in self._calibrations:
             if self.harmful_train is None:
@@ -263,10 +261,6 @@ def prepare_assets(
     Returns:
         The assets every trial of this worker uses.
     """
-    from circuitlab.evaluate.kl import greedy_continuation
-    from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
-    from circuitlab.search.decode import prefill, teacher_forced
-
     if model.n_active_hooks():
         raise RuntimeError("prepare_assets needs the unedited model: hooks are attached")
     sets = {method: ref.load() for method, ref in refs.items()}

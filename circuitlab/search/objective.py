@@ -28,9 +28,12 @@ from dataclasses import asdict, dataclass
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, Judgements, MarkerJudge
 from circuitlab.evaluate.kl import kl_divergence
+from circuitlab.evaluate.openings import refusal_log_mass
+from circuitlab.evaluate.text import opening, split_thinking
 from circuitlab.hooks import NonFiniteError, apply
 from circuitlab.interventions import Intervention
 from circuitlab.search.assets import StudyAssets
+from circuitlab.search.decode import decode, prefill, teacher_forced
 
 __all__ = [
     "ObjectiveConfig",
@@ -134,8 +137,6 @@ class OpeningDecides:
         return self.inner.judge(prompts, responses)
 
     def decided(self, partial_responses: Sequence[str]) -> list[bool]:
-        from circuitlab.evaluate.text import opening, split_thinking
-
         out = []
         for text, done in zip(
             partial_responses, self.inner.decided(partial_responses), strict=True
@@ -157,8 +158,6 @@ def refusal_stopper(judge: Judge) -> Judge:
 def kl_pass(model: HookedModel, assets: StudyAssets, batch_size: int) -> tuple[float, float]:
     """KL(base ‖ edited) on the harmless prompts, first token and k tokens, in one pass
     under whatever hooks are active."""
-    from circuitlab.search.decode import teacher_forced
-
     base = assets.baseline
     along = teacher_forced(model, base.prompts, base.continuation, batch_size, base.chat)
     # The base side was computed by the same function (prepare_assets), so an unedited
@@ -226,9 +225,6 @@ def score_trial(
 
 
 def _score(model, interventions, assets, harmful, judge, config, start: float) -> TrialScore:
-    from circuitlab.evaluate.openings import refusal_log_mass
-    from circuitlab.search.decode import decode, prefill
-
     n = len(harmful)
     with apply(model, *interventions):
         kl_first, kl_k = kl_pass(model, assets, config.batch_size)
