@@ -18,7 +18,7 @@ from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
-from circuitlab.evaluate.refusals import judged_generate
+from circuitlab.evaluate.refusals import refusal_counts
 from circuitlab.evaluate.stats import Proportion
 
 __all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompt_groups_hash"]
@@ -171,8 +171,8 @@ def score_model(
         The scorecard, and the capability result (per-question choices) if measured.
     """
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chat": chat}
-    bad = judged_generate(model, harmful, judge, **gen)
-    good = judged_generate(model, harmless, judge, **gen)
+    judged = refusal_counts(model, {"harmful": harmful, "harmless": harmless}, judge, **gen)
+    bad, good = judged["harmful"], judged["harmless"]
     kl = kl_baseline.score(model, batch_size=batch_size) if kl_baseline is not None else None
     cap = capability(model, questions, batch_size=max(1, batch_size // 2)) if questions else None
     delta = None

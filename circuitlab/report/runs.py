@@ -224,9 +224,8 @@ def _summary(report: Report, done: Abliteration, n_trials: int) -> None:
         f"Study {result.study}: {n_trials} complete trial(s), {len(result.front)} on the "
         f"Pareto front. Chosen: trial {chosen.number} ({result.rule}). On the test split, "
         "which the search never read, refusals went from "
-        f"{base.refusals}/{base.n_harmful} to {edited.refusals}/{edited.n_harmful} and "
-        f"over-refusals from {base.over_refusals}/{base.n_harmless} to "
-        f"{edited.over_refusals}/{edited.n_harmless}; first-token KL on harmless test prompts "
+        f"{base.refused} to {edited.refused} and over-refusals from {base.over_refused} to "
+        f"{edited.over_refused}; first-token KL on harmless test prompts "
         + ("–" if edited.kl_first is None else f"{edited.kl_first:.3f}")
         + "."
     )
