@@ -10,7 +10,9 @@ openings ("I", "Sorry", "That's"). So every candidate is scored by
 
 and only the few layers with the lowest refusal score are checked by short generation and a
 judge. The choice is the fewest judged refusals (within ``refusal_tolerance``), then the
-lowest KL: a literal "KL < 0.1" filter picked a useless layer in that experiment.
+lowest KL: a literal "KL < 0.1" filter picked a useless layer in that experiment. The
+openings and their score are the search's and circuit discovery's too
+(:mod:`circuitlab.evaluate.openings`).
 """
 
 from __future__ import annotations

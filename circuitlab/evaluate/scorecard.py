@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+from rich.table import Table
+
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability
@@ -251,8 +253,6 @@ def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
     Returns:
         ``rich.table.Table``; print it with a rich console.
     """
-    from rich.table import Table
-
     table = Table(title=title, caption="rates with 95% Wilson intervals; KL in nats")
     table.add_column("", style="bold")
     for card in cards:
