@@ -52,3 +52,8 @@ def test_lazy_preset_builders_name_a_callable():
     for preset in lazy:
         module, _, function = preset.locate.target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), preset.name
+
+
+def test_lazy_builder_imports_on_call_and_passes_its_arguments(tmp_path):
+    build = LazyBuilder("os.path:join", ("organism",))
+    assert build(tmp_path) == str(tmp_path / "organism")

@@ -143,10 +143,11 @@ class LazyBuilder:
     """
 
     target: str
+    args: tuple = ()  # passed after ``cache_dir``, e.g. which organism to build
 
     def __call__(self, cache_dir: Path) -> Path:
         module, _, function = self.target.partition(":")
-        return getattr(importlib.import_module(module), function)(cache_dir)
+        return getattr(importlib.import_module(module), function)(cache_dir, *self.args)
 
 
 register_preset(
