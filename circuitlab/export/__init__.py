@@ -111,6 +111,7 @@ def export(
     seed: int | None = None,
     max_shard_size: str | int = "4GB",
     stream: bool | None = None,
+    command: str | None = None,
 ) -> ExportResult:
     """Fold, verify against the hooks, and only then write the edited model.
 
@@ -127,6 +128,7 @@ def export(
             path keeps the source's shards).
         stream: fold the source safetensors shard by shard (default: whenever the model
             has them); False folds the loaded weights in memory.
+        command: the command line that reproduces the export, for the model card.
 
     Returns:
         The :class:`ExportResult`.
@@ -157,6 +159,8 @@ def export(
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     data = manifest(model, interventions, plan, parity, scorecard, seed)
+    if command:
+        data["command"] = command
     if files:
         path = save_streamed(plan, model, files, out, data, force=force, digests=digests)
     else:

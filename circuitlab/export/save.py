@@ -30,6 +30,7 @@ from safetensors import safe_open
 
 from circuitlab import checks
 from circuitlab.errors import ConfigError
+from circuitlab.export.card import render_card
 from circuitlab.export.fold import ExportError, FoldedWeights, FoldPlan
 from circuitlab.export.stream import write_streamed
 from circuitlab.export.verify import Parity
@@ -198,59 +199,6 @@ def _manifest_text(data: dict[str, Any]) -> str:
     return text.replace(json.dumps(placeholder), compact, 1) + "\n"
 
 
-def _card(data: dict[str, Any], name: str) -> str:
-    """A model card: front matter, what was edited, the parity proof, how to load it."""
-    source = data["source"]
-    base = f"base_model: {source['location']}\n" if source["kind"] == "hub" else ""
-    parity = data["parity"]
-    edits = "\n".join(f"- `{line}`" for line in data["summary"])
-    notes = "\n".join(f"- {note}" for note in data["fold"]["notes"]) or "- (none)"
-    score = data["scorecard"]
-    scorecard = f"\n## Scorecard\n\n```json\n{json.dumps(score, indent=1)}\n```\n" if score else ""
-    return f"""---
-library_name: transformers
-{base}tags:
-- circuitlab
-- interpretability
-- weight-edit
----
-
-# {name}
-
-An edited copy of `{source["location"]}` ({data["model"]["architecture"]}). circuitlab
-{data["versions"]["circuitlab"]} found these edits with hooks and folded them into the weights;
-the folder loads with plain `transformers`, no circuitlab needed:
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
-tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
-```
-
-## Edits (applied in this order)
-
-{edits}
-
-{len(data["fold"]["edited_tensors"])} tensors changed. Beyond that:
-
-{notes}
-
-## Parity: hooked model vs folded weights (checked before writing)
-
-| max abs logit diff | mean KL | max KL | greedy identical | positions | tolerance |
-|---|---|---|---|---|---|
-| {parity["max_abs_logit_diff"]:.2e} | {parity["mean_kl"]:.2e} | {parity["max_kl"]:.2e} \
-| {parity["greedy_agree"]}/{parity["n_prompts"]} ({parity["near_ties"]} near-ties) \
-| {parity["n_positions"]} | {parity["tolerance"]:g} |
-{scorecard}
-## Provenance
-
-`{MANIFEST}` holds the interventions as JSON (directions hash `{data["directions"]["hash"]}`),
-the parity figures, the seed and the versions of every library involved. The base model's
-license and terms apply to this copy.
-"""
-
-
 # ---------------------------------------------------------------------------------- files
 def _check_saved(folder: Path, hf_model) -> list[str]:
     """Read the written shards back: every tensor equals what was verified."""
@@ -330,7 +278,7 @@ def save(
         shards = _check_saved(tmp, hf_model)
         data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(_manifest_text(data))
-        (tmp / "README.md").write_text(_card(data, out.name))
+        (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)
         log.info("exported to %s (%d safetensors file(s))", out, len(shards))
         return out
@@ -380,7 +328,7 @@ def save_streamed(
         data["fold"]["not_compared"] = streamed.unchecked
         data["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(_manifest_text(data))
-        (tmp / "README.md").write_text(_card(data, out.name))
+        (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)
         log.info("exported to %s (%d safetensors file(s))", out, len(streamed.shards))
         return out

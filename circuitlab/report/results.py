@@ -1,0 +1,218 @@
+"""Figures that live with their runs: result records and the pages rendered from them.
+
+A run that produces a figure worth quoting (``demo``, ``testbed check``, the side-by-side
+comparison with Heretic, the experiments) writes a :class:`ResultRecord` — a small JSON file
+with the table it measured and where it came from: date, circuitlab version, the model's
+weights fingerprint and the exact command. ``docs/results.md`` and the README's results
+table are *rendered* from those files by :func:`render` (``make results``), never typed by
+hand, so a figure cannot drift from the run that measured it. A test checks that the
+committed pages equal what the records render to.
+
+Records are named by what they measure (``demo.json``, ``testbed-check.json``), so a rerun
+replaces the figure it re-measures; each record keeps its ``history`` of earlier tables
+(date, weights, rows), which the results page lists as dated entries.
+
+Example:
+    >>> rec = ResultRecord.new("demo", "make demo on the organism", ["", "before", "after"],
+    ...                        [["AdvBench test refusals", "64/64", "2/64"]],
+    ...                        command="make demo", weights="c57e1e09c4d6")
+    >>> rec.save("docs/results")                              # doctest: +SKIP
+    >>> render("docs/results", "docs/results.md", "README.md")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+__all__ = [
+    "README_BEGIN",
+    "README_END",
+    "ResultRecord",
+    "load_records",
+    "readme_block",
+    "render",
+    "results_page",
+]
+
+FORMAT = 1
+README_BEGIN = "<!-- results: rendered by `make results` from docs/results/*.json; do not edit -->"
+README_END = "<!-- /results -->"
+
+
+def _version() -> str:
+    from circuitlab import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One measured table with its provenance.
+
+    Attributes:
+        name: file stem and identity (``demo``); a new record of the same name replaces it.
+        title: one line saying what was measured, on what.
+        columns, rows: the table, cells already formatted (``"2/64 [0.9%, 11%]"``).
+        command: the command that reproduces it, exactly as a user types it.
+        weights: fingerprint of the model weights measured (``None`` where not one model).
+        date, version: when, and with which circuitlab.
+        readme: whether the README's results section shows this table.
+        notes: short lines printed under the table (the judge, the machine).
+        history: earlier tables of this record, newest first (``date, weights, version,
+            rows``), kept when a rerun replaces it.
+    """
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    command: str
+    weights: str | None = None
+    date: str = ""
+    version: str = ""
+    readme: bool = False
+    notes: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    format: int = FORMAT
+
+    @classmethod
+    def new(cls, name: str, title: str, columns: Sequence[str], rows, **kw) -> ResultRecord:
+        """A record dated now, stamped with this circuitlab's version; cells become text."""
+        return cls(
+            name=name,
+            title=title,
+            columns=[str(c) for c in columns],
+            rows=[[str(c) for c in row] for row in rows],
+            date=kw.pop("date", None) or datetime.date.today().isoformat(),
+            version=kw.pop("version", None) or _version(),
+            **kw,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResultRecord:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: result record format {data.get('format')} != {FORMAT}")
+        return cls(**data)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/NAME.json`` atomically; an existing record's table moves to history."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}.json"
+        record = self
+        if path.is_file():
+            old = ResultRecord.load(path)
+            if (old.rows, old.weights) != (self.rows, self.weights):
+                past = {k: getattr(old, k) for k in ("date", "weights", "version", "rows")}
+                record = replace(self, history=[past, *old.history])
+            else:
+                record = replace(self, history=old.history)
+        text = json.dumps(asdict(record), indent=1, ensure_ascii=False) + "\n"
+        # Temp file then rename: an interrupted run leaves the old record, never half of one.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
+
+def load_records(folder: str | Path) -> list[ResultRecord]:
+    """Every record in ``folder``, in file-name order."""
+    return [ResultRecord.load(p) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _stamp(r: ResultRecord) -> str:
+    weights = f", weights `{r.weights}`" if r.weights else ""
+    return f"{r.date}, circuitlab {r.version}{weights}. Reproduce: `{r.command}`"
+
+
+def readme_block(records: Sequence[ResultRecord]) -> str:
+    """The README's results section body: every record marked ``readme``, in order."""
+    out = [README_BEGIN]
+    for r in (r for r in records if r.readme):
+        out += ["", f"**{r.title}**", "", *_table(r.columns, r.rows), ""]
+        out += [f"<sub>{_stamp(r)}{' ' + ' '.join(r.notes) if r.notes else ''}</sub>"]
+    out += ["", README_END]
+    return "\n".join(out)
+
+
+def results_page(records: Sequence[ResultRecord]) -> str:
+    """``docs/results.md``: every record's current table, then its dated history."""
+    out = [
+        "# Results",
+        "",
+        "Rendered by `make results` from the JSON records in `docs/results/`, which the runs",
+        "themselves write; edit the runs, not this page. Each table gives the command that",
+        "reproduces it, the date, the circuitlab version and the fingerprint of the weights.",
+    ]
+    for r in records:
+        out += ["", f"## {r.title}", "", _stamp(r), "", *_table(r.columns, r.rows)]
+        out += [""] + [f"- {n}" for n in r.notes] if r.notes else []
+        for past in r.history:
+            weights = f", weights `{past['weights']}`" if past.get("weights") else ""
+            out += ["", f"### Earlier: {past['date']} (circuitlab {past['version']}{weights})"]
+            out += ["", *_table(r.columns, past["rows"])]
+    return "\n".join(out) + "\n"
+
+
+def _splice(readme: str, block: str) -> str:
+    start, end = readme.find(README_BEGIN), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError("README has no results markers (add README_BEGIN ... README_END)")
+    return readme[:start] + block + readme[end + len(README_END) :]
+
+
+def render(
+    folder: str | Path, page: str | Path, readme: str | Path | None = None, check: bool = False
+) -> list[Path]:
+    """Render the records of ``folder`` into ``page`` and the README's marked section.
+
+    With ``check`` nothing is written; the files that differ from their rendering are
+    returned (empty: up to date).
+    """
+    records = load_records(folder)
+    wanted = {Path(page): results_page(records)}
+    if readme is not None:
+        wanted[Path(readme)] = _splice(Path(readme).read_text(), readme_block(records))
+    stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+    if not check:
+        for p in stale:
+            p.write_text(wanted[p])
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m circuitlab.report.results")
+    parser.add_argument("--records", default="docs/results", help="folder of JSON records")
+    parser.add_argument("--page", default="docs/results.md")
+    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--check", action="store_true", help="fail if a page is stale")
+    args = parser.parse_args(argv)
+    stale = render(args.records, args.page, args.readme, check=args.check)
+    for p in stale:
+        sys.stdout.write(f"{'stale' if args.check else 'rendered'}: {p}\n")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
