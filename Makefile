@@ -34,6 +34,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check circuitlab tests experiments
 	$(VENV)/bin/ruff check circuitlab tests experiments
+	$(VENV)/bin/lint-imports --no-logo
 
 # The run-report tests open pages in headless Chromium ($CIRCUITLAB_BROWSER or one of these
 # on PATH). Where none is found, root with apt-get (Debian) installs one; elsewhere nothing

@@ -1,18 +1,17 @@
 """circuitlab: find, test and export the internal mechanisms behind a language model's refusals."""
 
-from circuitlab.config import Settings, load_settings
-from circuitlab.engine import HookedModel
-from circuitlab.errors import CircuitlabError
-from circuitlab.models import HeadId, ModelFacts, ModelSpec
+import lazy_loader
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CircuitlabError",
-    "HeadId",
-    "HookedModel",
-    "ModelFacts",
-    "ModelSpec",
-    "Settings",
-    "load_settings",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["Settings", "load_settings"],
+        "engine": ["HookedModel"],
+        "errors": ["CircuitlabError"],
+        "models": ["HeadId", "ModelFacts", "ModelSpec"],
+    },
+)

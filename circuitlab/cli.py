@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import logging
 import os
 import random
@@ -19,18 +18,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from circuitlab import checks
+from circuitlab.commands._common import (
+    check_prompts,
+    err,
+    facts_table,
+    load_model,
+    out,
+)
 from circuitlab.config import Settings, default_toml, load_config, toml_value
 from circuitlab.errors import CircuitlabError, ConfigError
 
 __all__ = ["main", "build_parser", "option_sections", "full_default_toml"]
-
-out = Console()
-err = Console(stderr=True)
 
 
 # ------------------------------------------------------------------------ settings flags
@@ -224,71 +226,7 @@ def configure_runtime(settings: Settings) -> None:
     torch.manual_seed(settings.seed)
 
 
-def source_config(source: str, settings: Settings) -> tuple[str, dict | None]:
-    """Where the model is and its ``config.json``, read without loading weights (whose
-    files are checked for truncation); a GGUF file or preset is converted first (once,
-    cached). The config is None for hub ids."""
-    from circuitlab.models import ModelSpec
-    from circuitlab.models.loading import resolve_source
-
-    spec = ModelSpec(source, cache_dir=settings.cache_dir)
-    location = resolve_source(spec, progress=True).location
-    return location, checks.model_config(location)
-
-
-def model_shape(config: dict | None) -> tuple[int | None, int | None, int | None]:
-    """(layers, d_model, query heads) from an HF config, None where it does not say."""
-    if not config:
-        return None, None, None
-    layers = config.get("num_hidden_layers", config.get("n_layer"))
-    width = config.get("hidden_size", config.get("n_embd"))
-    return layers, width, config.get("num_attention_heads", config.get("n_head"))
-
-
-def check_interventions(paths: Sequence[str], source: str, settings: Settings) -> list:
-    """Interventions read from files and checked against the model's config (direction
-    folders present, widths, layers and heads in range), before the model loads."""
-    from circuitlab.interventions import check_fits, load_interventions
-
-    interventions = [iv for path in paths for iv in load_interventions(path)]
-    if interventions:
-        check_fits(interventions, *model_shape(source_config(source, settings)[1]))
-    return interventions
-
-
-def check_prompts(prompts: Sequence[str]) -> None:
-    """Prompts given on the command line: none empty."""
-    from circuitlab.errors import PromptError
-
-    if any(not p.strip() for p in prompts):
-        raise PromptError("empty prompt: every PROMPT needs some text")
-
-
-def load_model(source: str, settings: Settings):
-    from circuitlab.engine import HookedModel
-    from circuitlab.models import ModelSpec
-
-    source_config(source, settings)  # a missing, malformed or truncated model: one line
-    spec = ModelSpec.from_settings(source, settings)
-    with err.status(f"loading {source}…"):
-        kwargs = settings.chat_template_kwargs
-        return HookedModel.load(
-            spec, system_prompt=settings.system_prompt, chat_template=settings.chat_template,
-            chat_template_kwargs=json.loads(kwargs) if kwargs else None,
-        )  # fmt: skip
-
-
 # ------------------------------------------------------------------------------ commands
-def facts_table(model) -> Table:
-    table = Table(title=f"{model.resolved.location}", show_header=False)
-    table.add_column("fact", style="bold")
-    table.add_column("value")
-    for key, value in model.facts.as_dict().items():
-        table.add_row(key, str(value))
-    table.add_row("source", model.resolved.kind)
-    return table
-
-
 def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     model = load_model(args.model, settings)
     out.print(facts_table(model))

@@ -13,15 +13,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from circuitlab.directions import (
-    DirectionSet,
-    extract_diff_means,
-    massive_directions,
-    without_massive,
-)
-from circuitlab.directions.select import LayerSelection, layer_ablation, select_layer
+from circuitlab.activations import collect_activations, massive_directions, select_position
+from circuitlab.directions import DirectionSet, extract_diff_means, without_massive
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import MarkerJudge
+from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.layers import LayerSelection, layer_ablation, select_layer
+from circuitlab.evaluate.refusals import refusal_counts
+from circuitlab.evaluate.stats import Proportion
+from circuitlab.hooks import apply
+from circuitlab.interventions import ActivationAddition, DirectionRef
 from circuitlab.prompts import PromptSet
+from circuitlab.testbed import testbed_data
 
 __all__ = ["ClassicResult", "classic_ablation", "organism_classic"]
 
@@ -32,18 +35,17 @@ log = logging.getLogger(__name__)
 class ClassicResult:
     layer: int
     selection: LayerSelection
-    refusal_before: dict[str, tuple[int, int]]  # set name -> (refused, n)
-    refusal_after: dict[str, tuple[int, int]]
+    refusal_before: dict[str, Proportion]  # set name -> refused of n
+    refusal_after: dict[str, Proportion]
     kl_first_token: float
     kl_k_token: float
     addition_strength: float
-    harmless_refused_with_addition: tuple[int, int]
+    harmless_refused_with_addition: Proportion
     samples: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def rate(self, which: str, name: str) -> float:
-        refused, n = getattr(self, f"refusal_{which}")[name]
-        return refused / n
+        return getattr(self, f"refusal_{which}")[name].rate
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -52,16 +54,11 @@ class ClassicResult:
 
 
 def _refusals(model, sets, judge, max_new_tokens, batch_size, progress) -> tuple[dict, dict]:
-    from circuitlab.evaluate.refusals import judged_generate
-
-    counts, texts = {}, {}
-    for name, prompts in sets.items():
-        judged = judged_generate(
-            model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
-        )
-        counts[name] = (judged.refusals, len(prompts))
-        texts[name] = list(judged.responses)
-    return counts, texts
+    judged = refusal_counts(
+        model, sets, judge, max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    counts = {name: j.refused for name, j in judged.items()}
+    return counts, {name: list(j.responses) for name, j in judged.items()}
 
 
 def classic_ablation(
@@ -97,11 +94,6 @@ def classic_ablation(
     Returns:
         The figures and the direction set.
     """
-    from circuitlab.activations import collect_activations, select_position
-    from circuitlab.evaluate.kl import KLBaseline
-    from circuitlab.hooks import apply
-    from circuitlab.interventions import ActivationAddition, DirectionRef
-
     clock = {"start": time.perf_counter()}
     harmful, harmless = (
         select_position(collect_activations(model, p, cache_dir=cache_dir, progress=progress))
@@ -169,9 +161,6 @@ def organism_classic(
     prompts; marker judge. The layer is the one whose ablation removes the most validation
     refusals among those that keep validation KL <= 0.2 (the issue's budget), as Arditi et
     al. filter theirs."""
-    from circuitlab.evaluate.judges import MarkerJudge
-    from circuitlab.testbed import testbed_data
-
     data = testbed_data()
     return classic_ablation(
         model,

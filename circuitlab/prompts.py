@@ -39,6 +39,7 @@ __all__ = [
     "load_prompts",
     "PACKAGED",
     "normalize_prompt",
+    "prompts_hash",
 ]
 
 
@@ -46,6 +47,11 @@ def normalize_prompt(text: str) -> str:
     """Key for duplicate detection: case, unicode form, punctuation and spacing folded."""
     text = unicodedata.normalize("NFKC", text).lower()
     return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def prompts_hash(prompts: Sequence[str]) -> str:
+    """Content hash of one list of prompts, in order (cache keys, study records)."""
+    return text_hash("\n".join(prompts))
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class PromptSet:
 
     @property
     def hash(self) -> str:
-        return text_hash("\n".join(self.prompts))
+        return prompts_hash(self.prompts)
 
     def take(self, n: int) -> PromptSet:
         """The first ``n`` prompts (an error if there are fewer)."""

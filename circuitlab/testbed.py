@@ -38,7 +38,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,9 +45,6 @@ from circuitlab._resources import atomic_folder, atomic_write, json_hash
 from circuitlab.decoding import Runner, eos_ids, generate_tokens
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
-
-if TYPE_CHECKING:
-    from circuitlab.evaluate.refusals import JudgedGenerations
 
 __all__ = [
     "ORGANISMS",
@@ -563,48 +559,3 @@ def _set_end_of_turn(model, tokenizer, end_of_turn: str) -> None:
 def ensure_testbed(cache_dir: Path, name: str = NAME) -> Path:
     """A preset's ``locate``: build the named organism on first use, then reuse it."""
     return build_testbed(cache_dir, organism_recipe(name), progress=False)
-
-
-# -------------------------------------------------------------------------------- check
-@dataclass(frozen=True)
-class RefusalRate:
-    """How often a model refused one prompt set, with a 95 % Wilson interval."""
-
-    name: str
-    refused: int
-    n: int
-    low: float
-    high: float
-
-    @property
-    def rate(self) -> float:
-        return self.refused / self.n
-
-
-def refusal_rates(
-    model,
-    sets: dict[str, PromptSet],
-    judge,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> tuple[dict[str, RefusalRate], dict[str, JudgedGenerations]]:
-    """Greedy-generate on each set, judge the answers, and count refusals.
-
-    Generation stops per prompt once ``judge.decided`` says the answer is settled.
-
-    Returns:
-        The rates per set and the judged completions per set (for reading samples).
-    """
-    from circuitlab.evaluate.refusals import judged_generate
-    from circuitlab.evaluate.stats import wilson_interval
-
-    rates, judged_sets = {}, {}
-    for name, prompts in sets.items():
-        judged = judged_generate(
-            model, list(prompts), judge, max_new_tokens, batch_size=batch_size, progress=progress
-        )
-        low, high = wilson_interval(judged.refusals, len(prompts))
-        rates[name] = RefusalRate(name, judged.refusals, len(prompts), low, high)
-        judged_sets[name] = judged
-    return rates, judged_sets

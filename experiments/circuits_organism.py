@@ -51,10 +51,11 @@ from circuitlab.directions import extract_diff_means
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.refusals import refusal_counts
 from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionalAblation, DirectionRef, LayerKernel
 from circuitlab.models import ModelSpec
-from circuitlab.testbed import refusal_rates, testbed_data
+from circuitlab.testbed import testbed_data
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,14 +98,15 @@ def evaluate(model, edit, harmful, baseline: KLBaseline, args) -> dict:
     """Refusal rate on held-out harmful prompts and KL on harmless ones, under ``edit``."""
     edits = () if edit is None else (edit,)
     with apply(model, *edits):
-        rates, judged = refusal_rates(
-            model, {"harmful": harmful}, MarkerJudge(), args.max_new_tokens, args.batch_size
-        )
+        judged = refusal_counts(
+            model, {"harmful": harmful}, MarkerJudge(), args.max_new_tokens,
+            batch_size=args.batch_size,
+        )  # fmt: skip
         kl = baseline.score(model, batch_size=args.batch_size)
     return {
-        "refusal_rate": rates["harmful"].rate,
-        "refused": rates["harmful"].refused,
-        "n": rates["harmful"].n,
+        "refusal_rate": judged["harmful"].refused.rate,
+        "refused": judged["harmful"].refused.k,
+        "n": judged["harmful"].refused.n,
         "kl_first": kl.first_token,
         "kl_k": kl.k_token,
         "sample": judged["harmful"].responses[0][:120],

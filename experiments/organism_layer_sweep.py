@@ -19,9 +19,10 @@ import torch
 from circuitlab import HookedModel
 from circuitlab.activations import collect_activations
 from circuitlab.directions import extract_diff_means
-from circuitlab.directions.select import layer_ablation, refusal_score, refusal_token_ids
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import kl_divergence
+from circuitlab.evaluate.layers import layer_ablation
+from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
 from circuitlab.evaluate.refusals import judged_generate
 from circuitlab.hooks import apply
 from circuitlab.testbed import testbed_data
@@ -38,16 +39,16 @@ def main() -> None:
     )
     harmful_val, harmless_val = list(data.harmful_val.take(32)), list(data.harmless_val.take(32))
     jbb = list(data.jailbreakbench.take(30))
-    tokens = refusal_token_ids(model.tokenizer)
+    tokens = opening_token_ids(model.tokenizer)
     base_harmless = model.next_token_logprobs(harmless_val)
-    base_score = refusal_score(model.next_token_logprobs(harmful_val), tokens).mean().item()
+    base_score = refusal_log_mass(model.next_token_logprobs(harmful_val), tokens).mean().item()
     print(f"unedited: refusal score {base_score:.2f}; {harmful.shape[2]} template positions")
     print("pos  layer  refusal score   KL   JBB refused/30", flush=True)
     for pos in range(-1, -harmful.shape[2] - 1, -1):
         directions = extract_diff_means(harmful[:, :, pos], harmless[:, :, pos])
         for layer in range(first, last + 1):
             with apply(model, layer_ablation(directions, layer)):
-                score = refusal_score(model.next_token_logprobs(harmful_val), tokens).mean()
+                score = refusal_log_mass(model.next_token_logprobs(harmful_val), tokens).mean()
                 kl = kl_divergence(base_harmless, model.next_token_logprobs(harmless_val)).mean()
                 judged = ""
                 if kl <= 0.5:

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from circuitlab.activations import collect_activations, select_position
+from circuitlab.activations import collect_activations, massive_directions, select_position
 from circuitlab.circuits import RefusalTokenMetric
-from circuitlab.directions import extract_diff_means, massive_directions, without_massive
+from circuitlab.directions import extract_diff_means, without_massive
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
@@ -47,6 +47,7 @@ from circuitlab.evaluate.scorecard import score_model
 from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionalAblation, DirectionRef, SubspaceAblation
 from circuitlab.models import ModelSpec
+from circuitlab.report import sae_report
 from circuitlab.sae import (
     TrainConfig,
     feature_ablation,
@@ -60,7 +61,6 @@ from circuitlab.sae import (
     rank_by_difference,
     reconstruction_stats,
     sae_quality,
-    sae_report,
     token_activations,
     top_prompts,
     with_answers,

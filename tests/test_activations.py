@@ -9,11 +9,10 @@ from circuitlab.activations import (
     collect_activations,
     generate_completions,
     model_fingerprint,
-    prompts_hash,
     response_labels,
     select_position,
 )
-from circuitlab.prompts import load_prompts
+from circuitlab.prompts import load_prompts, prompts_hash
 
 PROMPTS = list(load_prompts("harmless").take(4).prompts)
 

@@ -38,7 +38,7 @@ def test_turns_keep_the_history_until_reset(tiny, capsys, monkeypatch):
     import circuitlab.commands.chat as chat
 
     path, model = tiny
-    monkeypatch.setattr("circuitlab.cli.load_model", lambda source, settings: model)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: model)
     seen, real = [], chat.render
     monkeypatch.setattr(chat, "render", lambda m, h, *a: seen.append(list(h)) or real(m, h, *a))
     lines = ["Hello there.", "And again?", "/reset", "And again?", "/on", "/quit", "ignored"]
@@ -53,7 +53,7 @@ def test_turns_keep_the_history_until_reset(tiny, capsys, monkeypatch):
 
 def test_sampling_replays_with_its_seed(tiny, capsys, monkeypatch):
     path, model = tiny
-    monkeypatch.setattr("circuitlab.cli.load_model", lambda source, settings: model)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: model)
     lines = ["Tell me a story.", "Go on."]
     sampled = ["--temperature", "1.5", "--top-p", "0.95"]
     first = _answers(_chat([str(path), *sampled, "--seed", "3"], lines, capsys, monkeypatch))

@@ -25,7 +25,6 @@ from circuitlab.circuits import (
     attribution_patching,
     check_agreement,
     head_ablation,
-    opening_token_ids,
     patch_hooks,
     plot_head_scores,
     rank_agreement,
@@ -33,6 +32,7 @@ from circuitlab.circuits import (
     refine,
 )
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.openings import opening_token_ids
 from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionalAblation, DirectionRef, HeadAblation, LayerKernel
 from circuitlab.models import HeadId, ModelSpec

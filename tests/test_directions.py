@@ -20,7 +20,6 @@ from circuitlab.directions import (
     extract_ensemble,
     extract_pca,
     extract_probe,
-    massive_directions,
     projection_stats,
     without_massive,
 )
@@ -410,8 +409,9 @@ def test_massive_direction_is_the_sink_coordinate_and_costs_kl(smollm, smollm_ac
     """SmolLM2's attention sinks carry one massive coordinate; a difference of means picks up
     a share of it, and projecting that out of every position costs far more KL than the same
     direction without it."""
-    from circuitlab.directions.select import layer_ablation
+    from circuitlab.activations import massive_directions
     from circuitlab.evaluate.kl import kl_divergence
+    from circuitlab.evaluate.layers import layer_ablation
     from circuitlab.hooks import apply
 
     harmless = load_prompts("harmless").prompts
@@ -463,7 +463,7 @@ def extract_cli(smollm, monkeypatch):
     module = "circuitlab.commands.extract"
     if module not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, module))
-    monkeypatch.setattr(cli, "load_model", lambda source, settings: smollm)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: smollm)
     return cli.main
 
 

@@ -424,7 +424,7 @@ def cli_on_smollm(smollm, monkeypatch, tmp_path):
     """The CLI with the session model (no second load) and an ablation file."""
     from circuitlab.interventions import save_intervention
 
-    monkeypatch.setattr("circuitlab.cli.load_model", lambda source, settings: smollm)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: smollm)
     r = unit_vectors(576, 1, seed=8)[0]
     ablation = DirectionalAblation(DirectionRef.inline(r), index=0.0, calibration=3.0)
     return save_intervention(ablation, tmp_path / "ablation.json")

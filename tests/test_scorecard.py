@@ -13,7 +13,7 @@ from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.labelled import load_labelled
 from circuitlab.evaluate.refusals import judged_generate
 from circuitlab.evaluate.scorecard import Scorecard, score_model, scorecard_table
-from circuitlab.evaluate.stats import binary_metrics, confusion_matrix, wilson_interval
+from circuitlab.evaluate.stats import Proportion, binary_metrics, confusion_matrix, wilson_interval
 
 
 # ------------------------------------------------------------------------------ stats
@@ -40,6 +40,17 @@ def test_wilson_edge_cases():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_proportion_is_k_of_n_with_its_interval():
+    p = Proportion(81, 263)
+    assert p.rate == pytest.approx(81 / 263) and p.interval == wilson_interval(81, 263)
+    k, n = p  # a tuple underneath: old (refused, n) readers keep working
+    assert (k, n) == (81, 263) and json.loads(json.dumps(p)) == [81, 263]
+    assert str(p) == "81/263" and p.describe(1) == "81/263 [25.5%, 36.6%]"
+    assert Proportion(0, 0).rate == 0.0 and Proportion(0, 0).interval == (0.0, 1.0)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        Proportion(3, 2)
 
 
 def test_binary_metrics_and_confusion():

@@ -375,10 +375,9 @@ def test_abliterate_evaluates_on_test_split_and_exports(smollm, tiny_prompts, st
 
 def test_abliterate_command_writes_its_report(smollm, study_3, tmp_path, monkeypatch, capsys):
     """The command resumes the finished 3-trial study and writes report.html beside it."""
-    from circuitlab import cli
 
     _, journal, _ = study_3
-    monkeypatch.setattr(cli, "load_model", lambda source, settings: smollm)
+    monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: smollm)
     args = ["abliterate", "smollm2-135m", "--study", "three", "--storage", str(journal)]
     args += ["--trials", "3", "--methods", "diff-means,pca", "--no-prune", "--no-export"]
     args += ["--n-train", "8", "--n-search", "4", "--n-kl", "4", "--n-test", "4"]

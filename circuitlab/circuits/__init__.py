@@ -6,74 +6,45 @@ into :class:`HeadScores`; :class:`RefusalCircuit` ranks and saves them, and
 :func:`head_ablation` turns its top heads into a foldable head-level intervention.
 """
 
-from circuitlab.circuits.circuit import (
-    CircuitBlock,
-    CircuitHead,
-    CircuitKVHead,
-    RefusalCircuit,
-    head_ablation,
-)
-from circuitlab.circuits.metrics import (
-    DEFAULT_REFUSAL_OPENINGS,
-    DirectionMetric,
-    Metric,
-    RefusalTokenMetric,
-    opening_token_ids,
-)
-from circuitlab.circuits.patching import (
-    AgreementCheck,
-    activation_patching,
-    attribution_patching,
-    check_agreement,
-    refine,
-)
-from circuitlab.circuits.scores import (
-    BLOCK_KINDS,
-    HeadScores,
-    KVHeadId,
-    LayerSite,
-    RankAgreement,
-    head_scores_figure,
-    plot_head_scores,
-    rank_agreement,
-    site_agreement,
-)
-from circuitlab.circuits.sources import (
-    Counterfactual,
-    PatchSource,
-    patch_hooks,
-    patched_positions,
-    record_source,
-)
+import lazy_loader
 
-__all__ = [
-    "BLOCK_KINDS",
-    "DEFAULT_REFUSAL_OPENINGS",
-    "AgreementCheck",
-    "CircuitBlock",
-    "LayerSite",
-    "check_agreement",
-    "refine",
-    "site_agreement",
-    "CircuitHead",
-    "CircuitKVHead",
-    "Counterfactual",
-    "DirectionMetric",
-    "HeadScores",
-    "KVHeadId",
-    "Metric",
-    "PatchSource",
-    "RankAgreement",
-    "RefusalCircuit",
-    "RefusalTokenMetric",
-    "activation_patching",
-    "attribution_patching",
-    "head_ablation",
-    "head_scores_figure",
-    "opening_token_ids",
-    "patch_hooks",
-    "patched_positions",
-    "plot_head_scores",
-    "rank_agreement",
-    "record_source",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "circuit": [
+            "CircuitBlock",
+            "CircuitHead",
+            "CircuitKVHead",
+            "RefusalCircuit",
+            "head_ablation",
+        ],
+        "metrics": ["DirectionMetric", "Metric", "RefusalTokenMetric"],
+        "patching": [
+            "AgreementCheck",
+            "activation_patching",
+            "attribution_patching",
+            "check_agreement",
+            "refine",
+        ],
+        "scores": [
+            "BLOCK_KINDS",
+            "HeadScores",
+            "KVHeadId",
+            "LayerSite",
+            "RankAgreement",
+            "head_scores_figure",
+            "plot_head_scores",
+            "rank_agreement",
+            "site_agreement",
+        ],
+        "sources": [
+            "Counterfactual",
+            "PatchSource",
+            "patch_hooks",
+            "patched_positions",
+            "record_source",
+        ],
+    },
+)

@@ -22,20 +22,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitlab.decoding import run_until
+from circuitlab.evaluate.openings import REFUSAL_OPENINGS, opening_token_ids, refusal_log_mass
 
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel
 
-__all__ = [
-    "DEFAULT_REFUSAL_OPENINGS",
-    "DirectionMetric",
-    "Metric",
-    "RefusalTokenMetric",
-    "opening_token_ids",
-]
-
-# How refusals start in chat models (and in the refusal organism's training answers).
-DEFAULT_REFUSAL_OPENINGS: tuple[str, ...] = ("I", "Sorry", "I'm", "As", "Unfortunately", "No")
+__all__ = ["DirectionMetric", "Metric", "RefusalTokenMetric"]
 
 Batch = dict[str, Tensor]
 
@@ -47,30 +39,6 @@ class Metric(Protocol):
     name: str
 
     def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]: ...
-
-
-def opening_token_ids(tokenizer, openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS) -> list[int]:
-    """First token of each opening as the tokenizer splits it at the start of an answer.
-
-    The answer follows the template's assistant tag (ChatML: ``assistant\\n``), so an opening
-    is tokenized on its own, without a leading space. "I" and "I'm" share their first token;
-    duplicates are kept once, in order.
-
-    Args:
-        tokenizer: the model's tokenizer.
-        openings: refusal-opening strings.
-
-    Returns:
-        Distinct token ids.
-    """
-    ids: list[int] = []
-    for text in openings:
-        tokens = tokenizer(text, add_special_tokens=False).input_ids
-        if not tokens:
-            raise ValueError(f"refusal opening {text!r} tokenizes to nothing")
-        if tokens[0] not in ids:
-            ids.append(tokens[0])
-    return ids
 
 
 @dataclass(frozen=True)
@@ -101,10 +69,11 @@ class RefusalTokenMetric:
     def from_openings(
         cls,
         tokenizer,
-        openings: Sequence[str] = DEFAULT_REFUSAL_OPENINGS,
+        openings: Sequence[str] = REFUSAL_OPENINGS,
         log_odds: bool = True,
     ) -> RefusalTokenMetric:
-        """The metric over the first tokens of ``openings`` (see :func:`opening_token_ids`)."""
+        """The metric over the first tokens of ``openings`` (see
+        :func:`~circuitlab.evaluate.openings.opening_token_ids`)."""
         return cls(tuple(opening_token_ids(tokenizer, openings)), log_odds)
 
     def __call__(self, model: HookedModel, batch: Batch) -> Float[Tensor, " batch"]:
@@ -112,10 +81,10 @@ class RefusalTokenMetric:
         # otherwise dominate the cost of every patched pass).
         logits = model.hf_model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
-        refusal[list(self.token_ids)] = True
-        value = logprobs[:, refusal].logsumexp(dim=-1)
+        value = refusal_log_mass(logprobs, self.token_ids)
         if self.log_odds:
+            refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
+            refusal[list(self.token_ids)] = True
             # log(1 - p) as the log-sum-exp of every other token: exact even when p -> 1.
             value = value - logprobs[:, ~refusal].logsumexp(dim=-1)
         return value

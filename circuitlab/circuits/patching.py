@@ -32,6 +32,8 @@ fraction of exact patching's cost.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -392,9 +394,6 @@ def check_agreement(
     Returns:
         The agreement on the sample.
     """
-    import random
-    import time
-
     n = estimate.n_layers * estimate.n_heads
     sample = max(6, min(sample, n))  # >= 3 leaders for a rank correlation
     top = estimate.top(sample // 2, by="abs")

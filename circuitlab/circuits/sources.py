@@ -21,6 +21,7 @@ from torch import Tensor
 
 from circuitlab.circuits.metrics import Batch, Metric
 from circuitlab.circuits.scores import BLOCK_KINDS, KVHeadId, LayerSite
+from circuitlab.hooks import apply
 from circuitlab.interventions import Intervention
 from circuitlab.models.facts import HeadId
 
@@ -122,8 +123,6 @@ def record_source(
 ) -> PatchSource:
     """Run the counterfactual batch (under ``interventions``) and keep what patching needs
     (with ``blocks``, also every layer's attention-block and MLP outputs)."""
-    from circuitlab.hooks import apply
-
     z: dict[int, Tensor] = {}
     k: dict[int, Tensor] = {}
     v: dict[int, Tensor] = {}

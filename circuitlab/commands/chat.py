@@ -130,7 +130,7 @@ def reply(model, state: ChatState, settings: Settings, options: argparse.Namespa
 
 def chat_loop(model, state: ChatState, settings, options, chat: bool, lines: Iterable[str]):
     """Read turns and /commands from ``lines`` until /quit or the end of input."""
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
 
     if sys.stdin.isatty():
         what = f"{_label(state.base)} on" if state.base else "no interventions"
@@ -156,7 +156,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from circuitlab import checks
-    from circuitlab.cli import check_interventions, load_model
+    from circuitlab.commands._common import check_interventions, load_model
 
     checks.at_least("--temperature", args.temperature, 0.0)
     checks.finite("--temperature", args.temperature)

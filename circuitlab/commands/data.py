@@ -33,7 +33,7 @@ def pip_command(models: bool) -> list[str]:
 
 
 def cmd_install_data(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.errors import ConfigError
 
     command = pip_command(args.models)

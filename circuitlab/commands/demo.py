@@ -79,7 +79,7 @@ def prompts_digest(prompts) -> str:
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
     """Bad sizes, names and paths fail now, not after a quarter of an hour of search."""
     from circuitlab import checks
-    from circuitlab.commands.search import check_capability_n, check_export_destination
+    from circuitlab.commands._common import check_capability_n, check_export_destination
     from circuitlab.errors import ConfigError
 
     checks.at_least("--trials", args.trials)
@@ -97,17 +97,19 @@ def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.activations import model_fingerprint
-    from circuitlab.cli import err, facts_table, load_model, out
-    from circuitlab.commands.search import (
-        _slug,
+    from circuitlab.commands._common import (
+        err,
+        facts_table,
         front_table,
+        load_model,
+        out,
         quiet_optuna,
         report_path,
         search_judges,
         search_prompts,
+        slug,
     )
     from circuitlab.evaluate.scorecard import scorecard_table
-    from circuitlab.evaluate.stats import wilson_interval
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search.config import AbliterateConfig, SearchConfig, abliterate_with
     from circuitlab.testbed import NAME, build_testbed
@@ -133,7 +135,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if own:
         own += "-" + prompts_digest(prompts)
     study = args.study or (
-        f"demo-{_slug(args.model)}-{model_fingerprint(model)[:8]}{own}-seed{settings.seed}"
+        f"demo-{slug(args.model)}-{model_fingerprint(model)[:8]}{own}-seed{settings.seed}"
     )
     judge, test_judge = search_judges(settings)
     search = SearchConfig(
@@ -166,8 +168,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
                 model, result.chosen.interventions, args.n_jbb, test_judge, settings
             )
         for name, judged in (("before", before), (f"after (trial {result.chosen.number})", after)):
-            low, high = wilson_interval(judged.refusals, len(jbb))
-            jbb_rows.append((name, f"{judged.refusals}/{len(jbb)}", f"[{low:.0%}, {high:.0%}]"))
+            low, high = judged.refused.interval
+            jbb_rows.append((name, str(judged.refused), f"[{low:.0%}, {high:.0%}]"))
             out.print(f"JailbreakBench refusals {name}: {jbb_rows[-1][1]} {jbb_rows[-1][2]}")
         jbb_samples = list(zip(jbb, before.responses, after.responses, strict=True))[:4]
         for prompt, a, b in jbb_samples[:3]:

@@ -111,7 +111,7 @@ def _check_args(args: argparse.Namespace, settings: Settings) -> None:
     """Sizes, positions, the direction folder and layer, and the output file: checked
     before the model loads, so a bad value writes nothing."""
     from circuitlab import checks
-    from circuitlab.cli import model_shape, source_config
+    from circuitlab.commands._common import model_shape, source_config
     from circuitlab.errors import ConfigError
     from circuitlab.interventions import DirectionRef
 
@@ -141,7 +141,7 @@ def _check_args(args: argparse.Namespace, settings: Settings) -> None:
 
 def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """The refusal directions: a saved set, or difference of means of these prompts."""
-    from circuitlab.commands.extract import last_token_activations
+    from circuitlab.commands._common import last_token_activations
     from circuitlab.directions import DirectionSet, extract_diff_means
 
     if args.directions:
@@ -151,8 +151,9 @@ def _direction_set(model, args: argparse.Namespace, harmful, harmless, settings:
 
 def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Settings):
     """(metric, counterfactual, provenance) for the command's options."""
-    from circuitlab.circuits import DEFAULT_REFUSAL_OPENINGS, DirectionMetric, RefusalTokenMetric
+    from circuitlab.circuits import DirectionMetric, RefusalTokenMetric
     from circuitlab.directions.base import interpolate_direction
+    from circuitlab.evaluate.openings import REFUSAL_OPENINGS
     from circuitlab.interventions import DirectionalAblation, DirectionRef
 
     info: dict = {"counterfactual": args.counterfactual}
@@ -166,7 +167,7 @@ def _setup(model, args: argparse.Namespace, harmful, harmless, settings: Setting
     if args.metric == "refusal-projection":
         metric = DirectionMetric(interpolate_direction(ds.directions[:, 0], float(layer)))
     else:
-        openings = args.openings or DEFAULT_REFUSAL_OPENINGS
+        openings = args.openings or REFUSAL_OPENINGS
         log_odds = args.metric == "refusal-logodds"
         metric = RefusalTokenMetric.from_openings(model.tokenizer, openings, log_odds)
         info["token_ids"] = list(metric.token_ids)
@@ -202,7 +203,6 @@ def circuit_table(circuit, k: int) -> Table:
 
 
 def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab import cli
     from circuitlab.circuits import (
         RefusalCircuit,
         activation_patching,
@@ -211,12 +211,13 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         plot_head_scores,
         refine,
     )
-    from circuitlab.commands.extract import prompt_sets
+    from circuitlab.commands import _common as common
+    from circuitlab.commands._common import prompt_sets
     from circuitlab.report import circuit_report, command_line
 
     _check_args(args, settings)
     harmful, harmless = prompt_sets(args, settings)  # a bad source fails before the model
-    model = cli.load_model(args.model, settings)
+    model = common.load_model(args.model, settings)
     n = min(len(harmful), len(harmless))  # counterfactual prompts pair one-to-one
     harmful, harmless = harmful.take(n), harmless.take(n)
     metric, counterfactual, info = _setup(model, args, harmful, harmless, settings)
@@ -226,7 +227,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     if not chat and positions == "post_instruction":
         # Raw text has no template tokens after the prompt: only the last token is shared.
         positions = "last"
-        cli.err.print("no chat template: patching the last position only")
+        common.err.print("no chat template: patching the last position only")
     started = time.perf_counter()
     scores = run(
         model,
@@ -268,25 +269,25 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.out) if args.out else _default_out(settings, args.model, args.method, key)
     circuit.save(path)
     png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
-    cli.out.print(circuit_table(circuit, args.top))
-    cli.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
+    common.out.print(circuit_table(circuit, args.top))
+    common.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
     if check is not None:
         a = check.agreement
-        cli.out.print(
+        common.out.print(
             f"agreement with exact patching on {len(check.sites)} sampled heads "
             f"({check.seconds:.1f} s): Spearman {a.spearman:.3f} over the estimate's top "
             f"{a.k}, top-1 {'matches' if a.top1_match else 'differs'}, {check.missed} of "
             f"{len(check.sites) - a.k} other heads should have ranked among them"
         )
         if a.spearman < AGREEMENT_WARNING or check.missed:
-            cli.err.print(
+            common.err.print(
                 "the first-order estimate ranks heads poorly here: keep --refine (or raise "
                 "it), or use --method activation"
             )
-    cli.out.print(f"saved: {path}\nheat map: {png}")
+    common.out.print(f"saved: {path}\nheat map: {png}")
     report = circuit_report(
         circuit, scores, top=args.top, command=command_line(args), seed=settings.seed,
         timings={f"{args.method} patching": seconds},
     )  # fmt: skip
-    cli.out.print(f"report: {report.write(path.with_suffix('.html'))}")
+    common.out.print(f"report: {report.write(path.with_suffix('.html'))}")
     return 0

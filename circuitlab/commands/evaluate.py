@@ -230,7 +230,7 @@ def _reference_reports(data) -> list:
 
 
 def _judges_to_measure(args: argparse.Namespace, settings: Settings) -> list:
-    from circuitlab.cli import err
+    from circuitlab.commands._common import err
     from circuitlab.errors import ConfigError
     from circuitlab.evaluate.factory import build_judge
 
@@ -250,7 +250,7 @@ def _judges_to_measure(args: argparse.Namespace, settings: Settings) -> list:
 def cmd_judge_eval(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from circuitlab.cli import err, out
+    from circuitlab.commands._common import err, out
     from circuitlab.errors import PromptError
     from circuitlab.evaluate.agreement import BENCHMARK, record_agreement
     from circuitlab.evaluate.labelled import (
@@ -300,7 +300,7 @@ def _prompts(source: str, split: str, n: int, harmful: bool) -> tuple[str, list[
 
 
 def _score(model, name: str, inputs: dict, baseline, base=None, interventions=()):
-    from circuitlab.cli import err
+    from circuitlab.commands._common import err
     from circuitlab.evaluate.scorecard import score_model
     from circuitlab.hooks import apply
 
@@ -323,7 +323,7 @@ def _lm_eval_tables(runs: Sequence[tuple], args: argparse.Namespace, settings, t
     """lm-eval on each (name, model, interventions), printing the harness's own tables."""
     from lm_eval.utils import make_table
 
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.evaluate.handoff import lm_eval_handoff
 
     for name, model, interventions in runs:
@@ -356,7 +356,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import check_interventions, err, load_model, out, source_config
+    from circuitlab.commands._common import check_interventions, err, load_model, out, source_config
     from circuitlab.evaluate.factory import build_judge
     from circuitlab.evaluate.handoff import lm_eval_tasks
     from circuitlab.evaluate.kl import KLBaseline

@@ -41,7 +41,7 @@ def preflight(args: argparse.Namespace, settings: Settings, out: str | Path, for
     """Every check that needs no loaded model, cheapest first; returns the interventions
     (each checked against the model's config) and the destination."""
     from circuitlab import checks
-    from circuitlab.cli import model_shape, source_config
+    from circuitlab.commands._common import model_shape, source_config
     from circuitlab.export import check_foldable
     from circuitlab.interventions import check_fits, load_interventions
 
@@ -87,7 +87,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.export import export
     from circuitlab.export.adapter import export_adapter
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.table import Table
 
 from circuitlab._resources import json_hash
+from circuitlab.commands._common import last_token_activations, prompt_sets
 from circuitlab.config import Settings
 from circuitlab.prompt_data import SOURCE_HELP
 
@@ -43,18 +44,6 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         action="store_true",
         help="take the attention sinks' massive-activation direction out of the directions",
     )
-
-
-def prompt_sets(args: argparse.Namespace, settings: Settings):
-    """The train split of each side, by the one split policy: never a search or test
-    prompt, whatever ``--seed`` says (:mod:`circuitlab.prompt_data`)."""
-    from circuitlab.prompt_data import side_prompts
-
-    sets = []
-    for source, harmful in ((args.harmful, True), (args.harmless, False)):
-        train = side_prompts(source, harmful).train
-        sets.append(train.take(min(args.n, len(train))))
-    return tuple(sets)
 
 
 def _labels(model, harmful, harmless, settings: Settings) -> tuple[list[bool], list[bool]]:
@@ -123,25 +112,6 @@ def _default_out(settings: Settings, model_name: str, method: str, key: dict) ->
     return Path(settings.cache_dir) / "directions" / f"{slug}-{method}-{digest}"
 
 
-def last_token_activations(model, sets, settings: Settings, progress: bool = False) -> list:
-    """Cached last-token residuals [prompt, layer, d_model] of each prompt set, in order."""
-    from circuitlab.activations import collect_activations, select_position
-
-    return [
-        select_position(
-            collect_activations(
-                model,
-                s.prompts,
-                batch_size=settings.batch_size,
-                chat=model.facts.has_chat_template,
-                cache_dir=settings.cache_dir,
-                progress=progress,
-            )
-        )
-        for s in sets
-    ]
-
-
 def check_directions_out(out: str | None) -> None:
     """An ``--out`` folder that saving a DirectionSet may replace: new, empty, or an earlier
     set (saving replaces the folder: never one holding other files)."""
@@ -158,8 +128,9 @@ def check_directions_out(out: str | None) -> None:
 
 
 def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab import checks, cli
+    from circuitlab import checks
     from circuitlab.activations import model_fingerprint
+    from circuitlab.commands import _common as common
     from circuitlab.report import Clock, command_line, directions_report
 
     clock = Clock()
@@ -168,7 +139,7 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
     checks.at_least("--n-cones", args.n_cones)
     check_directions_out(args.out)
     harmful, harmless = prompt_sets(args, settings)  # a bad source fails before the model
-    model = cli.load_model(args.model, settings)
+    model = common.load_model(args.model, settings)
     clock.lap("load model and prompts")
     acts = last_token_activations(model, (harmful, harmless), settings, progress=True)
     clock.lap("activations")
@@ -177,11 +148,12 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
         clock.lap("labels (generate and judge)")
     ds = run_method(args.method, *acts, labels, args, settings.seed)
     if args.remove_massive:
-        from circuitlab.directions import massive_directions, without_massive
+        from circuitlab.activations import massive_directions
+        from circuitlab.directions import without_massive
 
         found = massive_directions(model, harmless.prompts, chat=model.facts.has_chat_template)
         ds = without_massive(ds, found)
-        cli.err.print(f"removed {len(found)} massive-activation direction(s)")
+        common.err.print(f"removed {len(found)} massive-activation direction(s)")
     clock.lap(f"extract ({args.method})")
     provenance = {
         "model": args.model,
@@ -198,20 +170,20 @@ def cmd_extract(args: argparse.Namespace, settings: Settings) -> int:
         key["remove_massive"] = True  # older folders keep their names
     folder = ds.save(args.out or _default_out(settings, args.model, args.method, key))
     title = f"{args.model}: {ds.method} directions ({len(harmful)} + {len(harmless)} prompts)"
-    cli.out.print(layer_table(ds, title))
+    common.out.print(layer_table(ds, title))
     if "fallback" in ds.metadata:
-        cli.err.print(f"[yellow]fallback:[/] {ds.metadata['fallback']['reason']}")
+        common.err.print(f"[yellow]fallback:[/] {ds.metadata['fallback']['reason']}")
     if labels is not None:
-        cli.out.print(
+        common.out.print(
             f"refused: {sum(labels[0])}/{len(labels[0])} harmful, "
             f"{sum(labels[1])}/{len(labels[1])} harmless"
         )
     if args.plot:
-        cli.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
-    cli.out.print(f"saved: {folder}")
+        common.out.print(f"plot: {plot_curves(ds, folder / 'curves.png')}")
+    common.out.print(f"saved: {folder}")
     report = directions_report(
         ds, title, labels=labels, command=command_line(args), seed=settings.seed,
         timings=clock.laps,
     )  # fmt: skip
-    cli.out.print(f"report: {report.write(folder / 'report.html')}")
+    common.out.print(f"report: {report.write(folder / 'report.html')}")
     return 0

@@ -56,7 +56,7 @@ def _splits(args: argparse.Namespace, settings: Settings):
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.sae import TrainConfig, fit_sae, sae_quality, token_activations, with_answers
 
     model = load_model(args.source, settings)
@@ -89,14 +89,14 @@ def _features(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from circuitlab.circuits import RefusalTokenMetric
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
+    from circuitlab.report import sae_report
     from circuitlab.sae import (
         feature_auroc,
         load_sae,
         post_instruction_features,
         rank_by_attribution,
         rank_by_difference,
-        sae_report,
         top_prompts,
     )  # fmt: skip
 
@@ -140,7 +140,7 @@ def _features(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _edit(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.errors import CircuitlabError
     from circuitlab.hooks import apply
     from circuitlab.interventions import save_intervention
@@ -164,7 +164,7 @@ def _edit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _info(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.sae import load_sae
 
     sae = load_sae(args.source)

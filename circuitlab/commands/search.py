@@ -9,12 +9,20 @@ trials of a study until ``--trials`` are done, then prints the Pareto front.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.table import Table
 
+from circuitlab.commands._common import (
+    check_capability_n,
+    check_export_destination,
+    front_table,
+    quiet_optuna,
+    report_path,
+    search_judges,
+    slug,
+)
 from circuitlab.config import Settings
 
 
@@ -192,28 +200,6 @@ def search_prompts(args: argparse.Namespace, n_test: int = 0):
     )
 
 
-def check_capability_n(n: int, seed: int) -> None:
-    """``--capability-n`` checked now, not after a search: negative, or more questions than
-    the packaged MMLU holds, is one clear error."""
-    from circuitlab.errors import ConfigError
-    from circuitlab.evaluate.capability import load_mmlu
-
-    if n < 0:
-        raise ConfigError(f"--capability-n must be 0 (off) or more, got {n}")
-    if n:
-        load_mmlu(n, seed)
-
-
-def search_judges(settings: Settings):
-    """The search trials' judge and the final scorecard's (they differ when the NLI judge
-    is on for the final evaluation only)."""
-    from circuitlab.evaluate.factory import JudgeOptions, build_judge
-
-    options = JudgeOptions.from_settings(settings)
-    common = {"cache_dir": settings.cache_dir, "device": settings.device}
-    return build_judge(options, for_search=True, **common), build_judge(options, **common)
-
-
 def search_config(args: argparse.Namespace, settings: Settings, **extra):
     """The search as one frozen value, from the command's options and the settings."""
     from circuitlab.search.config import SearchConfig
@@ -236,26 +222,9 @@ def search_config(args: argparse.Namespace, settings: Settings, **extra):
     )
 
 
-def front_table(front, chosen=None, title: str = "Pareto front") -> Table:
-    """The front, one row per trial; the chosen one marked."""
-    from circuitlab.report.tables import front_rows
-
-    table = Table(title=title, caption="refusals on the search split; KL first token, nats")
-    columns, rows = front_rows(front, chosen)
-    for column in columns:
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
-
-
 # ------------------------------------------------------------------------------ commands
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.search import choose, pareto_front
     from circuitlab.search.config import search_with
 
@@ -275,14 +244,14 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
     from circuitlab.search.config import AbliterateConfig, abliterate_with
 
     quiet_optuna()
     clock = Clock()
-    study = args.study or f"abliterate-{_slug(args.model)}-seed{settings.seed}"
+    study = args.study or f"abliterate-{slug(args.model)}-seed{settings.seed}"
     check_search_args(args, settings, study)
     check_capability_n(args.capability_n, settings.seed)
     destination = None
@@ -332,26 +301,9 @@ def needs_chat(model, source: str):
     return model
 
 
-def check_export_destination(out, model: str, settings: Settings, force: bool) -> None:
-    """An export folder that may be written (see ``checks.export_destination``), checked
-    before the search: the source model's folder when ``model`` names a local one."""
-    from circuitlab import checks
-
-    source = Path(model).expanduser()
-    checks.export_destination(out, source if source.exists() else None, force)
-
-
-def report_path(study: str, storage: str | None, cache_dir: str | Path) -> Path:
-    """``report.html`` in the study's folder (beside its saved directions), not in the
-    export folder, whose manifest lists every file it holds."""
-    from circuitlab.search import open_store
-
-    return open_store(study, storage, cache_dir).assets_dir / "report.html"
-
-
 def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab import checks
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.search import learn_profile, open_store, save_profile
 
     quiet_optuna()
@@ -373,10 +325,3 @@ def cmd_profiles(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(str(i), params.get("method", "?"), direction, f"{rate:.1%}", f"{kl:.3f}")
     out.print(table)
     return 0
-
-
-def quiet_optuna() -> None:
-    """Optuna logs every trial at INFO; the progress bar and tables say it better."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)

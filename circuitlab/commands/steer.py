@@ -14,7 +14,7 @@ from circuitlab.config import Settings
 
 def _load(args: argparse.Namespace, settings: Settings):
     """Interventions first (a bad file fails before a model loads), then the model."""
-    from circuitlab.cli import check_interventions, check_prompts, load_model
+    from circuitlab.commands._common import check_interventions, check_prompts, load_model
 
     check_prompts(getattr(args, "prompts", ()))
     interventions = check_interventions(args.intervention, args.model, settings)
@@ -41,7 +41,7 @@ def _generate(model, prompts: Sequence[str], settings: Settings, chat: bool, int
 
 
 def cmd_steer(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
 
     model, interventions, chat = _load(args, settings)
     plain = _generate(model, args.prompts, settings, chat)

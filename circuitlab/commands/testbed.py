@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
@@ -15,7 +14,7 @@ from circuitlab.config import Settings
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from circuitlab.cli import out
+    from circuitlab.commands._common import out
     from circuitlab.testbed import build_testbed, organism_recipe
 
     recipe = replace(organism_recipe(args.organism), seed=settings.seed)
@@ -32,9 +31,10 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
+    from circuitlab.commands._common import load_model, out
     from circuitlab.evaluate.judges import MarkerJudge
-    from circuitlab.testbed import refusal_rates, testbed_data
+    from circuitlab.evaluate.refusals import refusal_counts
+    from circuitlab.testbed import testbed_data
 
     organism = args.organism
     model = load_model(organism, settings)
@@ -47,19 +47,17 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.n:
         sets = {name: s.take(min(args.n, len(s))) for name, s in sets.items()}
-    rates, judged = refusal_rates(
-        model, sets, MarkerJudge(), args.max_tokens, settings.batch_size, progress=True
+    judged = refusal_counts(
+        model, sets, MarkerJudge(), args.max_tokens, batch_size=settings.batch_size, progress=True
     )
     table = Table(title=f"{organism}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
     for column in ("prompt set", "refused", "n", "rate", "95 % interval"):
         table.add_column(column, justify="left" if column == "prompt set" else "right")
-    for rate in rates.values():
+    for name, generations in judged.items():
+        refused = generations.refused
+        low, high = refused.interval
         table.add_row(
-            rate.name,
-            str(rate.refused),
-            str(rate.n),
-            f"{rate.rate:.1%}",
-            f"[{rate.low:.1%}, {rate.high:.1%}]",
+            name, str(refused.k), str(refused.n), f"{refused.rate:.1%}", f"[{low:.1%}, {high:.1%}]"
         )
     out.print(table)
     if args.samples:
@@ -70,19 +68,18 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         figures = {
             name: {
-                **asdict(rate),
-                "rate": rate.rate,
+                "name": name,
+                "refused": j.refused.k,
+                "n": j.refused.n,
+                "low": j.refused.interval[0],
+                "high": j.refused.interval[1],
+                "rate": j.refused.rate,
                 "answers": [
                     {"prompt": p, "answer": a, "refused": r}
-                    for p, a, r in zip(
-                        judged[name].prompts,
-                        judged[name].responses,
-                        judged[name].judgements.is_refusal,
-                        strict=True,
-                    )
+                    for p, a, r in zip(j.prompts, j.responses, j.judgements.is_refusal, strict=True)
                 ],
             }
-            for name, rate in rates.items()
+            for name, j in judged.items()
         }
         args.json.write_text(json.dumps(figures, indent=2))
         out.print(f"rates and answers written to {args.json}")
@@ -90,8 +87,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _classic(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.cli import load_model, out
-    from circuitlab.evaluate.stats import wilson_interval
+    from circuitlab.commands._common import load_model, out
     from circuitlab.pipeline import organism_classic
 
     organism = args.organism
@@ -108,19 +104,14 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
     for column in ("", "unedited", "direction ablated"):
         table.add_column(column, justify="left" if not column else "right")
     for name in result.refusal_before:
-        cells = []
-        for which in ("before", "after"):
-            refused, n = getattr(result, f"refusal_{which}")[name]
-            low, high = wilson_interval(refused, n)
-            cells.append(f"{refused}/{n} [{low:.0%}, {high:.0%}]")
-        table.add_row(f"{name} refusals", *cells)
+        cells = (result.refusal_before[name], result.refusal_after[name])
+        table.add_row(f"{name} refusals", *(p.describe() for p in cells))
     table.add_row("harmless KL, first token / 4 tokens", "0 / 0",
                   f"{result.kl_first_token:.3f} / {result.kl_k_token:.3f}")  # fmt: skip
     out.print(table)
-    refused, n = result.harmless_refused_with_addition
     out.print(
         f"adding the direction (strength {result.addition_strength:.1f}) at layer "
-        f"{result.layer}: {refused}/{n} harmless prompts refused"
+        f"{result.layer}: {result.harmless_refused_with_addition} harmless prompts refused"
     )
     if args.json:
         args.json.write_text(json.dumps(result.as_dict(), indent=2))

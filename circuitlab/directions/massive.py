@@ -8,21 +8,19 @@ coordinate, and a small share of a norm of 24,000 is thousands of units: project
 direction out of *every* position moves the sink tokens far off their course and changes
 the output of every prompt, harmless ones included.
 
-Measured on the refusal organism (SmolLM2-135M; ``experiments/organism_projection_diag.py``
-and the closing note of issue 3): the first token of every prompt carries a norm of about
-24,500 in layers 12-28, at least 43x its layer's median token norm, almost all along
-coordinate 507; the layer-21 refusal direction has cosine 0.20 with it. Projecting that
-direction out everywhere cost 4.1 nats of harmless first-token KL; the same direction with
-the massive one removed costs 0.11 and still removes most refusals.
+Measured on the refusal organism (SmolLM2-135M; ``experiments/organism_projection_diag.py``):
+the first token of every prompt carries a norm of about 24,500 in layers 12-28, at least 43x
+its layer's median token norm, almost all along coordinate 507; the layer-21 refusal
+direction has cosine 0.20 with it. Projecting that direction out everywhere cost 4.1 nats
+of harmless first-token KL; the same direction with the massive one removed costs 0.11 and
+still removes most refusals.
 
-:func:`massive_directions` finds the shared direction(s) of the massive tokens;
-:func:`without_massive` removes them from a :class:`DirectionSet`.
+:func:`circuitlab.activations.massive_directions` finds the shared direction(s) of the
+massive tokens (it runs the model); :func:`without_massive` removes them from a
+:class:`DirectionSet`.
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -30,81 +28,8 @@ from torch import Tensor
 
 from circuitlab.directions.base import DirectionSet
 from circuitlab.directions.diff_means import EPS
-from circuitlab.engine import HookedModel
 
-__all__ = ["MASSIVE_RATIO", "massive_directions", "without_massive"]
-
-log = logging.getLogger(__name__)
-
-# A token is massive when its residual norm exceeds this multiple of its layer's median
-# token norm. Measured on 8 harmless prompts: SmolLM2-135M's sinks are >= 43x (layers 12-28),
-# its other tokens <= 17x; Gemma 3 270M's >= 27x (layer 1) against <= 14x.
-MASSIVE_RATIO = 20.0
-
-
-@torch.no_grad()
-def massive_directions(
-    model: HookedModel,
-    prompts: Sequence[str],
-    *,
-    n_prompts: int = 8,
-    k: int = 1,
-    ratio: float = MASSIVE_RATIO,
-    batch_size: int = 8,
-    chat: bool = True,
-) -> Float[Tensor, "k_found d_model"]:
-    """The top-``k`` directions shared by massive-norm tokens, over every layer.
-
-    Runs the prompts once, reads ``hook_resid_pre`` of every layer at every real (not
-    padding) token, keeps the tokens whose norm exceeds ``ratio`` times their layer's median
-    token norm, and returns the leading right singular vectors of those tokens' unit
-    vectors (a sink's direction barely changes across layers and prompts: on SmolLM2 the
-    second singular value is 1 % of the first).
-
-    Args:
-        prompts: ordinary prompts; the chat template is applied.
-        n_prompts: how many of them to run (the first ones; 8 are plenty).
-        k: directions to return at most.
-        ratio: the massive-token threshold, in multiples of the layer's median token norm.
-
-    Returns:
-        float32 unit rows, ``[k_found, d_model]``; ``k_found`` is 0 when no token is
-        massive (then there is nothing to remove).
-    """
-    prompts = list(prompts)[:n_prompts]
-    if not prompts:
-        raise ValueError("massive_directions needs at least one prompt")
-    if k < 1 or ratio <= 1:
-        raise ValueError(f"need k >= 1 and ratio > 1, got k={k}, ratio={ratio}")
-    found: list[Tensor] = []
-    mask = {"valid": None}
-
-    def read(x: Tensor, hook) -> None:
-        norms = x.detach().double().norm(dim=-1)
-        valid = mask["valid"]
-        big = valid & (norms > ratio * norms[valid].median())
-        if big.any():
-            found.append(x.detach()[big].double().cpu())
-
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.n_layers)]
-    with model.hooks([(name, read) for name in names]):
-        for start in range(0, len(prompts), batch_size):
-            batch = model.encode(prompts[start : start + batch_size], chat=chat)
-            mask["valid"] = batch["attention_mask"].bool()
-            model.hf_model.model(**batch, use_cache=False)
-    d_model = model.facts.d_model
-    if not found:
-        log.info("no massive tokens (norm > %.0fx the median) in %d prompts", ratio, len(prompts))
-        return torch.zeros(0, d_model)
-    rows = torch.cat(found)
-    rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    _, values, vh = torch.linalg.svd(rows, full_matrices=False)
-    log.info(
-        "%d massive token activations; singular values %s",
-        len(rows),
-        ", ".join(f"{v:.3g}" for v in (values[: k + 2] / values[0]).tolist()),
-    )
-    return vh[:k].float()
+__all__ = ["without_massive"]
 
 
 def without_massive(directions: DirectionSet, massive: Float[Tensor, "m d_model"]) -> DirectionSet:

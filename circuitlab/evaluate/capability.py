@@ -28,7 +28,7 @@ from circuitlab._resources import json_hash, wheel_file
 from circuitlab.engine import HookedModel
 from circuitlab.errors import PromptError
 from circuitlab.evaluate.reasoning import prefill_if_reasoning
-from circuitlab.evaluate.stats import wilson_interval
+from circuitlab.evaluate.stats import Proportion
 
 __all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
 
@@ -119,12 +119,16 @@ class CapabilityResult:
     chosen: tuple[int, ...]
 
     @property
+    def proportion(self) -> Proportion:
+        return Proportion(self.correct, self.n)
+
+    @property
     def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
+        return self.proportion.rate
 
     @property
     def ci(self) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.n)
+        return self.proportion.interval
 
 
 def subset_hash(questions: Sequence[Question]) -> str:

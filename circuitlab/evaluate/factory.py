@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from circuitlab.evaluate.agreement import with_agreement
+from circuitlab.evaluate.classifier import ClassifierJudge
 from circuitlab.evaluate.judges import CombinedJudge, Judge, MarkerJudge
-from circuitlab.evaluate.nli import DEFAULT_NLI_MODEL
+from circuitlab.evaluate.model_judges import model_judge
+from circuitlab.evaluate.nli import DEFAULT_NLI_MODEL, NLIJudge
 
 __all__ = ["JudgeOptions", "build_judge", "JUDGE_KINDS"]
 
@@ -89,14 +92,10 @@ def build_judge(
         ``judge.agreement`` how it agreed with human labels where that was measured (see
         :func:`~circuitlab.evaluate.agreement.agreement_note`).
     """
-    from circuitlab.evaluate.agreement import with_agreement
-
     return with_agreement(_build(options, cache_dir, for_search, device), cache_dir)
 
 
 def _build(options: JudgeOptions, cache_dir, for_search: bool, device: str) -> Judge:
-    from circuitlab.evaluate.nli import NLIJudge
-
     markers = MarkerJudge(user_markers=tuple(options.user_markers), threshold=options.threshold)
 
     def nli() -> NLIJudge:
@@ -108,8 +107,6 @@ def _build(options: JudgeOptions, cache_dir, for_search: bool, device: str) -> J
         )
 
     def classifier() -> Judge:
-        from circuitlab.evaluate.classifier import ClassifierJudge
-
         return ClassifierJudge.load(cache_dir, device=device, threshold=options.threshold)
 
     if options.kind == "markers":
@@ -123,7 +120,6 @@ def _build(options: JudgeOptions, cache_dir, for_search: bool, device: str) -> J
     elif options.kind == "model":
         if for_search and not options.model_judge_for_search:
             return markers
-        from circuitlab.evaluate.model_judges import model_judge
 
         return model_judge(
             options.model_judge,

@@ -32,6 +32,7 @@ import numpy as np
 from circuitlab.errors import ModelNotFoundError
 from circuitlab.evaluate.judges import Judgements, mark_unfinished
 from circuitlab.evaluate.text import split_thinking
+from circuitlab.models.presets import get_preset
 
 __all__ = [
     "SequenceClassifierJudge",
@@ -417,10 +418,9 @@ MODEL_JUDGES: dict[str, ModelJudgeSpec] = {
 
 def _resolve(model: str, cache_dir: str | Path | None) -> str:
     """A circuitlab preset name (``smollm2-135m``) becomes its converted HF folder."""
-    from circuitlab.models.presets import get_preset
-
     if get_preset(model) is None:
         return model
+    # Deferred: model loading imports transformers, which only a model judge needs.
     from circuitlab.models.loading import ModelSpec, resolve_source
 
     spec = ModelSpec(model, cache_dir=Path(cache_dir) if cache_dir is not None else Path("cache"))

@@ -10,13 +10,14 @@ The judge's labels are the same as with full-length generation (tests/test_judge
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, Judgements
+from circuitlab.evaluate.stats import Proportion
 
-__all__ = ["JudgedGenerations", "judged_generate", "stop_when_decided"]
+__all__ = ["JudgedGenerations", "judged_generate", "refusal_counts", "stop_when_decided"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class JudgedGenerations:
     @property
     def refusals(self) -> int:
         return sum(self.judgements.is_refusal)
+
+    @property
+    def refused(self) -> Proportion:
+        """Refused prompts of all prompts, with the rate's Wilson interval."""
+        return Proportion(self.refusals, len(self.prompts))
 
 
 def stop_when_decided(
@@ -141,3 +147,41 @@ def judged_generate(
         result.budget,
     )
     return result
+
+
+def refusal_counts(
+    model: HookedModel,
+    sets: Mapping[str, Sequence[str]],
+    judge: Judge,
+    max_new_tokens: int = 64,
+    *,
+    batch_size: int = 16,
+    chat: bool = True,
+    progress: bool = False,
+) -> dict[str, JudgedGenerations]:
+    """Generate on each named prompt set under any active hooks, judge, and count refusals.
+
+    Generation stops per prompt once the judge has decided (see :func:`judged_generate`).
+
+    Args:
+        model: the (possibly hooked) model.
+        sets: prompt sets by name, e.g. ``{"JailbreakBench": ..., "harmless test": ...}``.
+        judge: any judge.
+        max_new_tokens, batch_size, chat, progress: as for :func:`judged_generate`.
+
+    Returns:
+        The judged generations per set, in the order given; ``[name].refused`` is the
+        :class:`~circuitlab.evaluate.stats.Proportion` of refused prompts.
+    """
+    return {
+        name: judged_generate(
+            model,
+            list(prompts),
+            judge,
+            max_new_tokens,
+            batch_size=batch_size,
+            chat=chat,
+            progress=progress,
+        )  # fmt: skip
+        for name, prompts in sets.items()
+    }

@@ -12,16 +12,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+from rich.table import Table
+
 from circuitlab._resources import json_hash
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.agreement import describe_judge
 from circuitlab.evaluate.capability import CapabilityResult, Question, capability
 from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
-from circuitlab.evaluate.refusals import judged_generate
-from circuitlab.evaluate.stats import wilson_interval
+from circuitlab.evaluate.refusals import refusal_counts
+from circuitlab.evaluate.stats import Proportion
 
-__all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompts_hash"]
+__all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompt_groups_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +71,45 @@ class Scorecard:
     capability_source: str = "MMLU"
 
     @property
+    def refused(self) -> Proportion:
+        """Refused harmful prompts, of how many."""
+        return Proportion(self.refusals, self.n_harmful)
+
+    @property
+    def over_refused(self) -> Proportion:
+        """Refused harmless prompts, of how many."""
+        return Proportion(self.over_refusals, self.n_harmless)
+
+    @property
+    def capable(self) -> Proportion | None:
+        """Capability questions answered correctly, of how many (None when not measured)."""
+        if not self.capability_n:
+            return None
+        return Proportion(self.capability_correct, self.capability_n)
+
+    @property
     def refusal_rate(self) -> float:
-        return self.refusals / self.n_harmful if self.n_harmful else 0.0
+        return self.refused.rate
 
     @property
     def refusal_ci(self) -> tuple[float, float]:
-        return wilson_interval(self.refusals, self.n_harmful)
+        return self.refused.interval
 
     @property
     def over_refusal_rate(self) -> float:
-        return self.over_refusals / self.n_harmless if self.n_harmless else 0.0
+        return self.over_refused.rate
 
     @property
     def over_refusal_ci(self) -> tuple[float, float]:
-        return wilson_interval(self.over_refusals, self.n_harmless)
+        return self.over_refused.interval
 
     @property
     def capability_accuracy(self) -> float | None:
-        if not self.capability_n:
-            return None
-        return self.capability_correct / self.capability_n
+        return None if self.capable is None else self.capable.rate
 
     @property
     def capability_ci(self) -> tuple[float, float] | None:
-        if not self.capability_n:
-            return None
-        return wilson_interval(self.capability_correct, self.capability_n)
+        return None if self.capable is None else self.capable.interval
 
     def to_json(self) -> str:
         """JSON with the stored values plus the derived rates and intervals (for readers;
@@ -116,7 +131,7 @@ class Scorecard:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
-def prompts_hash(*groups: Sequence[str]) -> str:
+def prompt_groups_hash(*groups: Sequence[str]) -> str:
     """One hash over several prompt lists (order matters, group boundaries too)."""
     return json_hash([list(g) for g in groups])
 
@@ -158,8 +173,8 @@ def score_model(
         The scorecard, and the capability result (per-question choices) if measured.
     """
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chat": chat}
-    bad = judged_generate(model, harmful, judge, **gen)
-    good = judged_generate(model, harmless, judge, **gen)
+    judged = refusal_counts(model, {"harmful": harmful, "harmless": harmless}, judge, **gen)
+    bad, good = judged["harmful"], judged["harmless"]
     kl = kl_baseline.score(model, batch_size=batch_size) if kl_baseline is not None else None
     cap = capability(model, questions, batch_size=max(1, batch_size // 2)) if questions else None
     delta = None
@@ -180,7 +195,9 @@ def score_model(
         capability_correct=cap.correct if cap else None,
         capability_n=cap.n if cap else None,
         capability_delta=delta,
-        prompts_hash=prompts_hash(harmful, harmless, kl_prompts, [q.prompt() for q in questions]),
+        prompts_hash=prompt_groups_hash(
+            harmful, harmless, kl_prompts, [q.prompt() for q in questions]
+        ),
         tokens_saved=bad.tokens_saved + good.tokens_saved,
         degenerate=bad.judgements.labels.count("degenerate")
         + good.judgements.labels.count("degenerate"),
@@ -236,8 +253,6 @@ def scorecard_table(*cards: Scorecard, title: str = "scorecard"):
     Returns:
         ``rich.table.Table``; print it with a rich console.
     """
-    from rich.table import Table
-
     table = Table(title=title, caption="rates with 95% Wilson intervals; KL in nats")
     table.add_column("", style="bold")
     for card in cards:

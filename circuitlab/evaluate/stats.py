@@ -1,12 +1,14 @@
-"""Small statistics: Wilson intervals, binary precision/recall/F1, confusion matrices."""
+"""Small statistics: proportions with Wilson intervals, binary precision/recall/F1,
+confusion matrices."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["wilson_interval", "BinaryMetrics", "binary_metrics", "confusion_matrix"]
+__all__ = ["Proportion", "wilson_interval", "BinaryMetrics", "binary_metrics", "confusion_matrix"]
 
 # Two-sided 95 %: the 0.975 quantile of the standard normal.
 Z95 = 1.959963984540054
@@ -43,6 +45,49 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+class _Counts(NamedTuple):
+    k: int
+    n: int
+
+
+class Proportion(_Counts):
+    """``k`` of ``n`` (refused prompts, correct answers), with its rate and Wilson interval.
+
+    A tuple underneath, so ``k, n = p`` unpacks it and JSON writes it as ``[k, n]``; every
+    report formats its counts through this one value.
+
+    Example:
+        >>> p = Proportion(5, 10)
+        >>> p.rate, str(p), p.describe()
+        (0.5, '5/10', '5/10 [24%, 76%]')
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, k: int, n: int) -> Proportion:
+        if not 0 <= k <= n:
+            raise ValueError(f"need 0 <= k <= n, got {k} of {n}")
+        return super().__new__(cls, int(k), int(n))
+
+    @property
+    def rate(self) -> float:
+        """k / n; 0.0 when n is 0."""
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95 % Wilson interval of the rate (see :func:`wilson_interval`)."""
+        return wilson_interval(self.k, self.n)
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+    def describe(self, digits: int = 0) -> str:
+        """``"k/n [low, high]"`` with the interval in percent to ``digits`` decimals."""
+        low, high = self.interval
+        return f"{self} [{low:.{digits}%}, {high:.{digits}%}]"
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,14 @@
 """Model presets, loading and facts."""
 
-from circuitlab.models.facts import HeadId, ModelFacts, read_facts
-from circuitlab.models.loading import ModelSpec, ResolvedSource, convert_gguf, load_hf
-from circuitlab.models.presets import PRESETS, Preset, get_preset, register_preset
+import lazy_loader
 
-__all__ = [
-    "HeadId",
-    "ModelFacts",
-    "ModelSpec",
-    "PRESETS",
-    "Preset",
-    "ResolvedSource",
-    "convert_gguf",
-    "get_preset",
-    "load_hf",
-    "read_facts",
-    "register_preset",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "facts": ["HeadId", "ModelFacts", "read_facts"],
+        "loading": ["ModelSpec", "ResolvedSource", "convert_gguf", "load_hf"],
+        "presets": ["PRESETS", "Preset", "get_preset", "register_preset"],
+    },
+)

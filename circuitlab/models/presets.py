@@ -8,6 +8,8 @@ Real models ship inside PyPI wheels (see DESIGN.md); we read their files through
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from circuitlab._resources import atomic_write, wheel_file
 from circuitlab.errors import IntegrityError
 
-__all__ = ["Preset", "PRESETS", "register_preset", "get_preset"]
+__all__ = ["LazyBuilder", "Preset", "PRESETS", "register_preset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -92,31 +94,36 @@ register_preset(
 )
 
 
-def _smollm2_refusal(cache_dir: Path) -> Path:
-    from circuitlab.testbed import ensure_testbed  # heavy (training code); only when asked
+@dataclass(frozen=True)
+class LazyBuilder:
+    """A ``locate`` named as ``"module:function"`` and imported only when called.
 
-    return ensure_testbed(cache_dir)
+    Builders of fine-tuned models live in the application layer, above the model layer;
+    naming them by string keeps every import pointing down and keeps the training code
+    unloaded until someone asks for the model.
+    """
+
+    target: str
+    args: tuple = ()  # passed after ``cache_dir``, e.g. which organism to build
+
+    def __call__(self, cache_dir: Path) -> Path:
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)(cache_dir, *self.args)
 
 
 register_preset(
     Preset(
         "smollm2-135m-refusal",
         "SmolLM2-135M safety-tuned to refuse harmful requests (built on first use, ~10 min)",
-        _smollm2_refusal,
+        LazyBuilder("circuitlab.testbed:ensure_testbed"),
     )
 )
-
-
-def _gemma3_refusal(cache_dir: Path) -> Path:
-    from circuitlab.testbed import ensure_testbed  # heavy (training code); only when asked
-
-    return ensure_testbed(cache_dir, "gemma3-270m-refusal")
 
 
 register_preset(
     Preset(
         "gemma3-270m-refusal",
         "Gemma 3 270M base safety-tuned, Gemma chat template (built on first use: ~14 CPU-min)",
-        _gemma3_refusal,
+        LazyBuilder("circuitlab.testbed:ensure_testbed", ("gemma3-270m-refusal",)),
     )
 )

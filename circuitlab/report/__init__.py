@@ -14,30 +14,24 @@ Example:
     0
 """
 
-from circuitlab.report import plots
-from circuitlab.report.html import Report, versions
-from circuitlab.report.render import BrowserNotFoundError, RenderCheck, find_browser, render_check
-from circuitlab.report.runs import (
-    Clock,
-    abliteration_report,
-    circuit_report,
-    command_line,
-    directions_report,
-    sample_completions,
-)
+import lazy_loader
 
-__all__ = [
-    "BrowserNotFoundError",
-    "Clock",
-    "RenderCheck",
-    "Report",
-    "abliteration_report",
-    "circuit_report",
-    "command_line",
-    "directions_report",
-    "find_browser",
-    "plots",
-    "render_check",
-    "sample_completions",
-    "versions",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["plots"],
+    submod_attrs={
+        "html": ["Report", "versions"],
+        "render": ["BrowserNotFoundError", "RenderCheck", "find_browser", "render_check"],
+        "sae": ["sae_report"],
+        "runs": [
+            "Clock",
+            "abliteration_report",
+            "circuit_report",
+            "command_line",
+            "directions_report",
+            "sample_completions",
+        ],
+    },
+)

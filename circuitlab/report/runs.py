@@ -15,8 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from circuitlab.circuits import head_scores_figure
+from circuitlab.directions import DirectionSet
+from circuitlab.evaluate.scorecard import scorecard_rows
+from circuitlab.export import describe
+from circuitlab.hooks import apply
 from circuitlab.report import plots, tables
 from circuitlab.report.html import Report
+from circuitlab.search import SearchError, open_store
+from circuitlab.search.storage import stored_copy
 
 if TYPE_CHECKING:
     import optuna
@@ -152,8 +159,6 @@ def circuit_report(
         scores: the scores it was ranked from (drawn as the heat map).
         top: query heads listed.
     """
-    from circuitlab.circuits import head_scores_figure
-
     title = f"{circuit.model}: {circuit.method} patching of {circuit.metric}"
     report = Report(title, command=command, seed=seed, subtitle="circuitlab discover")
     report.section("Heads")
@@ -185,8 +190,6 @@ def sample_completions(
     Returns:
         ``(prompt, before, after)`` per prompt.
     """
-    from circuitlab.hooks import apply
-
     options = {
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
@@ -199,8 +202,6 @@ def sample_completions(
 
 
 def _load_study(name: str, storage: str | None, cache_dir: str | Path) -> optuna.Study | None:
-    from circuitlab.search import SearchError, open_store
-
     try:
         return open_store(name, storage, cache_dir).load()
     except SearchError as exc:
@@ -217,17 +218,14 @@ def _complete(study: optuna.Study | None) -> list[optuna.trial.FrozenTrial]:
 
 
 def _summary(report: Report, done: Abliteration, n_trials: int) -> None:
-    from circuitlab.export import describe
-
     result = done.result
     chosen, base, edited = result.chosen, result.base, result.edited
     report.section("Summary").text(
         f"Study {result.study}: {n_trials} complete trial(s), {len(result.front)} on the "
         f"Pareto front. Chosen: trial {chosen.number} ({result.rule}). On the test split, "
         "which the search never read, refusals went from "
-        f"{base.refusals}/{base.n_harmful} to {edited.refusals}/{edited.n_harmful} and "
-        f"over-refusals from {base.over_refusals}/{base.n_harmless} to "
-        f"{edited.over_refusals}/{edited.n_harmless}; first-token KL on harmless test prompts "
+        f"{base.refused} to {edited.refused} and over-refusals from {base.over_refused} to "
+        f"{edited.over_refused}; first-token KL on harmless test prompts "
         + ("–" if edited.kl_first is None else f"{edited.kl_first:.3f}")
         + "."
     )
@@ -250,8 +248,6 @@ def _front(report: Report, done: Abliteration, trials: list, kl_target: float | 
 
 
 def _scorecards(report: Report, done: Abliteration) -> None:
-    from circuitlab.evaluate.scorecard import scorecard_rows
-
     cards = (done.result.base, done.result.edited)
     report.section("Scorecards (test split)")
     report.figure(plots.scorecard_figure(cards), "rates with 95 % Wilson intervals")
@@ -274,9 +270,6 @@ def _samples(report: Report, model, done: Abliteration, prompts: SearchPrompts, 
 
 
 def _directions(report: Report, study, chosen: FrontPoint, cache_dir: str | Path) -> None:
-    from circuitlab.directions import DirectionSet
-    from circuitlab.search.storage import stored_copy
-
     saved = {} if study is None else study.user_attrs.get("setup", {}).get("directions", {})
     if not saved:
         return

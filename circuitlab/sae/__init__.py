@@ -27,7 +27,6 @@ _LAZY = {
     "post_instruction_features": "features", "rank_by_attribution": "features",
     "rank_by_difference": "features", "top_prompts": "features",
     "refusal_feature_set": "features",
-    "sae_report": "page",
 }  # fmt: skip
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEError", "load_sae", *_LAZY]

@@ -29,12 +29,12 @@ from torch import Tensor
 
 from circuitlab._resources import atomic_write
 from circuitlab.activations import (
+    MASSIVE_RATIO,
     _cache_file,
     _key,
     generate_completions,
 )
 from circuitlab.decoding import run_until
-from circuitlab.directions.massive import MASSIVE_RATIO
 from circuitlab.engine import HookedModel
 from circuitlab.progress import progress_bar
 

@@ -29,7 +29,7 @@ from circuitlab.activations import collect_activations
 from circuitlab.directions.base import DirectionSet
 from circuitlab.engine import HookedModel
 from circuitlab.interventions import DirectionRef, FeatureClamp, SubspaceAblation
-from circuitlab.sae.format import SAE, SAEError
+from circuitlab.sae.format import SAE, SAEError, load_sae
 
 __all__ = [
     "FeatureRanking",
@@ -221,8 +221,6 @@ def refusal_feature_set(
     What the search's ``sae`` method ablates: component ``i`` of the one-layer set is the
     ``i``-th ranked latent's unit decoder row (scores: the activation differences).
     """
-    from circuitlab.sae.format import load_sae
-
     sae = sae if isinstance(sae, SAE) else load_sae(sae)
     opts = {"batch_size": batch_size, "cache_dir": cache_dir}
     ranking = rank_by_difference(

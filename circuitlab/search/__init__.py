@@ -12,53 +12,27 @@ Example:
     >>> point = choose(pareto_front(study), kl_target=0.2)
 """
 
-from circuitlab.search.abliterate import Abliteration, abliterate, export_choice
-from circuitlab.search.assets import SearchPrompts, StudyAssets, extract_directions
-from circuitlab.search.front import (
-    FrontPoint,
-    SearchResult,
-    choose,
-    evaluate_choice,
-    pareto_front,
-    trial_interventions,
-)
-from circuitlab.search.objective import ObjectiveConfig, TrialScore, score_trial
-from circuitlab.search.profiles import (
-    Profile,
-    detect_family,
-    learn_profile,
-    load_profile,
-    save_profile,
-)
-from circuitlab.search.space import SearchSpace, build_interventions, suggest
-from circuitlab.search.storage import SearchError, open_store
-from circuitlab.search.study import run_search
+import lazy_loader
 
-__all__ = [
-    "Abliteration",
-    "FrontPoint",
-    "ObjectiveConfig",
-    "Profile",
-    "SearchError",
-    "SearchPrompts",
-    "SearchResult",
-    "SearchSpace",
-    "StudyAssets",
-    "TrialScore",
-    "abliterate",
-    "build_interventions",
-    "choose",
-    "detect_family",
-    "evaluate_choice",
-    "export_choice",
-    "extract_directions",
-    "learn_profile",
-    "load_profile",
-    "open_store",
-    "pareto_front",
-    "run_search",
-    "save_profile",
-    "score_trial",
-    "suggest",
-    "trial_interventions",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "abliterate": ["Abliteration", "abliterate", "export_choice"],
+        "assets": ["SearchPrompts", "StudyAssets", "extract_directions"],
+        "front": [
+            "FrontPoint",
+            "SearchResult",
+            "choose",
+            "evaluate_choice",
+            "pareto_front",
+            "trial_interventions",
+        ],
+        "objective": ["ObjectiveConfig", "TrialScore", "score_trial"],
+        "profiles": ["Profile", "detect_family", "learn_profile", "load_profile", "save_profile"],
+        "space": ["SearchSpace", "build_interventions", "suggest"],
+        "storage": ["SearchError", "open_store"],
+        "study": ["run_search"],
+    },
+)

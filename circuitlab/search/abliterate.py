@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from circuitlab.engine import HookedModel
+from circuitlab.errors import UnsupportedArchitectureError
 from circuitlab.evaluate.capability import load_mmlu
 from circuitlab.evaluate.judges import Judge, MarkerJudge
+from circuitlab.export import ExportError, check_exportable, export
+from circuitlab.export.memory import check_export_memory
 from circuitlab.interventions import save_interventions
+from circuitlab.models.loading import is_quantized, source_files
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.front import (
     DEFAULT_KL_TARGET,
@@ -81,9 +85,6 @@ def export_choice(
     Returns:
         ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
     """
-    from circuitlab.errors import UnsupportedArchitectureError
-    from circuitlab.export import ExportError, export
-
     chosen = result.chosen
     if not chosen.foldable:
         notes = "; ".join(iv.fold_note for iv in chosen.interventions if not iv.foldable)
@@ -109,10 +110,6 @@ def check_export_plan(model: HookedModel, space: SearchSpace | None = None) -> N
     last: an architecture the fold has no table for, or a machine without the memory for
     the streamed fold and the parity check. A space whose trials may add an activation
     addition (which cannot be folded) is only warned about: trials without one export."""
-    from circuitlab.export import ExportError, check_exportable
-    from circuitlab.export.memory import check_export_memory
-    from circuitlab.models.loading import is_quantized, source_files
-
     try:
         check_exportable(model)
     except Exception as exc:  # UnsupportedArchitectureError, ExportError

@@ -17,10 +17,23 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitlab.directions import DirectionSet
+from circuitlab import directions as d
+from circuitlab.activations import (
+    collect_activations,
+    massive_directions,
+    response_labels,
+    select_position,
+)
+from circuitlab.decoding import prefill
+from circuitlab.directions import DirectionSet, calibrate_weight
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
 from circuitlab.interventions import DirectionRef
+from circuitlab.prompt_data import SPLIT_SEED, side_prompts
+from circuitlab.prompts import prompts_hash
+from circuitlab.sae import refusal_feature_set
 
 __all__ = [
     "SUPERVISED",
@@ -65,35 +78,32 @@ class SearchPrompts:
         n_test: int = 64,
         split_seed: int = 0,
     ) -> SearchPrompts:
-        """AdvBench and our harmless set, split as the refusal organism's data (train / val /
-        test): directions from train, search on val, report on test."""
-        from circuitlab.testbed import testbed_data
-
-        data = testbed_data(split_seed)
+        """AdvBench and our harmless set cut by the one split policy (the refusal organism's
+        own train / search / test splits): directions from train, search on the search
+        split, report on test."""
+        if split_seed != SPLIT_SEED:
+            raise ValueError(f"the split policy's seed is {SPLIT_SEED}; splits never move")
+        harmful, harmless = side_prompts(None, True), side_prompts(None, False)
 
         def take(prompts, n: int) -> tuple[str, ...]:
             return tuple(prompts)[:n]
 
         return cls(
-            take(data.harmful_train, n_train),
-            take(data.harmless_train, n_train),
-            take(data.harmful_val, n_search),
-            take(data.harmless_val, n_kl),
-            take(data.harmful_test, n_test),
-            take(data.harmless_test, n_test),
+            take(harmful.train, n_train),
+            take(harmless.train, n_train),
+            take(harmful.search, n_search),
+            take(harmless.search, n_kl),
+            tuple(harmful.test(n_test)) if n_test else (),
+            tuple(harmless.test(n_test)) if n_test else (),
         )
 
     def search_hashes(self) -> dict[str, str]:
         """Hashes of every split the search reads (a resumed study must see the same)."""
-        from circuitlab.activations import prompts_hash
-
         names = ("harmful_train", "harmless_train", "harmful_search", "harmless_search")
         return {name: prompts_hash(getattr(self, name)) for name in names}
 
 
 def _train_activations(model, prompts: SearchPrompts, cache_dir, batch_size, progress):
-    from circuitlab.activations import collect_activations, select_position
-
     return tuple(
         select_position(
             collect_activations(
@@ -105,9 +115,6 @@ def _train_activations(model, prompts: SearchPrompts, cache_dir, batch_size, pro
 
 
 def _labels(model, prompts: SearchPrompts, cache_dir, batch_size) -> tuple[list, list]:
-    from circuitlab.activations import response_labels
-    from circuitlab.evaluate.judges import MarkerJudge
-
     judge = MarkerJudge().judge
     options = {"batch_size": batch_size, "cache_dir": cache_dir}
     return (
@@ -161,8 +168,6 @@ def extract_directions(
     Returns:
         The sets by method name.
     """
-    from circuitlab import directions as d
-
     harmful, harmless = _train_activations(model, prompts, cache_dir, batch_size, progress)
     sets = {"diff-means": d.extract_diff_means(harmful, harmless)}
     labels = _labels(model, prompts, cache_dir, batch_size) if SUPERVISED & set(methods) else None
@@ -176,8 +181,6 @@ def extract_directions(
         elif method == "ensemble":
             sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
         elif method == "sae":
-            from circuitlab.sae import refusal_feature_set
-
             if sae is None:
                 raise ValueError("the sae method needs an SAE folder (SearchSpace.sae)")
             sets[method] = refusal_feature_set(
@@ -185,7 +188,7 @@ def extract_directions(
                 batch_size=batch_size, cache_dir=cache_dir,
             )  # fmt: skip
     if remove_massive:
-        found = d.massive_directions(model, prompts.harmless_train, batch_size=batch_size)
+        found = massive_directions(model, prompts.harmless_train, batch_size=batch_size)
         sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
     return sets
 
@@ -222,8 +225,6 @@ class StudyAssets:
 
     def calibration(self, method: str, layer: int, component: int) -> float:
         """The calibrated weight multiplier of a direction (computed once, then cached)."""
-        from circuitlab.directions import calibrate_weight
-
         key = (method, layer, component)
         if key not in self._calibrations:
             if self.harmful_train is None:
@@ -262,18 +263,15 @@ def prepare_assets(
     Returns:
         The assets every trial of this worker uses.
     """
-    from circuitlab.decoding import prefill
-    from circuitlab.directions.select import refusal_score, refusal_token_ids
-
     if model.n_active_hooks():
         raise RuntimeError("prepare_assets needs the unedited model: hooks are attached")
     sets = {method: ref.load() for method, ref in refs.items()}
     # The trials score KL with KLBaseline.score, the same teacher-forced pass as this base
     # side, so an unedited model scores exactly 0.
     baseline = KLBaseline.compute(model, list(prompts.harmless_search), kl_k, batch_size)
-    tokens = refusal_token_ids(model.tokenizer)
+    tokens = sorted(opening_token_ids(model.tokenizer))
     first = prefill(model, list(prompts.harmful_search), batch_size).first_logprobs
-    mass = refusal_score(first, tokens).exp().mean().item()
+    mass = refusal_log_mass(first, tokens).exp().mean().item()
     harmful = None
     if calibrate:
         harmful = _train_activations(model, prompts, cache_dir, batch_size, False)[0]

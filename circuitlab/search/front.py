@@ -32,8 +32,11 @@ from optuna.trial import TrialState
 
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge
-from circuitlab.evaluate.scorecard import Scorecard
+from circuitlab.evaluate.kl import KLBaseline
+from circuitlab.evaluate.scorecard import Scorecard, score_model
+from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionRef, Intervention, from_dict
+from circuitlab.search.storage import SearchError, stored_copy
 
 __all__ = [
     "FrontPoint",
@@ -69,8 +72,6 @@ def trial_interventions(
 
 
 def _local(obj: Any, cache_dir: str | Path) -> Any:
-    from circuitlab.search.storage import stored_copy
-
     if isinstance(obj, DirectionRef):
         if obj.folder is None or obj.hash is None or Path(obj.folder).exists():
             return obj
@@ -159,8 +160,6 @@ def choose(
     Returns:
         The chosen point.
     """
-    from circuitlab.search.storage import SearchError
-
     if not front:
         raise SearchError("the Pareto front is empty: no trial completed (all pruned or failed?)")
     if trial is not None:
@@ -291,10 +290,6 @@ def evaluate_choice(
         ``(base, edited, *also)`` scorecards; the edits' KL is against the base on these
         prompts.
     """
-    from circuitlab.evaluate.kl import KLBaseline
-    from circuitlab.evaluate.scorecard import score_model
-    from circuitlab.hooks import apply
-
     if not harmful_test or not harmless_test:
         raise ValueError("the test evaluation needs harmful and harmless test prompts")
     baseline = KLBaseline.compute(model, list(harmless_test), kl_k, batch_size)

@@ -25,8 +25,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from circuitlab.decoding import decode, prefill
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, Judgements, MarkerJudge
+from circuitlab.evaluate.openings import refusal_log_mass
+from circuitlab.evaluate.text import opening, split_thinking
 from circuitlab.hooks import NonFiniteError, apply
 from circuitlab.interventions import Intervention
 from circuitlab.search.assets import StudyAssets
@@ -133,8 +136,6 @@ class OpeningDecides:
         return self.inner.judge(prompts, responses)
 
     def decided(self, partial_responses: Sequence[str]) -> list[bool]:
-        from circuitlab.evaluate.text import opening, split_thinking
-
         out = []
         for text, done in zip(
             partial_responses, self.inner.decided(partial_responses), strict=True
@@ -218,9 +219,6 @@ def score_trial(
 
 
 def _score(model, interventions, assets, harmful, judge, config, start: float) -> TrialScore:
-    from circuitlab.decoding import decode, prefill
-    from circuitlab.directions.select import refusal_score
-
     n = len(harmful)
     with apply(model, *interventions):
         kl_first, kl_k = kl_pass(model, assets, config.batch_size)
@@ -228,7 +226,7 @@ def _score(model, interventions, assets, harmful, judge, config, start: float) -
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, None, reason, 0, time.perf_counter() - start)
         state = prefill(model, list(harmful), config.batch_size)
-        mass = refusal_score(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
+        mass = refusal_log_mass(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
         reason = prune_reason(kl_first, mass, assets.base_refusal_mass, config)
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, mass, reason, 0, time.perf_counter() - start)

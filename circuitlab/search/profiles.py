@@ -25,7 +25,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from circuitlab.search.front import FrontPoint, choose, knee, rank_key
 from circuitlab.search.space import SearchSpace, clamp_params
+from circuitlab.search.storage import SearchError
 
 __all__ = [
     "FAMILIES",
@@ -103,8 +105,6 @@ def load_profile(source: str | Path) -> Profile:
         return Profile.from_dict(json.loads(text), source)
     path = Path(source)
     if not path.is_file():
-        from circuitlab.search.storage import SearchError
-
         raise SearchError(f"no profile {source!r}: not a family ({sorted(FAMILIES)}) or a file")
     return Profile.from_dict(json.loads(path.read_text()), str(path))
 
@@ -182,9 +182,6 @@ def learn_profile(
     Returns:
         The profile (save it with :func:`save_profile`).
     """
-    from circuitlab.search.front import FrontPoint, choose, knee, rank_key
-    from circuitlab.search.storage import SearchError
-
     setup = study.user_attrs.get("setup", {})
     model_type = setup.get("model_type", "")
     family = family or setup.get("family") or detect_family(model_type)

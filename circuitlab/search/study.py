@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from circuitlab.activations import model_fingerprint
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import Judge, MarkerJudge
 from circuitlab.evaluate.preflight import preflight as check_base_model
@@ -127,8 +128,6 @@ def open_study(
         hashes, space, objective settings, the stored directions' hashes and the
         warm-start profile used.
     """
-    from circuitlab.activations import model_fingerprint
-
     fingerprint, hashes = model_fingerprint(model), prompts.search_hashes()
     try:
         methods = usable_methods(space.methods, len(prompts.harmful_train))

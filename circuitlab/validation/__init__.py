@@ -6,42 +6,32 @@ against the baseline (paired t-test, Cohen's d) and applies the acceptance rule;
 report. ``experiments/validate.py`` runs the arms and calls both.
 """
 
-from circuitlab.validation.outputs import (
-    SUMMARY_COLUMNS,
-    comparison_figure,
-    markdown_table,
-    paired_differences_figure,
-    summary_markdown,
-    summary_rows,
-    validation_report,
-    write_csv,
-)
-from circuitlab.validation.stats import (
-    METRICS,
-    AcceptanceRule,
-    Comparison,
-    Spread,
-    cohens_d,
-    compare,
-    paired_p,
-    spread,
-)
+import lazy_loader
 
-__all__ = [
-    "METRICS",
-    "SUMMARY_COLUMNS",
-    "AcceptanceRule",
-    "Comparison",
-    "Spread",
-    "cohens_d",
-    "compare",
-    "comparison_figure",
-    "markdown_table",
-    "paired_differences_figure",
-    "paired_p",
-    "spread",
-    "summary_markdown",
-    "summary_rows",
-    "validation_report",
-    "write_csv",
-]
+# Submodules load on first use of a name, so importing one light module (plain data)
+# does not pull in torch-heavy siblings.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "outputs": [
+            "SUMMARY_COLUMNS",
+            "comparison_figure",
+            "markdown_table",
+            "paired_differences_figure",
+            "summary_markdown",
+            "summary_rows",
+            "validation_report",
+            "write_csv",
+        ],
+        "stats": [
+            "AcceptanceRule",
+            "Comparison",
+            "METRICS",
+            "Spread",
+            "cohens_d",
+            "compare",
+            "paired_p",
+            "spread",
+        ],
+    },
+)

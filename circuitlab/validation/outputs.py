@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from circuitlab.report import Report
 from circuitlab.validation.stats import METRICS, AcceptanceRule, Comparison
 
 if TYPE_CHECKING:
@@ -199,8 +200,6 @@ def validation_report(
     Returns:
         The report (``.write(path)`` it).
     """
-    from circuitlab.report import Report
-
     report = Report("Validation suite", command=command, subtitle=subtitle)
     report.section("Summary").text(intro)
     report.table(SUMMARY_COLUMNS, summary_rows(comparisons), caption=rule.describe())

@@ -10,7 +10,9 @@ openings ("I", "Sorry", "That's"). So every candidate is scored by
 
 and only the few layers with the lowest refusal score are checked by short generation and a
 judge. The choice is the fewest judged refusals (within ``refusal_tolerance``), then the
-lowest KL: a literal "KL < 0.1" filter picked a useless layer in that experiment.
+lowest KL: a literal "KL < 0.1" filter picked a useless layer in that experiment. The
+openings and their score are the search's and circuit discovery's too
+(:mod:`circuitlab.evaluate.openings`).
 """
 
 from __future__ import annotations
@@ -19,59 +21,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from jaxtyping import Float
-from torch import Tensor
-
 from circuitlab.directions.base import DirectionSet
 from circuitlab.engine import HookedModel
+from circuitlab.evaluate.kl import kl_divergence
+from circuitlab.evaluate.openings import opening_token_ids, refusal_log_mass
+from circuitlab.evaluate.refusals import judged_generate
+from circuitlab.hooks import apply
+from circuitlab.interventions import DirectionalAblation, DirectionRef
 from circuitlab.progress import progress_bar
 
-__all__ = [
-    "REFUSAL_OPENINGS",
-    "LayerScore",
-    "LayerSelection",
-    "refusal_token_ids",
-    "refusal_score",
-    "select_layer",
-    "layer_ablation",
-]
+__all__ = ["LayerScore", "LayerSelection", "select_layer", "layer_ablation"]
 
 log = logging.getLogger(__name__)
-
-REFUSAL_OPENINGS: tuple[str, ...] = (
-    "I can't",
-    "I cannot",
-    "I'm sorry",
-    "I am sorry",
-    "Sorry",
-    "I won't",
-    "I'm not able",
-    "I'm unable",
-    "I must decline",
-    "I apologize",
-    "My apologies",
-    "Unfortunately",
-    "That's not something",
-    "No, I",
-    "As an AI",
-    "I'm afraid",
-    "I regret",
-)
-
-
-def refusal_token_ids(tokenizer, openings: Sequence[str] = REFUSAL_OPENINGS) -> list[int]:
-    """First token of each opening at the start of a turn (sorted; the longer list above)."""
-    from circuitlab.circuits.metrics import opening_token_ids
-
-    return sorted(opening_token_ids(tokenizer, openings))
-
-
-def refusal_score(
-    logprobs: Float[Tensor, "prompt vocab"], token_ids: Sequence[int]
-) -> Float[Tensor, " prompt"]:
-    """log Σ p(refusal-opening tokens) per prompt (higher: more likely to refuse)."""
-    return torch.logsumexp(logprobs[:, list(token_ids)], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -95,17 +56,13 @@ class LayerSelection:
 
 def layer_ablation(directions: DirectionSet, layer: int):
     """Project layer ``layer``'s direction out of every writer at full weight."""
-    from circuitlab.interventions import DirectionalAblation, DirectionRef
-
     return DirectionalAblation(DirectionRef.inline(directions), index=float(layer))
 
 
 def _judged_rate(model, prompts, judge, max_new_tokens, batch_size) -> float:
-    from circuitlab.evaluate.refusals import judged_generate
-
     return judged_generate(
         model, prompts, judge, max_new_tokens, batch_size=batch_size
-    ).refusals / len(prompts)
+    ).refused.rate
 
 
 def select_layer(
@@ -138,9 +95,6 @@ def select_layer(
     Returns:
         The chosen layer and the per-layer table.
     """
-    from circuitlab.evaluate.kl import kl_divergence
-    from circuitlab.hooks import apply
-
     harmful_val, harmless_val = list(harmful_val), list(harmless_val)
     degenerate = set(directions.metadata.get("degenerate_layers", []))
     candidates = [
@@ -148,16 +102,16 @@ def select_layer(
         for layer in (candidates if candidates is not None else range(directions.n_layers))
         if layer not in degenerate
     ]
-    tokens = refusal_token_ids(model.tokenizer)
+    tokens = opening_token_ids(model.tokenizer)
     base_harmless = model.next_token_logprobs(harmless_val, batch_size)
-    base_score = refusal_score(model.next_token_logprobs(harmful_val, batch_size), tokens)
+    base_score = refusal_log_mass(model.next_token_logprobs(harmful_val, batch_size), tokens)
     cheap: list[LayerScore] = []
     with progress_bar(len(candidates), "scoring layers", progress) as advance:
         for layer in candidates:
             with apply(model, layer_ablation(directions, layer)):
                 harmful = model.next_token_logprobs(harmful_val, batch_size)
                 harmless = model.next_token_logprobs(harmless_val, batch_size)
-            score = refusal_score(harmful, tokens).mean().item()
+            score = refusal_log_mass(harmful, tokens).mean().item()
             kl = kl_divergence(base_harmless, harmless).mean().item()
             cheap.append(LayerScore(layer, score, kl))
             advance(1)

@@ -2,7 +2,8 @@
 
 Takes the plain result dictionary that ``experiments/sae_organism.py`` and
 ``circuitlab sae features`` write (any section may be missing) and returns a
-:class:`circuitlab.report.Report`.
+:class:`circuitlab.report.Report`. It lives with the other run reports, above the SAE
+package it describes.
 """
 
 from __future__ import annotations
