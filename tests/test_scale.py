@@ -218,14 +218,16 @@ def test_out_of_memory_halves_the_batch_and_measurement_backs_off(sharded, monke
     model = HookedModel.load(str(sharded))
     texts = [f"Say the number {i}." for i in range(8)]
     expected = model.generate(texts, max_new_tokens=3, batch_size=8)
-    real = model.hf_model.generate
+    from circuitlab import decoding
 
-    def small_only(*args, **kwargs):
-        if kwargs["input_ids"].shape[0] > 2:
+    real = decoding._forward  # every forward pass of the one decoder
+
+    def small_only(run, ids, *args, **kwargs):
+        if ids.shape[0] > 2:
             raise torch.OutOfMemoryError("simulated")
-        return real(*args, **kwargs)
+        return real(run, ids, *args, **kwargs)
 
-    monkeypatch.setattr(model.hf_model, "generate", small_only)
+    monkeypatch.setattr(decoding, "_forward", small_only)
     assert model.generate(texts, max_new_tokens=3, batch_size=8) == expected
     assert model._batch_cap == 2
     assert model.measure_batch_size(texts, 3, default=16) == 16  # CPU: today's choice
@@ -245,9 +247,12 @@ def test_an_unexportable_model_fails_before_the_first_trial(
 
     model = HookedModel.load(str(sharded))
     journal = tmp_path / "study.journal"
-    families = {k: v for k, v in fold_module.FAMILIES.items() if k != "llama"}
+
+    def no_layout(*args, **kwargs):  # an architecture whose writers the fold cannot find
+        raise UnsupportedArchitectureError("the fold finds no writers in this model")
+
     with monkeypatch.context() as patch:
-        patch.setattr(fold_module, "FAMILIES", families)
+        patch.setattr(fold_module, "layout", no_layout)
         with pytest.raises(ExportError, match="no search was run"):
             abliterate(model, prompts, "early", 2, storage=str(journal), out=tmp_path / "o")
     import circuitlab.export.memory as memory

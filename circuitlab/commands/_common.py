@@ -22,6 +22,7 @@ from circuitlab.config import Settings
 from circuitlab.errors import ConfigError, PromptError
 
 __all__ = [
+    "search_prompts",
     "check_capability_n",
     "check_export_destination",
     "check_interventions",
@@ -202,3 +203,21 @@ def quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def search_prompts(args: argparse.Namespace, n_test: int = 0):
+    """Train, search and (sealed) test prompts by the one split policy: a bad source fails
+    here, before the model loads; the test split is only read after the search."""
+    from circuitlab.prompt_data import side_prompts
+    from circuitlab.search import SearchPrompts
+
+    harmful = side_prompts(args.harmful, True, getattr(args, "harmful_test", None))
+    harmless = side_prompts(args.harmless, False, getattr(args, "harmless_test", None))
+    return SearchPrompts(
+        harmful.train.prompts[: args.n_train],
+        harmless.train.prompts[: args.n_train],
+        harmful.search.prompts[: args.n_search],
+        harmless.search.prompts[: args.n_kl],
+        harmful.test(n_test),  # type: ignore[arg-type]  # sealed: a Sequence, read on use
+        harmless.test(n_test),  # type: ignore[arg-type]
+    )

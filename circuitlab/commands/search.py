@@ -21,6 +21,7 @@ from circuitlab.commands._common import (
     quiet_optuna,
     report_path,
     search_judges,
+    search_prompts,
     slug,
 )
 from circuitlab.config import Settings
@@ -180,24 +181,6 @@ def _configs(args: argparse.Namespace, settings: Settings):
         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, **prune
     )
     return space, objective
-
-
-def search_prompts(args: argparse.Namespace, n_test: int = 0):
-    """Train, search and (sealed) test prompts by the one split policy: a bad source fails
-    here, before the model loads; the test split is only read after the search."""
-    from circuitlab.prompt_data import side_prompts
-    from circuitlab.search import SearchPrompts
-
-    harmful = side_prompts(args.harmful, True, getattr(args, "harmful_test", None))
-    harmless = side_prompts(args.harmless, False, getattr(args, "harmless_test", None))
-    return SearchPrompts(
-        harmful.train.prompts[: args.n_train],
-        harmless.train.prompts[: args.n_train],
-        harmful.search.prompts[: args.n_search],
-        harmless.search.prompts[: args.n_kl],
-        harmful.test(n_test),  # type: ignore[arg-type]  # sealed: a Sequence, read on use
-        harmless.test(n_test),  # type: ignore[arg-type]
-    )
 
 
 def search_config(args: argparse.Namespace, settings: Settings, **extra):

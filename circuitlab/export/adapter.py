@@ -48,7 +48,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from circuitlab._resources import file_sha256
 from circuitlab.export.fold import EMBED_CHUNK, ExportError, FoldPlan, layout, plan_fold
 from circuitlab.export.inplace import live_slots, stored_keys
 from circuitlab.export.verify import Parity, Reference, compare, reference, verify_in_place
@@ -487,6 +486,7 @@ def export_adapter(
     """
     from circuitlab.export.card import render_card
     from circuitlab.export.save import (
+        _file_hashes,
         _install,
         _manifest_text,
         _partial,
@@ -545,7 +545,7 @@ def export_adapter(
                     f"the adapter loaded by peft does not match the hooks: {checked.summary()}"
                 )
         _write_edits(tmp, plan.planned, data)
-        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        data["files"] = _file_hashes(tmp)
         (tmp / "circuitlab_manifest.json").write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 MANIFEST = checks.EXPORT_MANIFEST
 MANIFEST_FORMAT = 2
 # The planned edits (float64) beside the manifest: reproducible without the direction files.
-EDITS = "circuitlab_edits.safetensors"
+# In a subfolder: loaders that take every top-level *.safetensors of a folder without an
+# index (vLLM does) would otherwise read the edits as weights.
+EDITS = "circuitlab/edits.safetensors"
 DEFAULT_SHARD = "4GB"
 
 
@@ -215,7 +217,17 @@ def _write_edits(folder: Path, edits: Sequence[Edit], data: dict[str, Any]) -> N
     payload = edits_bytes(edits)
     if hashlib.sha256(payload).hexdigest() != data["edits"]["sha256"]:
         raise ExportError("the edits to write are not the ones the manifest describes")
+    (folder / EDITS).parent.mkdir(exist_ok=True)
     (folder / EDITS).write_bytes(payload)
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an export folder, by its path inside the folder."""
+    return {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------- files
@@ -325,7 +337,7 @@ def save(
         model.tokenizer.save_pretrained(tmp)
         shards = _check_saved(tmp, hf_model)
         _write_edits(tmp, edits, data)
-        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        data["files"] = _file_hashes(tmp)
         (tmp / MANIFEST).write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)
@@ -376,7 +388,7 @@ def save_streamed(
         data["fold"]["identical_to_verified"] = len(streamed.identical)
         data["fold"]["not_compared"] = streamed.unchecked
         _write_edits(tmp, plan.planned, data)
-        data["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        data["files"] = _file_hashes(tmp)
         (tmp / MANIFEST).write_text(_manifest_text(data))
         (tmp / "README.md").write_text(render_card(data, out.name, model=model))
         _install(tmp, out)
