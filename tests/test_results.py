@@ -79,3 +79,33 @@ def test_committed_pages_are_rendered_from_the_committed_records():
                    check=True)  # fmt: skip
     assert stale == [], f"run `make results`: {stale} differ from docs/results/*.json"
     assert readme_block(load_records(ROOT / "docs" / "results")) in (ROOT / "README.md").read_text()
+
+
+def test_records_read_what_the_runs_wrote(tmp_path):
+    """A `testbed check --json` file and an export manifest's scorecards become tables."""
+    from circuitlab.report.results import from_export, from_testbed_check
+
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({"JBB": {"name": "JBB", "refused": 9, "n": 10, "low": 0.6,
+                                         "high": 0.98, "rate": 0.9, "answers": []}}))  # fmt: skip
+    rec = from_testbed_check(check, "c", "circuitlab testbed check", "t")
+    assert rec.rows == [["JBB", "9/10 [60.0%, 98.0%]"]]
+
+    card = {"judge": "markers", "kl_k_tokens": 4, "degenerate": 1, "capability_n": 0}
+    derived = {"refusal_ci": [0.9, 1.0], "over_refusal_ci": [0.0, 0.1]}
+    base = {**card, "model": "base", "refusals": 8, "n_harmful": 8, "over_refusals": 0,
+            "n_harmless": 8, "kl_first": 0.0, "kl_k": 0.0, "derived": derived}  # fmt: skip
+    edited = {**base, "model": "trial 3", "refusals": 1, "kl_first": 0.25, "kl_k": 0.125}
+    parity = {"max_abs_logit_diff": 2e-4, "tolerance": 1e-3, "greedy_agree": 4, "n_prompts": 4}
+    scorecard = {"study": "demo-m-abcd1234-seed0", "rule": "r", "chosen": {"trial": 3},
+                 "test": {"base": base, "edited": edited}}  # fmt: skip
+    (tmp_path / "circuitlab_manifest.json").write_text(
+        json.dumps({"scorecard": scorecard, "parity": parity})
+    )
+    rec = from_export(tmp_path, "demo", "make demo", "demo")
+    assert rec.weights == "abcd1234" and rec.columns == ["", "base", "trial 3"]
+    assert rec.rows[0][1:] == ["8/8 [90.0%, 100.0%]", "1/8 [90.0%, 100.0%]"]
+    assert rec.rows[2][2] == "0.250 / 0.125" and "greedy 4/4" in rec.rows[-1][2]
+    (tmp_path / "circuitlab_manifest.json").write_text(json.dumps({"parity": parity}))
+    with pytest.raises(ValueError, match="no test-split scorecards"):
+        from_export(tmp_path, "demo", "make demo", "demo")

@@ -34,6 +34,8 @@ from pathlib import Path
 
 __all__ = [
     "README_BEGIN",
+    "from_export",
+    "from_testbed_check",
     "README_END",
     "ResultRecord",
     "load_records",
@@ -201,14 +203,88 @@ def render(
     return stale
 
 
+def _ci(k: int, n: int, low: float, high: float) -> str:
+    return f"{k}/{n} [{low:.1%}, {high:.1%}]"
+
+
+def from_export(folder: str | Path, name: str, command: str, title: str, **kw) -> ResultRecord:
+    """A record of an export's test-split scorecards (base and edit) and its parity proof,
+    read from the ``circuitlab_manifest.json`` the export wrote."""
+    data = json.loads((Path(folder) / "circuitlab_manifest.json").read_text())
+    record = data.get("scorecard") or {}
+    test, parity = record.get("test") or {}, data["parity"]
+    base, edited = test.get("base"), test.get("edited")
+    if not base or not edited:
+        raise ValueError(f"{folder}: the manifest holds no test-split scorecards")
+    rows = []
+    for label, key, total, ci in (
+        ("refusals, harmful test split", "refusals", "n_harmful", "refusal_ci"),
+        ("over-refusals, harmless test split", "over_refusals", "n_harmless", "over_refusal_ci"),
+    ):
+        cells = [_ci(c[key], c[total], *c["derived"][ci]) for c in (base, edited)]
+        rows.append([label, *cells])
+    rows.append(
+        [f"KL, first token / {edited['kl_k_tokens']} tokens (harmless test)", "0 / 0",
+         f"{edited['kl_first']:.3f} / {edited['kl_k']:.3f}"]
+    )  # fmt: skip
+    rows.append(["degenerate answers", str(base["degenerate"]), str(edited["degenerate"])])
+    if base.get("capability_n"):
+        cells = [
+            _ci(c["capability_correct"], c["capability_n"], *c["derived"]["capability_ci"])
+            for c in (base, edited)
+        ]
+        rows.append([f"{base.get('capability_source', 'capability')} correct", *cells])
+    rows.append(
+        ["export vs hooks", "",
+         f"max |Δlogit| {parity['max_abs_logit_diff']:.1e} (bar {parity['tolerance']:g}), "
+         f"greedy {parity['greedy_agree']}/{parity['n_prompts']} identical"]
+    )  # fmt: skip
+    chosen = record.get("chosen") or {}
+    notes = [f"Judge: {base['judge']}."]
+    if chosen:
+        notes.insert(0, f"Chosen: trial {chosen['trial']} ({record.get('rule', '')}).")
+    study = str(record.get("study", ""))
+    weights = study.split("-")[-2] if study.count("-") >= 2 else None
+    return ResultRecord.new(
+        name, title, ["", "base", edited["model"]], rows, command=command,
+        weights=kw.pop("weights", None) or weights, notes=notes, **kw,
+    )  # fmt: skip
+
+
+def from_testbed_check(path: str | Path, name: str, command: str, title: str, **kw) -> ResultRecord:
+    """A record of ``circuitlab testbed check --json``: refusals per prompt set."""
+    data = json.loads(Path(path).read_text())
+    rows = [[v["name"], _ci(v["refused"], v["n"], v["low"], v["high"])] for v in data.values()]
+    return ResultRecord.new(name, title, ["prompt set", "refused [95 % CI]"], rows,
+                            command=command, **kw)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circuitlab.report.results")
     parser.add_argument("--records", default="docs/results", help="folder of JSON records")
     parser.add_argument("--page", default="docs/results.md")
-    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--readme", default="README.md", help="'' leaves the README alone")
     parser.add_argument("--check", action="store_true", help="fail if a page is stale")
+    new = parser.add_argument_group("record a run first (then render)")
+    new.add_argument("--from-export", metavar="DIR", help="an export folder (its manifest)")
+    new.add_argument("--from-check", metavar="JSON", help="a `testbed check --json` file")
+    new.add_argument("--name", help="record name (file stem)")
+    new.add_argument("--title", help="what was measured, on what")
+    new.add_argument("--command", dest="run_command", help="the command that reproduces it")
+    new.add_argument("--weights", help="fingerprint of the weights measured")
+    new.add_argument("--in-readme", action="store_true", help="show it in the README")
     args = parser.parse_args(argv)
-    stale = render(args.records, args.page, args.readme, check=args.check)
+    source = args.from_export or args.from_check
+    if source:
+        if not (args.name and args.title and args.run_command):
+            parser.error("--from-export / --from-check need --name, --title and --command")
+        build = from_export if args.from_export else from_testbed_check
+        record = build(
+            source, args.name, args.run_command, args.title, weights=args.weights,
+            readme=args.in_readme,
+        )  # fmt: skip
+        sys.stdout.write(f"recorded: {record.save(args.records)}\n")
+    stale = render(args.records, args.page, args.readme or None, check=args.check)
     for p in stale:
         sys.stdout.write(f"{'stale' if args.check else 'rendered'}: {p}\n")
     return 1 if args.check and stale else 0
