@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 __all__ = [
-    "README_BEGIN",
     "from_export",
     "from_testbed_check",
-    "README_END",
+    "readme_markers",
     "ResultRecord",
     "load_records",
     "readme_block",
@@ -45,8 +44,14 @@ __all__ = [
 ]
 
 FORMAT = 1
-README_BEGIN = "<!-- results: rendered by `make results` from docs/results/*.json; do not edit -->"
-README_END = "<!-- /results -->"
+
+
+def readme_markers(name: str) -> tuple[str, str]:
+    """The README comments around record ``name``'s table (everything between is rendered)."""
+    return (
+        f"<!-- result {name}: rendered by `make results` from docs/results/{name}.json -->",
+        f"<!-- /result {name} -->",
+    )
 
 
 def _version() -> str:
@@ -148,14 +153,12 @@ def _stamp(r: ResultRecord) -> str:
     return f"{r.date}, circuitlab {r.version}{weights}. Reproduce: `{r.command}`"
 
 
-def readme_block(records: Sequence[ResultRecord]) -> str:
-    """The README's results section body: every record marked ``readme``, in order."""
-    out = [README_BEGIN]
-    for r in (r for r in records if r.readme):
-        out += ["", f"**{r.title}**", "", *_table(r.columns, r.rows), ""]
-        out += [f"<sub>{_stamp(r)}{' ' + ' '.join(r.notes) if r.notes else ''}</sub>"]
-    out += ["", README_END]
-    return "\n".join(out)
+def readme_block(record: ResultRecord) -> str:
+    """A record's table as the README shows it, between its markers."""
+    begin, end = readme_markers(record.name)
+    notes = " " + " ".join(record.notes) if record.notes else ""
+    lines = [begin, "", *_table(record.columns, record.rows), ""]
+    return "\n".join([*lines, f"<sub>{_stamp(record)}{notes}</sub>", end])
 
 
 def results_page(records: Sequence[ResultRecord]) -> str:
@@ -177,17 +180,18 @@ def results_page(records: Sequence[ResultRecord]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _splice(readme: str, block: str) -> str:
-    start, end = readme.find(README_BEGIN), readme.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError("README has no results markers (add README_BEGIN ... README_END)")
-    return readme[:start] + block + readme[end + len(README_END) :]
+def _splice(readme: str, record: ResultRecord) -> str:
+    begin, end = readme_markers(record.name)
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"README has no markers for result {record.name!r}: add {begin} {end}")
+    return readme[:start] + readme_block(record) + readme[stop + len(end) :]
 
 
 def render(
     folder: str | Path, page: str | Path, readme: str | Path | None = None, check: bool = False
 ) -> list[Path]:
-    """Render the records of ``folder`` into ``page`` and the README's marked section.
+    """Render the records of ``folder`` into ``page`` and their marked places in the README.
 
     With ``check`` nothing is written; the files that differ from their rendering are
     returned (empty: up to date).
@@ -195,7 +199,11 @@ def render(
     records = load_records(folder)
     wanted = {Path(page): results_page(records)}
     if readme is not None:
-        wanted[Path(readme)] = _splice(Path(readme).read_text(), readme_block(records))
+        text = Path(readme).read_text()
+        for record in records:
+            if record.readme:
+                text = _splice(text, record)
+        wanted[Path(readme)] = text
     stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
     if not check:
         for p in stale:
