@@ -24,15 +24,15 @@ def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
 
-def render(results: list[dict]) -> str:
-    """The Markdown table: one row per family, a mark per column, the worst parity figure."""
+COLUMNS = ["family", "architecture", "hooks", "circuits", "export", "max |Δlogit|", "notes"]
+
+
+def rows(results: list[dict]) -> list[list[str]]:
+    """One row per family: a mark per column, the worst parity figure, notes."""
     sys.path.insert(0, str(REPO / "tests"))
     from families import passes
 
-    lines = [
-        "| family | architecture | hooks | circuits | export | max \\|Δlogit\\| | notes |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    out = []
     for result in results:
         ok = passes(result)
         figures = [result.get(k) for k in ("bridge_vs_hf", "export_parity", "head_parity")]
@@ -44,11 +44,19 @@ def render(results: list[dict]) -> str:
             notes.append("multimodal: vision tower byte-identical")
         if "error" in result:
             notes.append(result["error"])
-        lines.append(
-            f"| `{result['family']}` | {result['architecture']} | {_mark(ok['hooks'])} "
-            f"| {_mark(ok['circuits'])} | {_mark(ok['export'])} "
-            f"| {'–' if worst is None else f'{worst:.1e}'} | {'; '.join(notes)} |"
-        )
+        out.append(
+            [f"`{result['family']}`", result["architecture"], _mark(ok["hooks"]),
+             _mark(ok["circuits"]), _mark(ok["export"]),
+             "–" if worst is None else f"{worst:.1e}", "; ".join(notes)]
+        )  # fmt: skip
+    return out
+
+
+def render(results: list[dict]) -> str:
+    """The Markdown table of :func:`rows`."""
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cell(c) for c in COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows(results)]
     return "\n".join(lines)
 
 
@@ -56,6 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "cache")
+    parser.add_argument(
+        "--record", type=Path, metavar="DIR",
+        help="also save the table as a result record (docs/results) for the README",
+    )  # fmt: skip
     parser.add_argument("families", nargs="*", help="default: every family of the matrix")
     args = parser.parse_args()
     import torch
@@ -71,6 +83,22 @@ def main() -> None:
         ]
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.record:
+        from circuitlab.report.results import ResultRecord
+
+        record = ResultRecord.new(
+            "families",
+            "Model families: hooks, circuits and export on tiny random models",
+            COLUMNS,
+            rows(results),
+            command="python experiments/family_table.py --record docs/results",
+            readme=True,
+            notes=[
+                "Each row: bridge vs plain transformers logits, head-ablation fold vs hooks, "
+                "and a directional-ablation export reloaded with plain transformers vs hooks."
+            ],
+        )
+        record.save(args.record)
     sys.stdout.write(render(results) + "\n")
 
 
