@@ -1,4 +1,4 @@
-"""The validation suite (issue #10): does each improvement beat the baseline search?
+"""The validation suite: does each improvement beat the baseline search?
 
 Every arm runs what ``abliterate`` does short of exporting (search, choice by the KL-target
 rule, test-split scorecards) with the same trial budget, seeds and prompts as the baseline,

@@ -497,3 +497,18 @@ def test_cli_extract_cones_writes_table_and_plot(extract_cli, tmp_path, capsys):
     page = (folder / "report.html").read_text()
     assert "report:" in text
     assert "silhouette" in page and "circuitlab extract smollm2-135m --method cones" in page
+
+
+def test_one_dispatch_serves_the_cli_and_the_search():
+    """The CLI lists exactly the extractor's methods (kept as a literal so --help stays
+    light), and an unknown or unlabelled method is a clear error."""
+    from circuitlab.commands.extract import METHODS as CLI_METHODS
+    from circuitlab.directions.extract import METHODS, extract
+
+    assert CLI_METHODS == METHODS
+    acts = torch.randn(6, 2, 8)
+    assert extract("diff-means", acts, -acts).directions.shape[-1] == 8
+    with pytest.raises(ValueError, match="unknown direction method"):
+        extract("magic", acts, -acts)
+    with pytest.raises(ValueError, match="labels"):
+        extract("probe", acts, -acts)

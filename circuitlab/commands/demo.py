@@ -43,8 +43,8 @@ def register(command) -> None:
     p.add_argument("--harmless-test", metavar="SRC", help="separate harmless test set")
     p.add_argument("--n-jbb", type=int, default=50, help="JailbreakBench prompts (0: skip)")
     p.add_argument("--capability-n", type=int, default=50, help="MMLU questions (0: skip)")
-    # The organism pays more KL than chat models for the same edit (README, issue 3): on it,
-    # every edit that removes most refusals costs 0.36-0.76 nats of first-token KL.
+    # The organism pays more first-token KL than chat models for the same edit (its refusal
+    # is trained into a 135M model), so the demo's budget is wider than abliterate's.
     p.add_argument(
         "--kl-target",
         type=float,

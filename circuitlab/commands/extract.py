@@ -66,20 +66,9 @@ def _labels(model, harmful, harmless, settings: Settings) -> tuple[list[bool], l
 
 def run_method(method: str, harmful, harmless, labels, args: argparse.Namespace, seed: int):
     """Call the extractor for ``method`` with the CLI's options."""
-    from circuitlab import directions as d
+    from circuitlab.directions.extract import extract
 
-    if method == "diff-means":
-        return d.extract_diff_means(harmful, harmless)
-    if method == "pca":
-        return d.extract_pca(harmful, harmless, k=args.k)
-    if method == "cones":
-        return d.extract_cones(harmful, harmless, n_cones=args.n_cones, seed=seed)
-    refused, harmless_refused = labels
-    if method == "probe":
-        return d.extract_probe(harmful, harmless, refused, harmless_refused, seed=seed)
-    if method == "ensemble":
-        return d.extract_ensemble(harmful, harmless, refused, harmless_refused, seed=seed)
-    return d.extract_compliance(harmful, harmless, refused, harmless_refused)
+    return extract(method, harmful, harmless, labels, pca_k=args.k, n_cones=args.n_cones, seed=seed)
 
 
 def layer_table(ds, title: str) -> Table:

@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "compliance": ["extract_compliance"],
         "cones": ["assign_cones", "extract_cones"],
         "diff_means": ["extract_diff_means", "mean_difference"],
+        "extract": ["METHODS", "SUPERVISED", "extract"],
         "massive": ["without_massive"],
         "pca": ["contrastive_pca", "eigenvalue_weights", "extract_pca"],
         "probe": ["combine_directions", "extract_ensemble", "extract_probe"],

@@ -172,14 +172,8 @@ def extract_directions(
     sets = {"diff-means": d.extract_diff_means(harmful, harmless)}
     labels = _labels(model, prompts, cache_dir, batch_size) if SUPERVISED & set(methods) else None
     for method in methods:
-        if method == "pca":
-            sets[method] = d.extract_pca(harmful, harmless, k=pca_k)
-        elif method == "cones":
-            sets[method] = d.extract_cones(harmful, harmless, seed=seed)
-        elif method == "probe":
-            sets[method] = d.extract_probe(harmful, harmless, *labels, seed=seed)
-        elif method == "ensemble":
-            sets[method] = d.extract_ensemble(harmful, harmless, *labels, seed=seed)
+        if method in ("pca", "cones", "probe", "ensemble"):
+            sets[method] = d.extract(method, harmful, harmless, labels, pca_k=pca_k, seed=seed)
         elif method == "sae":
             if sae is None:
                 raise ValueError("the sae method needs an SAE folder (SearchSpace.sae)")
