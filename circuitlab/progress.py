@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["progress_bar"]
+__all__ = ["note", "progress_bar"]
 
 LOG_EVERY_S = 30.0
 
@@ -51,6 +51,14 @@ def _plain(total: int, description: str, console: Console) -> Iterator[Callable[
         )
 
     yield advance
+
+
+def note(message: str, enabled: bool = True) -> None:
+    """One line on stderr saying which long step starts now (so no phase runs silent)."""
+    if enabled:
+        Console(stderr=True).print(
+            f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False
+        )
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from circuitlab.evaluate.judges import Judge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.refusals import refusal_counts
 from circuitlab.evaluate.stats import Proportion
+from circuitlab.progress import note
 
 __all__ = ["Scorecard", "score_model", "scorecard_rows", "scorecard_table", "prompt_groups_hash"]
 
@@ -150,6 +151,7 @@ def score_model(
     batch_size: int = 16,
     chat: bool = True,
     capability_source: str = "MMLU",
+    progress: bool = False,
 ) -> tuple[Scorecard, CapabilityResult | None]:
     """Measure one model (or the base under an edit's hooks: call inside ``apply``).
 
@@ -168,14 +170,20 @@ def score_model(
         batch_size: prompts per batch.
         chat: chat-format prompts.
         capability_source: the questions' source, as the card names it.
+        progress: a bar for the generations and a line for each other step (stderr).
 
     Returns:
         The scorecard, and the capability result (per-question choices) if measured.
     """
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chat": chat}
-    judged = refusal_counts(model, {"harmful": harmful, "harmless": harmless}, judge, **gen)
+    sets = {"harmful": harmful, "harmless": harmless}
+    judged = refusal_counts(model, sets, judge, **gen, progress=progress)
     bad, good = judged["harmful"], judged["harmless"]
+    if kl_baseline is not None:
+        note(f"{name}: KL on {len(kl_baseline.prompts)} harmless prompts", progress)
     kl = kl_baseline.score(model, batch_size=batch_size) if kl_baseline is not None else None
+    if questions:
+        note(f"{name}: {len(questions)} {capability_source} questions", progress)
     cap = capability(model, questions, batch_size=max(1, batch_size // 2)) if questions else None
     delta = None
     if cap is not None and base is not None and base.capability_accuracy is not None:

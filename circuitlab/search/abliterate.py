@@ -20,6 +20,7 @@ from circuitlab.export import ExportError, check_exportable, export
 from circuitlab.export.memory import check_export_memory
 from circuitlab.interventions import save_interventions
 from circuitlab.models.loading import is_quantized, source_files
+from circuitlab.progress import note as progress_note
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.front import (
     DEFAULT_KL_TARGET,
@@ -200,7 +201,7 @@ def abliterate(
         model, chosen, prompts.harmful_test, prompts.harmless_test, test_judge or judge,
         max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
         questions=load_mmlu(capability_n, seed) if capability_n else (),
-        also=(bend,) if bend is not None and score_knee else (),
+        also=(bend,) if bend is not None and score_knee else (), progress=progress,
     )  # fmt: skip
     how = "custom" if rule is not None else rule_name(kl_target, margin, refusal_target)
     result = SearchResult(
@@ -213,5 +214,6 @@ def abliterate(
     if out is None:
         return Abliteration(result, None, "no output folder given", chosen_path)
     options = {"seed": seed, **(export_options or {})}
+    progress_note(f"export: fold trial {chosen.number}, prove parity, write {out}", progress)
     exported, note = export_choice(model, result, out, force, **options)
     return Abliteration(result, exported, note, chosen_path)

@@ -36,6 +36,7 @@ from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.scorecard import Scorecard, score_model
 from circuitlab.hooks import apply
 from circuitlab.interventions import DirectionRef, Intervention, from_dict
+from circuitlab.progress import note
 from circuitlab.search.storage import SearchError, stored_copy
 
 __all__ = [
@@ -277,6 +278,7 @@ def evaluate_choice(
     kl_k: int = 4,
     questions: Sequence[Any] = (),
     also: Sequence[FrontPoint] = (),
+    progress: bool = False,
 ) -> tuple[Scorecard, ...]:
     """Score the base model and the chosen edit on the test split.
 
@@ -292,6 +294,7 @@ def evaluate_choice(
     """
     if not harmful_test or not harmless_test:
         raise ValueError("the test evaluation needs harmful and harmless test prompts")
+    note(f"test split: the base model's KL baseline on {len(harmless_test)} prompts", progress)
     baseline = KLBaseline.compute(model, list(harmless_test), kl_k, batch_size)
     options = {
         "harmful": list(harmful_test),
@@ -302,10 +305,15 @@ def evaluate_choice(
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "questions": tuple(questions),
+        "progress": progress,
     }
+    note(
+        f"test split: scoring the base model ({len(harmful_test)} + {len(harmless_test)})", progress
+    )
     base, _ = score_model(model, "base", **options)
     cards = [base]
     for point in (chosen, *also):
+        note(f"test split: scoring trial {point.number}", progress)
         with apply(model, *point.interventions):
             card, _ = score_model(model, f"trial {point.number}", base=base, **options)
         cards.append(card)
