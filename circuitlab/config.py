@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         "reasoning block, prefill that block closed (an empty <think></think>); unset: none.",
     )
     preflight: bool = Field(
-        False,
+        True,
         description="Before the first trial, measure the base model's refusals and unfinished "
         "answers on the search prompts, and stop with the likely cause when there is nothing "
         "to search for (no refusals, answers cut off inside a reasoning block).",

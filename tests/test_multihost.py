@@ -108,7 +108,7 @@ def _search(model: Path, url: str, cache: Path, trials: int) -> list[str]:
     return [
         sys.executable, "-m", "circuitlab.cli", "search", str(model),
         "--study", "shared", "--storage", url, "--trials", str(trials),
-        "--methods", "diff-means", "--no-prune", "--profile", "none",
+        "--methods", "diff-means", "--no-prune", "--profile", "none", "--no-preflight",
         "--n-train", "4", "--n-search", "8", "--n-kl", "2", "--max-new-tokens", "64",
         "--batch-size", "2", "--threads", "1", "--heartbeat", "1", "--cache-dir", str(cache),
     ]  # fmt: skip

@@ -160,7 +160,13 @@ def test_abliterate_with_user_prompt_files_never_reads_their_test_split_early(
         return study
 
     monkeypatch.setattr(abliterate_module, "run_search", recorded)
-    argv = ["abliterate", "smollm2-135m-refusal", "--harmful", str(FRENCH_HARMFUL)]
+    argv = [
+        "abliterate",
+        "smollm2-135m-refusal",
+        "--harmful",
+        str(FRENCH_HARMFUL),
+        "--no-preflight",
+    ]
     argv += ["--harmless", FRENCH_HARMLESS, "--storage", str(tmp_path / "fr.journal")]
     argv += ["--trials", "2", "--methods", "diff-means", "--no-prune", "--no-export"]
     argv += ["--n-train", "8", "--n-search", "4", "--n-kl", "4", "--n-test", "4"]

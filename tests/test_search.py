@@ -378,7 +378,9 @@ def test_abliterate_command_writes_its_report(smollm, study_3, tmp_path, monkeyp
 
     _, journal, _ = study_3
     monkeypatch.setattr("circuitlab.commands._common.load_model", lambda source, settings: smollm)
+    # The base SmolLM2 hardly refuses: the preflight would rightly stop this search.
     args = ["abliterate", "smollm2-135m", "--study", "three", "--storage", str(journal)]
+    args.append("--no-preflight")
     args += ["--trials", "3", "--methods", "diff-means,pca", "--no-prune", "--no-export"]
     args += ["--n-train", "8", "--n-search", "4", "--n-kl", "4", "--n-test", "4"]
     args += ["--max-new-tokens", "8", "--batch-size", "8", "--seed", "0"]
@@ -449,7 +451,7 @@ def _cli(journal: Path, trials: int, cache_dir: Path, *extra: str) -> list[str]:
         sys.executable, "-m", "circuitlab.cli", "search", "smollm2-135m",
         "--study", "shared", "--storage", str(journal), "--trials", str(trials),
         "--methods", "diff-means", "--no-prune", "--n-train", "8", "--n-search", "4",
-        "--n-kl", "4", "--max-new-tokens", "8", "--threads", "1",
+        "--n-kl", "4", "--max-new-tokens", "8", "--threads", "1", "--no-preflight",
         "--cache-dir", str(cache_dir), *extra,
     ]  # fmt: skip
 

@@ -139,8 +139,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     judge, test_judge = search_judges(settings)
     search = SearchConfig(
-        n_trials=args.trials, seed=settings.seed, cache_dir=settings.cache_dir, progress=True
-    )
+        n_trials=args.trials, seed=settings.seed, cache_dir=settings.cache_dir, progress=True,
+        preflight=settings.preflight, response_prefix=settings.response_prefix,
+    )  # fmt: skip
     config = AbliterateConfig(
         search,
         # The default folder is the demo's own, replaced on every run; --out is the user's.
