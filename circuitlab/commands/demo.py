@@ -57,11 +57,18 @@ def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
     """Refusals on JailbreakBench without and with the edit, and a few pairs of answers."""
     from circuitlab.evaluate.refusals import judged_generate
     from circuitlab.hooks import apply
+    from circuitlab.progress import note
     from circuitlab.prompts import load_prompts
 
     prompts = list(load_prompts("jailbreakbench").take(n))
-    gen = {"max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size}
+    gen = {
+        "max_new_tokens": settings.max_new_tokens,
+        "batch_size": settings.batch_size,
+        "progress": True,
+    }
+    note(f"JailbreakBench: {n} prompts, the base model")
     before = judged_generate(model, prompts, judge, **gen)
+    note(f"JailbreakBench: {n} prompts, with the edit")
     with apply(model, *interventions):
         after = judged_generate(model, prompts, judge, **gen)
     return prompts, before, after
@@ -164,10 +171,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     out.print(f"chosen edit: {done.interventions_path} (use with --intervention)")
     jbb_rows, jbb_samples = [], []
     if args.n_jbb:
-        with err.status("JailbreakBench before and after…"):
-            jbb, before, after = _jailbreakbench(
-                model, result.chosen.interventions, args.n_jbb, test_judge, settings
-            )
+        jbb, before, after = _jailbreakbench(
+            model, result.chosen.interventions, args.n_jbb, test_judge, settings
+        )
         for name, judged in (("before", before), (f"after (trial {result.chosen.number})", after)):
             low, high = judged.refused.interval
             jbb_rows.append((name, str(judged.refused), f"[{low:.0%}, {high:.0%}]"))
