@@ -256,13 +256,8 @@ class DirectionalAblation(_Weighted):
     index: float | None = None
     component: int = 0
 
-    @property
-    def foldable(self) -> bool:
-        return True
-
-    @property
-    def per_prompt(self) -> bool:
-        return False
+    foldable = True
+    per_prompt = False
 
     fold_note = (
         "exact: W <- W - w u u^T W for embed_tokens rows, o_proj and down_proj (lm_head untied)"
@@ -288,13 +283,8 @@ class SubspaceAblation(_Weighted):
     components: tuple[int, ...] | None = None
     weighting: Literal["uniform", "eigenvalue"] = "uniform"
 
-    @property
-    def foldable(self) -> bool:
-        return True
-
-    @property
-    def per_prompt(self) -> bool:
-        return False
+    foldable = True
+    per_prompt = False
 
     fold_note = "exact: W <- W - U^T diag(w) U W for embed_tokens rows, o_proj and down_proj"
 
@@ -375,13 +365,8 @@ class ConeRouting(_Weighted):
     layer: int | None = None
     direction_layer: int | None = None
 
-    @property
-    def foldable(self) -> bool:
-        return False
-
-    @property
-    def per_prompt(self) -> bool:
-        return True
+    foldable = False
+    per_prompt = True
 
     fold_note = (
         "the cone is chosen per prompt at inference; the exact foldable alternative ablates "
@@ -410,13 +395,8 @@ class DynamicStrength:
     min_strength: float = 0.0
     max_strength: float = 1.0
 
-    @property
-    def foldable(self) -> bool:
-        return False
-
-    @property
-    def per_prompt(self) -> bool:
-        return True
+    foldable = False
+    per_prompt = True
 
     fold_note = (
         "the strength depends on the prompt; the exact foldable alternative is the wrapped "
@@ -462,13 +442,8 @@ class HeadAblation:
     component: int = 0
     weight: float = 1.0
 
-    @property
-    def foldable(self) -> bool:
-        return True
-
-    @property
-    def per_prompt(self) -> bool:
-        return False
+    foldable = True
+    per_prompt = False
 
     fold_note = "exact: edits o_proj columns h*d_head:(h+1)*d_head of each chosen head"
 
@@ -774,13 +749,8 @@ class FeatureClamp:
     value: float
     decoder: DirectionRef
 
-    @property
-    def foldable(self) -> bool:
-        return False
-
-    @property
-    def per_prompt(self) -> bool:
-        return False
+    foldable = False
+    per_prompt = False
 
     fold_note = (
         "the latents' activations depend nonlinearly on each token's input; the exact "
