@@ -75,6 +75,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-harmless", type=int, default=100)
     p.add_argument("--max-new-tokens", type=int, default=64, help="scoring generations")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--heretic-batch-size", type=int, default=0,
+        help="Heretic's batch_size (0: its own search for the fastest, which tries batches up "
+        "to 128 and takes minutes on a CPU; its choice on this organism is 32)",
+    )  # fmt: skip
     p.add_argument("--score-only", action="store_true", help="score the exports already made")
     p.add_argument("--json", metavar="FILE", help="default: WORK/side_by_side.json")
     return p.parse_args()
@@ -213,6 +218,7 @@ def heretic_config(args: argparse.Namespace, model: Path, prompts: Path, seed: i
         f"n_trials = {args.trials}",
         f"n_startup_trials = {min(10, max(1, args.trials // 3))}",
         f"seed = {seed}",
+        f"batch_size = {args.heretic_batch_size}",
         'response_prefix = ""',
         'export_strategy = "merge"',
         f"refusal_markers = {markers}",
@@ -233,9 +239,9 @@ def run_heretic(args: argparse.Namespace, model: Path, prompts: Path, seed: int)
     (run / "config.toml").write_text(heretic_config(args, model, prompts, seed))
     export = run / "export"
     env = {**_env(args.threads), "KAGGLE_KERNEL_RUN_TYPE": "Interactive"}
-    # Its menus, answered in order: the first trial of its front listing, save it, to this
-    # folder, then quit. Extra answers are harmless once it has exited.
-    answers = "\n".join(["1", "1", str(export), "", "0", "", "q"] * 2) + "\n"
+    # Its menus, answered in order: the first trial of its front listing (the fewest
+    # refusals, then the least KL), save it to this folder, back to the trial menu, exit.
+    answers = "\n".join(["1", "1", str(export), "5", "4"]) + "\n"
     cmd = [str(Path(args.heretic_venv) / "bin" / "heretic")]
     timing = _timed(cmd, run / "heretic.log", run, env, answers)
     return {**timing, "export": str(export) if (export / "config.json").exists() else None}

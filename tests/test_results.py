@@ -111,3 +111,28 @@ def test_records_read_what_the_runs_wrote(tmp_path):
     (tmp_path / "circuitlab_manifest.json").write_text(json.dumps({"parity": parity}))
     with pytest.raises(ValueError, match="no test-split scorecards"):
         from_export(tmp_path, "demo", "make demo", "demo")
+
+
+def test_side_by_side_pools_each_tool_over_its_seeds(tmp_path):
+    """The side-by-side script's JSON becomes one column per tool: refusals pooled over seeds
+    (and per seed), KL as mean [min, max]."""
+    from circuitlab.report.results import from_side_by_side
+
+    def card(refusals, kl):
+        return {"judge": "markers", "refusals": refusals, "n_harmful": 10, "over_refusals": 0,
+                "n_harmless": 5, "kl_first": kl, "kl_k": 2 * kl, "kl_k_tokens": 4,
+                "degenerate": 0}  # fmt: skip
+
+    cards = {"organism": card(9, 0.0), "heretic-seed0": card(1, 0.1),
+             "heretic-seed1": card(2, 0.3), "circuitlab-seed0": card(0, 0.2)}  # fmt: skip
+    runs = {k: {"wall_s": 60.0, "cpu_s": 50.0} for k in cards if k != "organism"}
+    settings = {"trials": 4, "threads": 1, "seeds": [0, 1], "n_train": 8, "n_search": 4,
+                "n_kl": 4, "max_new_tokens": 16}  # fmt: skip
+    path = tmp_path / "sbs.json"
+    path.write_text(json.dumps({"settings": settings, "runs": runs, "load_average": [1, 1, 1],
+                                "scores": {"cards": cards}}))  # fmt: skip
+    rec = from_side_by_side(path, "side-by-side", "python experiments/heretic_side_by_side.py", "t")
+    assert rec.columns[2:] == ["Heretic 1.4 (2 seeds)", "circuitlab abliterate (1 seeds)"]
+    assert rec.rows[0][2].startswith("3/20 [") and "per seed 1, 2 of 10" in rec.rows[0][2]
+    assert rec.rows[0][3].startswith("0/10 [")
+    assert rec.rows[2][2:] == ["0.200 [0.100, 0.300]", "0.200"]

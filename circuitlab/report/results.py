@@ -32,8 +32,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from circuitlab.evaluate.stats import Proportion
+
 __all__ = [
     "from_export",
+    "from_side_by_side",
     "from_testbed_check",
     "readme_markers",
     "ResultRecord",
@@ -267,6 +270,67 @@ def from_testbed_check(path: str | Path, name: str, command: str, title: str, **
                             command=command, **kw)  # fmt: skip
 
 
+def _pooled(cards: Sequence[dict], key: str, total: str) -> str:
+    k, n = sum(c[key] for c in cards), sum(c[total] for c in cards)
+    low, high = Proportion(k, n).interval
+    per_seed = ", ".join(str(c[key]) for c in cards)
+    seeds = f" (per seed {per_seed} of {cards[0][total]})" if len(cards) > 1 else ""
+    return f"{_ci(k, n, low, high)}{seeds}"
+
+
+def _spread(values: Sequence[float], fmt: str = ".3f") -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{mean:{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
+
+
+def from_side_by_side(path: str | Path, name: str, command: str, title: str, **kw):
+    """A record of ``experiments/heretic_side_by_side.py``'s JSON: each tool's exports (one
+    per seed) against the organism, refusals pooled over seeds with a Wilson interval (and
+    per seed), KL as mean [min, max] over seeds, and the runs' wall and CPU time."""
+    data = json.loads(Path(path).read_text())
+    cards, runs = data["scores"]["cards"], data["runs"]
+    tools: dict[str, list[str]] = {}
+    for key in cards:
+        if key != "organism":
+            tools.setdefault(key.rsplit("-seed", 1)[0], []).append(key)
+    labels = {"heretic": "Heretic 1.4", "circuitlab": "circuitlab abliterate"}
+    columns = ["", "organism", *(f"{labels.get(t, t)} ({len(k)} seeds)" for t, k in tools.items())]
+    base = cards["organism"]
+    groups = [[cards[k] for k in keys] for keys in tools.values()]
+    rows = [
+        [f"held-out harmful refusals (JailbreakBench + StrongREJECT, {base['n_harmful']})",
+         _pooled([base], "refusals", "n_harmful"),
+         *(_pooled(g, "refusals", "n_harmful") for g in groups)],
+        [f"held-out harmless refusals ({base['n_harmless']})",
+         _pooled([base], "over_refusals", "n_harmless"),
+         *(_pooled(g, "over_refusals", "n_harmless") for g in groups)],
+        ["first-token KL, held-out harmless (mean [min, max] over seeds)", "0",
+         *(_spread([c["kl_first"] for c in g]) for g in groups)],
+        [f"KL over {base['kl_k_tokens']} tokens", "0",
+         *(_spread([c["kl_k"] for c in g]) for g in groups)],
+        ["degenerate answers", str(base["degenerate"]),
+         *(", ".join(str(c["degenerate"]) for c in g) for g in groups)],
+        ["whole run, wall s (search, choice, export)", "",
+         *(_spread([runs[k]["wall_s"] for k in keys], ".0f") for keys in tools.values())],
+        ["whole run, CPU s", "",
+         *(_spread([runs[k]["cpu_s"] for k in keys], ".0f") for keys in tools.values())],
+    ]  # fmt: skip
+    settings = data["settings"]
+    notes = [
+        f"{settings['trials']} trials per run, {settings['threads']} thread(s), seeds "
+        f"{', '.join(map(str, settings['seeds']))}; direction prompts {settings['n_train']} + "
+        f"{settings['n_train']}, search prompts {settings['n_search']} harmful + "
+        f"{settings['n_kl']} harmless; both tools see the same prompts.",
+        f"Judge: {base['judge']}, greedy, {settings['max_new_tokens']} tokens; the same for "
+        "every model. Load average during the runs: "
+        + ", ".join(f"{x:.1f}" for x in data.get("load_average", []))
+        + ".",
+    ]
+    return ResultRecord.new(name, title, columns, rows, command=command, notes=notes, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circuitlab.report.results")
     parser.add_argument("--records", default="docs/results", help="folder of JSON records")
@@ -276,17 +340,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = parser.add_argument_group("record a run first (then render)")
     new.add_argument("--from-export", metavar="DIR", help="an export folder (its manifest)")
     new.add_argument("--from-check", metavar="JSON", help="a `testbed check --json` file")
+    new.add_argument(
+        "--from-side-by-side", metavar="JSON", help="experiments/heretic_side_by_side.py's output"
+    )
     new.add_argument("--name", help="record name (file stem)")
     new.add_argument("--title", help="what was measured, on what")
     new.add_argument("--command", dest="run_command", help="the command that reproduces it")
     new.add_argument("--weights", help="fingerprint of the weights measured")
     new.add_argument("--in-readme", action="store_true", help="show it in the README")
     args = parser.parse_args(argv)
-    source = args.from_export or args.from_check
+    source = args.from_export or args.from_check or args.from_side_by_side
     if source:
         if not (args.name and args.title and args.run_command):
-            parser.error("--from-export / --from-check need --name, --title and --command")
-        build = from_export if args.from_export else from_testbed_check
+            parser.error("--from-* need --name, --title and --command")
+        build = (
+            from_export if args.from_export
+            else from_testbed_check if args.from_check else from_side_by_side
+        )  # fmt: skip
         record = build(
             source, args.name, args.run_command, args.title, weights=args.weights,
             readme=args.in_readme,
