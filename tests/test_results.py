@@ -132,7 +132,7 @@ def test_side_by_side_pools_each_tool_over_its_seeds(tmp_path):
     path.write_text(json.dumps({"settings": settings, "runs": runs, "load_average": [1, 1, 1],
                                 "scores": {"cards": cards}}))  # fmt: skip
     rec = from_side_by_side(path, "side-by-side", "python experiments/heretic_side_by_side.py", "t")
-    assert rec.columns[2:] == ["Heretic 1.4 (2 seeds)", "circuitlab abliterate (1 seeds)"]
+    assert rec.columns[2:] == ["Heretic 1.4 (2 seeds)", "circuitlab abliterate (1 seed)"]
     assert rec.rows[0][2].startswith("3/20 [") and "per seed 1, 2 of 10" in rec.rows[0][2]
     assert rec.rows[0][3].startswith("0/10 [")
     assert rec.rows[2][2:] == ["0.200 [0.100, 0.300]", "0.200"]

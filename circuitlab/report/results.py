@@ -296,7 +296,14 @@ def from_side_by_side(path: str | Path, name: str, command: str, title: str, **k
         if key != "organism":
             tools.setdefault(key.rsplit("-seed", 1)[0], []).append(key)
     labels = {"heretic": "Heretic 1.4", "circuitlab": "circuitlab abliterate"}
-    columns = ["", "organism", *(f"{labels.get(t, t)} ({len(k)} seeds)" for t, k in tools.items())]
+    columns = [
+        "",
+        "organism",
+        *(
+            f"{labels.get(t, t)} ({len(k)} seed{'s' if len(k) > 1 else ''})"
+            for t, k in tools.items()
+        ),
+    ]
     base = cards["organism"]
     groups = [[cards[k] for k in keys] for keys in tools.values()]
     rows = [
