@@ -240,8 +240,10 @@ def run_heretic(args: argparse.Namespace, model: Path, prompts: Path, seed: int)
     export = run / "export"
     env = {**_env(args.threads), "KAGGLE_KERNEL_RUN_TYPE": "Interactive"}
     # Its menus, answered in order: the first trial of its front listing (the fewest
-    # refusals, then the least KL), save it to this folder, back to the trial menu, exit.
-    answers = "\n".join(["1", "1", str(export), "5", "4"]) + "\n"
+    # refusals, then the least KL), save it, to this folder. Its exit entry's number depends
+    # on the front's size, so it is not answered: the end of input ends it (exit code 1, after
+    # the model is saved); the export's config.json is what says the run succeeded.
+    answers = "\n".join(["1", "1", str(export)]) + "\n"
     cmd = [str(Path(args.heretic_venv) / "bin" / "heretic")]
     timing = _timed(cmd, run / "heretic.log", run, env, answers)
     return {**timing, "export": str(export) if (export / "config.json").exists() else None}
