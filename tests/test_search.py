@@ -178,6 +178,28 @@ def test_per_layer_trials_use_each_layers_own_directions():
     # Old profiles meant the global direction; a space without the option drops the key.
     assert clamp_params({"per_layer": True}, space) == {"per_layer": True}
     assert clamp_params({"per_layer": True}, SearchSpace(per_layer=False)) == {}
+    # With the study's writer-aligned set, every per-layer trial ablates it, cones included.
+    assets = SimpleNamespace(n_layers=31, refs={**refs, "per-layer": DirectionRef("pl", "h3")})
+    for method in ("diff-means", "cones"):
+        (edit,) = build_interventions({**params, "method": method, "per_layer": True}, assets,
+                                      space)  # fmt: skip
+        assert isinstance(edit, DirectionalAblation) and edit.index is None
+        assert edit.directions == assets.refs["per-layer"] and edit.attn == one.attn
+    # Spaces are on by default now; a recorded space without the key meant off.
+    assert SearchSpace().per_layer and not SearchSpace.from_dict({}).per_layer
+
+
+def test_writer_aligned_gives_each_layers_writers_the_next_layers_direction():
+    from circuitlab.directions import DirectionSet, writer_aligned
+
+    vectors = torch.nn.functional.normalize(torch.randn(5, 1, 8), dim=-1)
+    ds = DirectionSet("diff-means", vectors, torch.arange(5.0)[:, None], {"n_layers": 5})
+    shifted = writer_aligned(ds)
+    assert torch.equal(shifted.directions[:4], vectors[1:])
+    assert torch.equal(shifted.directions[4], vectors[4])  # nothing is read after the last
+    assert shifted.scores[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 4.0]
+    assert shifted.metadata["writer_aligned"] and shifted.hash != ds.hash
+    assert torch.equal(ds.directions, vectors)  # the input is left alone
 
 
 def test_choice_rule_takes_least_kl_near_the_fewest_refusals_and_finds_the_knee():
@@ -249,7 +271,7 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
         3,
         storage=str(journal),
         # Without per-layer directions: the study stands for one made before they existed.
-        space=SearchSpace(methods=("diff-means", "pca")),
+        space=SearchSpace(methods=("diff-means", "pca"), per_layer=False),
         objective=NO_PRUNE,
         seed=1,
     )
@@ -440,6 +462,10 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     massive = saved.tensors["massive_directions"]
     assert massive.shape == (1, smollm.facts.d_model) and "without_massive" in saved.metadata
     assert float((saved.directions.double() @ massive[0].double()).abs().max()) < 1e-6
+    # Per-layer trials remove their own set: writer-aligned, also free of the sinks' direction.
+    own = study_refs(store, setup, "cache")["per-layer"].load()
+    assert own.metadata["writer_aligned"] and "without_massive" in own.metadata
+    assert float((own.directions.double() @ massive[0].double()).abs().max()) < 1e-6
     ablation, head = trial_interventions(trial)
     assert isinstance(head, HeadAblation) and head.weight == trial.params["head_weight"]
     assert trial.user_attrs["score"]["kl_first"] > 0

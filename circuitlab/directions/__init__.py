@@ -16,5 +16,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "massive": ["without_massive"],
         "pca": ["contrastive_pca", "eigenvalue_weights", "extract_pca"],
         "probe": ["combine_directions", "extract_ensemble", "extract_probe"],
+        "writers": ["writer_aligned"],
     },
 )

@@ -151,6 +151,7 @@ def extract_directions(
     progress: bool = False,
     sae: str | None = None,
     sae_max_features: int = 8,
+    per_layer: bool = False,
 ) -> dict[str, DirectionSet]:
     """One DirectionSet per method from the train split (plus diff-means, always).
 
@@ -164,6 +165,10 @@ def extract_directions(
             harmless activation and keeps the top ``sae_max_features`` decoder directions.
         remove_massive: take the massive-activation direction (found on 8 harmless train
             prompts) out of every set (:func:`circuitlab.directions.without_massive`).
+        per_layer: also extract ``per-layer``, the set per-layer trials remove: diff-means
+            orthogonal to the harmless mean, without the massive direction (whatever
+            ``remove_massive`` says), each layer's writers given the direction they write
+            into (:func:`circuitlab.directions.writer_aligned`).
 
     Returns:
         The sets by method name.
@@ -181,9 +186,14 @@ def extract_directions(
                 model, sae, prompts.harmful_train, prompts.harmless_train, sae_max_features,
                 batch_size=batch_size, cache_dir=cache_dir,
             )  # fmt: skip
-    if remove_massive:
+    found = None
+    if remove_massive or per_layer:
         found = massive_directions(model, prompts.harmless_train, batch_size=batch_size)
+    if remove_massive:
         sets = {method: d.without_massive(ds, found) for method, ds in sets.items()}
+    if per_layer:
+        own = d.extract_diff_means(harmful, harmless, orthogonalize_harmless=True)
+        sets["per-layer"] = d.writer_aligned(d.without_massive(own, found))
     return sets
 
 

@@ -22,10 +22,15 @@ exists only in spaces whose methods include ``sae``, and ``per_layer`` only in s
 **Per-layer directions.** Arditi et al. (2024) read one refusal direction at one layer and
 remove it everywhere; the direction is not the same vector at every depth, though, and a
 direction read at layer 22 is partly noise at layer 10 and at layer 28. With ``per_layer``
-a trial may instead let each layer's writers remove *that layer's own* direction (the
-set's direction at the layer it writes to), weighted by the same tents. The fractional
-``direction`` still matters there: the head-level edit and the addition read it, and a
-per-layer trial with a tent peaking where the global direction would be read is the
+a trial may instead let each layer's writers remove their own layer's direction, weighted by
+the same tents, from the study's ``per-layer`` set: diff-means orthogonal to the harmless
+mean, without the attention sinks' massive direction, and aligned with the writers (block
+``l``'s writers remove the direction read after them, at layer ``l + 1``;
+:func:`circuitlab.directions.writer_aligned`). Each of the three mattered on the SmolLM2
+refusal organism: per-layer edits without them raised the first-token refusal mass or cost
+ten times the KL. Whatever the trial's method, a per-layer trial ablates that set; the
+fractional ``direction`` still matters there: the head-level edit and the addition read it,
+and a per-layer trial with a tent peaking where the global direction would be read is the
 nearest neighbour of the global trial, which keeps the two halves of the history
 informative for TPE. Calibration measures one direction at one layer, so a per-layer
 trial ignores ``calibrate`` (a multiplier of 1).
@@ -92,12 +97,9 @@ class SearchSpace:
         sae: the SAE folder (SAELens layout) the ``sae`` method ranks refusal features of.
         sae_max_features: the most features an ``sae`` trial ablates; ``sae_features``
             (how many of the top-ranked ones) is searched in ``[1, sae_max_features]``.
-        per_layer: offer per-layer directions (each layer's writers remove that layer's own
-            direction) as a choice beside the one fractional-index direction. Off by
-            default: on the SmolLM2 refusal organism, without ``remove_massive``, every
-            per-layer trial tried raised the first-token refusal mass instead of lowering
-            it (its mid-depth difference-of-means directions carry the attention sinks'
-            massive-activation direction).
+        per_layer: offer per-layer directions (each layer's writers remove the direction
+            they write into) as a choice beside the one fractional-index direction. On by
+            default; spaces recorded without the key (older studies) mean off.
     """
 
     methods: tuple[str, ...] = ("diff-means", "pca", "cones")
@@ -114,7 +116,7 @@ class SearchSpace:
     remove_massive: bool = False
     sae: str | None = None
     sae_max_features: int = 8
-    per_layer: bool = False
+    per_layer: bool = True
 
     def __post_init__(self) -> None:
         # Heads arrive as lists from JSON and as HeadIds from circuits: store plain pairs.
@@ -141,6 +143,8 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        # A recorded space without the key predates the option, which was then off.
+        tuples.setdefault("per_layer", False)
         return cls(**tuples)
 
     def ranges(self) -> dict[str, Range]:
@@ -245,14 +249,17 @@ def build_interventions(
         "embed": 0.0,
         "calibration": calibration,
     }
-    if method == "cones":
+    if method == "cones" and not (per_layer and "per-layer" in assets.refs):
         at_layer = None if per_layer else layer
         ablation: Intervention = SubspaceAblation(ref, layer=at_layer, **common)
     elif method == "sae":
         n = int(params["sae_features"])
         ablation = SubspaceAblation(ref, layer=0, components=tuple(range(n)), **common)
         method, ref = "diff-means", assets.refs["diff-means"]
+    elif per_layer and "per-layer" in assets.refs:
+        ablation = DirectionalAblation(assets.refs["per-layer"], index=None, **common)
     else:
+        # Studies set up before the per-layer set existed use the method's own layers.
         own = None if per_layer else index
         ablation = DirectionalAblation(ref, index=own, component=component, **common)
     edits: list[Intervention] = [ablation]

@@ -141,7 +141,8 @@ def open_study(
     sets = extract_directions(
         model, prompts, space.methods, pca_k=space.pca_k, seed=seed,
         remove_massive=space.remove_massive, sae=space.sae,
-        sae_max_features=space.sae_max_features, batch_size=objective.batch_size,
+        sae_max_features=space.sae_max_features, per_layer=space.per_layer,
+        batch_size=objective.batch_size,
         cache_dir=cache_dir, progress=progress,
     )  # fmt: skip
     model_type = model.hf_model.config.model_type
