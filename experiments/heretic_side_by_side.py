@@ -82,6 +82,10 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--score-only", action="store_true", help="score the exports already made")
     p.add_argument("--json", metavar="FILE", help="default: WORK/side_by_side.json")
+    p.add_argument(
+        "--merge", nargs="+", metavar="JSON",
+        help="join the outputs of runs made apart (one tool each, say) into --json and stop",
+    )  # fmt: skip
     return p.parse_args()
 
 
@@ -305,8 +309,36 @@ def score_exports(args: argparse.Namespace, exports: dict[str, str]) -> dict:
     return {"n_harmful": len(harmful), "n_harmless": len(harmless), "cards": cards}
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One result from several runs of this script: their runs and scorecards side by side.
+    They must share every setting but the tools, and score the organism identically (the
+    same prompts, judge and KL baseline), or their columns would not compare."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keep = ("tools", "work", "json", "merge", "score_only")
+    settings = [{k: v for k, v in p["settings"].items() if k not in keep} for p in parts]
+    if any(s != settings[0] for s in settings):
+        raise SystemExit(f"settings differ: {settings}")
+    organism = [p["scores"]["cards"]["organism"] for p in parts]
+    if any(o != organism[0] for o in organism):
+        raise SystemExit("the parts scored the organism differently: rescore with --score-only")
+    tools = [t for p in parts for t in p["settings"]["tools"]]
+    result = {
+        "settings": {**parts[0]["settings"], "tools": tools},
+        "load_average": max((p["load_average"] for p in parts), key=lambda x: x[0]),
+        "runs": {k: v for p in parts for k, v in p["runs"].items()},
+        "scores": {**parts[0]["scores"],
+                   "cards": {k: v for p in parts for k, v in p["scores"]["cards"].items()}},
+        "merged_from": paths,
+    }  # fmt: skip
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")  # noqa: T201 - the script's output
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.json or "side_by_side.json"))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
