@@ -46,9 +46,10 @@ from circuitlab.search import (
 )
 from circuitlab.search.objective import prune_reason
 from circuitlab.search.profiles import FAMILIES, resolve_profile
+from circuitlab.search.setup import StudySetup
 from circuitlab.search.space import build_interventions, clamp_params, suggest
 from circuitlab.search.storage import recover_stale, worker_id
-from circuitlab.search.study import StudySetup, study_refs
+from circuitlab.search.study import study_refs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"n_train": 8, "n_search": 4, "n_kl": 4}

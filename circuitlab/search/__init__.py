@@ -34,6 +34,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "profiles": ["Profile", "detect_family", "learn_profile", "load_profile", "save_profile"],
         "space": ["SearchSpace", "build_interventions", "suggest"],
         "storage": ["SearchError", "open_store"],
-        "study": ["StudySetup", "run_search"],
+        "setup": ["StudySetup"],
+        "study": ["run_search"],
     },
 )

@@ -33,9 +33,10 @@ from circuitlab.search.front import (
     rule_name,
 )
 from circuitlab.search.objective import ObjectiveConfig
+from circuitlab.search.setup import StudySetup
 from circuitlab.search.space import SearchSpace
 from circuitlab.search.storage import open_store
-from circuitlab.search.study import StudySetup, run_search
+from circuitlab.search.study import run_search
 
 __all__ = ["Abliteration", "abliterate", "check_export_plan", "export_choice"]
 
