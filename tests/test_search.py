@@ -552,3 +552,24 @@ def test_study_seeds_draw_independent_trials():
     first = {trial_seed(1, n) for n in range(50)}
     second = {trial_seed(2, n) for n in range(50)}
     assert len(first) == 50 and not first & second
+
+
+def test_demo_command_on_a_tiny_model_runs_every_step(tmp_path, cache_dir, capsys):
+    """`circuitlab demo` end to end on a tiny random model (the organism's run is a slow
+    test): search, test split, export with its parity bar, capability bar, the second
+    held-out set before and after, and that set's section in the report."""
+    from tiny import tiny_llama
+
+    model = tiny_llama(tmp_path / "model", cache_dir=cache_dir, n_layers=3, hidden_size=64)
+    argv = ["demo", "--model", str(model), "--study", "tiny", "--trials", "1", "--n-test", "2"]
+    argv += ["--n-jbb", "2", "--capability-n", "2", "--max-new-tokens", "4", "--no-preflight"]
+    argv += ["--margin", "0.1", "--out", str(tmp_path / "export"), "--threads", "1"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert "JailbreakBench refusals after (trial 0): " in captured.out
+    assert (
+        "parity: hooked, alone, folded" in captured.err and "capability questions" in captured.err
+    )
+    report = tmp_path / "cache" / "studies" / "tiny.journal.assets" / "report.html"
+    assert "JailbreakBench (never searched, never trained on)" in report.read_text()
+    assert (tmp_path / "export" / "config.json").is_file()
