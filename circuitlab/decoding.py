@@ -48,6 +48,7 @@ __all__ = [
     "greedy_continuation",
     "next_token_logprobs",
     "prefill",
+    "read_until",
     "run_until",
     "teacher_forced",
     "token_ids",
@@ -459,6 +460,22 @@ def run_until(
             has been called. Gradients flow as the caller's grad mode says (attribution
             metrics need them).
     """
+    read_until(model, reads, lambda: model.hf_model.model(**batch, use_cache=False))
+
+
+def read_until(
+    model: HookedModel,
+    reads: Sequence[tuple[str, Callable[[Tensor], None]]],
+    forward: Callable[[], object],
+) -> None:
+    """Call ``forward`` with ``reads`` attached and stop it once every read has fired: the
+    one early stop of the package (the layers after the last read are never run).
+
+    Args:
+        reads: ``(TL hook name, fn(activation))`` pairs, attached for this call only.
+        forward: runs a pass through the model (e.g. the decoder on a batch, or a routing
+            pass re-entering the decoder with the caller's arguments).
+    """
     pending = {name for name, _ in reads}
 
     def make(name: str, fn: Callable[[Tensor], None]):
@@ -472,6 +489,6 @@ def run_until(
 
     with model.hooks([(name, make(name, fn)) for name, fn in reads]):
         try:
-            model.hf_model.model(**batch, use_cache=False)
+            forward()
         except _Reached:
             return

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitlab.decoding import read_until
 from circuitlab.engine import HookedModel, HookFn
 from circuitlab.fastpath import (
     Finite,
@@ -59,10 +60,6 @@ Hooks = list[tuple[str, HookFn]]
 
 
 # -------------------------------------------------------------------------------- hook state
-class _RoutingDone(Exception):
-    """Raised by the last routing read: the clean pass needs no further layers."""
-
-
 @dataclass
 class _State:
     """Shared by the hooks of one ``apply`` block; decisions are per batch row."""
@@ -337,16 +334,15 @@ def _writer_edits(model: HookedModel, interventions: Sequence[Intervention]) -> 
 
 
 # ----------------------------------------------------------------------- per-prompt routing
-def _read_hooks(routers: list[_Router], state: _State) -> Hooks:
-    """Last-token residual reads for the clean pass; the deepest one ends that pass."""
+def _routing_reads(
+    routers: list[_Router], state: _State
+) -> list[tuple[str, Callable[[Tensor], None]]]:
+    """Last-token residual reads for the clean pass, which stops after the deepest one."""
     layers = sorted({layer for router in routers for layer in router.layers})
 
-    def make(layer: int) -> HookFn:
-        def read(x: Tensor, hook: Any) -> None:
-            if state.clean:
-                state.reads[layer] = x[:, -1].detach().double().cpu()
-                if layer == layers[-1]:
-                    raise _RoutingDone
+    def make(layer: int) -> Callable[[Tensor], None]:
+        def read(x: Tensor) -> None:
+            state.reads[layer] = x[:, -1].detach().double().cpu()
 
         return read
 
@@ -360,10 +356,11 @@ def _is_prefill(args: tuple, kwargs: dict[str, Any]) -> bool:
     return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
 
 
-def _phase_hook(state: _State, routers: list[_Router]) -> Callable[..., None]:
+def _phase_hook(model: HookedModel, state: _State, routers: list[_Router]) -> Callable[..., None]:
     """Decoder pre-forward hook: marks prefill vs decode, and on prefill runs a clean pass
     (every edit off) up to the deepest routing layer, then stores each router's decision."""
     skip = {"past_key_values", "use_cache", "cache_position"}
+    reads = _routing_reads(routers, state) if routers else []
 
     def before_forward(decoder: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if state.clean:  # the clean pass re-enters the decoder
@@ -373,13 +370,10 @@ def _phase_hook(state: _State, routers: list[_Router]) -> Callable[..., None]:
             return
         state.reads.clear()
         state.clean = True
+        clean = {k: v for k, v in kwargs.items() if k not in skip}
         try:
             with torch.no_grad():
-                decoder(
-                    *args, use_cache=False, **{k: v for k, v in kwargs.items() if k not in skip}
-                )
-        except _RoutingDone:
-            pass
+                read_until(model, reads, lambda: decoder(*args, use_cache=False, **clean))
         finally:
             state.clean = False
         for router in routers:
@@ -468,7 +462,7 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
         builder = _INFERENCE_ONLY.get(type(iv), _build_planned)
         built.append(builder(model, iv, state, key))
     routers = [b.router for b in built if b.router is not None]
-    hooks = (_read_hooks(routers, state) if routers else []) + [h for b in built for h in b.hooks]
+    hooks = [h for b in built for h in b.hooks]
     bad: dict[torch.device, Tensor] = {}
     hooks = [(name, _finite_output(fn, bad)) for name, fn in hooks]
     log.debug("applying %d intervention(s) as %d hooks", len(interventions), len(hooks))
@@ -476,7 +470,7 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[Applied]
     try:
         if any(b.needs_phase for b in built):
             handle = _decoder(model).register_forward_pre_hook(
-                _phase_hook(state, routers), with_kwargs=True
+                _phase_hook(model, state, routers), with_kwargs=True
             )
         with model.hooks(hooks):
             yield Applied(state, len(interventions))

@@ -1,9 +1,13 @@
-"""The classic refusal-direction result, end to end, as one function.
+"""The classic refusal-direction result end to end as one function, and the demo's pieces.
 
 difference of means at every layer (train split) → layer chosen on the validation split →
 direction projected out of every writer to the residual stream through hooks → refusals
 judged on held-out sets the choice never saw, harmless KL → the same direction *added* on
 harmless prompts, to show it is causal in both directions.
+
+The demo (``circuitlab demo``) abliterates the organism and then measures a second held-out
+set before and after (:func:`before_after`, JailbreakBench by default), recorded in its run
+report by :func:`report_before_after`; its study is named by :func:`demo_study`.
 """
 
 from __future__ import annotations
@@ -13,20 +17,37 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from circuitlab.activations import collect_activations, massive_directions, select_position
+from circuitlab._resources import json_hash
+from circuitlab.activations import (
+    collect_activations,
+    massive_directions,
+    model_fingerprint,
+    select_position,
+)
 from circuitlab.directions import DirectionSet, extract_diff_means, without_massive
 from circuitlab.engine import HookedModel
 from circuitlab.evaluate.judges import MarkerJudge
 from circuitlab.evaluate.kl import KLBaseline
 from circuitlab.evaluate.layers import LayerSelection, layer_ablation, select_layer
-from circuitlab.evaluate.refusals import refusal_counts
+from circuitlab.evaluate.refusals import JudgedGenerations, judged_generate, refusal_counts
 from circuitlab.evaluate.stats import Proportion
 from circuitlab.hooks import apply
-from circuitlab.interventions import ActivationAddition, DirectionRef
-from circuitlab.prompts import PromptSet
+from circuitlab.interventions import ActivationAddition, DirectionRef, Intervention
+from circuitlab.progress import note
+from circuitlab.prompts import PromptSet, load_prompts
+from circuitlab.report import Report
+from circuitlab.search.assets import SearchPrompts
 from circuitlab.testbed import testbed_data
 
-__all__ = ["ClassicResult", "classic_ablation", "organism_classic"]
+__all__ = [
+    "BeforeAfter",
+    "ClassicResult",
+    "before_after",
+    "classic_ablation",
+    "demo_study",
+    "organism_classic",
+    "report_before_after",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +200,75 @@ def organism_classic(
         remove_massive=remove_massive,
         max_kl=0.2,
     )
+
+
+# ----------------------------------------------------------------------------- the demo
+def demo_study(
+    model_slug: str, model: HookedModel, prompts: SearchPrompts, seed: int, own_prompts: bool
+) -> str:
+    """The demo's study name: ``demo-MODEL-WEIGHTS[-prompts-DIGEST]-seedN``.
+
+    The weights' fingerprint is in it, so a rebuilt organism starts its own study instead
+    of failing on the old one's (a study refuses other weights); prompts other than the
+    defaults (``own_prompts``) get a study of their own by the digest of the splits the
+    search reads (a study refuses other prompts; the sealed test split is not read).
+    """
+    own = f"-prompts-{json_hash(prompts.search_hashes(), 8)}" if own_prompts else ""
+    return f"demo-{model_slug}-{model_fingerprint(model)[:8]}{own}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """Refusals on one held-out prompt set without and with an edit."""
+
+    name: str
+    label: str  # what the edit is, in the row of its refusals ("after (trial 3)")
+    before: JudgedGenerations
+    after: JudgedGenerations
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """``(which, refused of n, 95 % Wilson interval)`` for before and after."""
+        out = []
+        for which, judged in (("before", self.before), (self.label, self.after)):
+            low, high = judged.refused.interval
+            out.append((which, str(judged.refused), f"[{low:.0%}, {high:.0%}]"))
+        return out
+
+    def samples(self, n: int = 4) -> list[tuple[str, str, str]]:
+        """The first ``n`` ``(prompt, before, after)`` completions."""
+        pairs = zip(self.before.prompts, self.before.responses, self.after.responses, strict=True)
+        return list(pairs)[:n]
+
+
+def before_after(
+    model: HookedModel,
+    interventions: Sequence[Intervention],
+    judge,
+    *,
+    n: int,
+    source: str = "jailbreakbench",
+    label: str = "after",
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> BeforeAfter:
+    """Judged refusals on the first ``n`` prompts of ``source`` (a set the search never
+    saw) from the base model and under ``interventions``, each side announced by a line
+    and followed by a generation bar when ``progress``."""
+    prompts = list(load_prompts(source).take(n))
+    name = "JailbreakBench" if source == "jailbreakbench" else source
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
+    note(f"{name}: {n} prompts, the base model", progress)
+    before = judged_generate(model, prompts, judge, **gen)
+    note(f"{name}: {n} prompts, with the edit", progress)
+    with apply(model, *interventions):
+        after = judged_generate(model, prompts, judge, **gen)
+    return BeforeAfter(name, label, before, after)
+
+
+def report_before_after(report: Report, measured: BeforeAfter, judge_name: str) -> Report:
+    """A section of the run report with the refusals before and after, and samples."""
+    report.section(f"{measured.name} (never searched, never trained on)")
+    columns = ["", "refused", "95 % Wilson interval"]
+    report.table(columns, measured.rows(), caption=judge_name)
+    return report.samples(f"{measured.name}: before / after", measured.samples())

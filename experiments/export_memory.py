@@ -95,7 +95,7 @@ def _phased(model, interventions, out: Path, before: float):
 
 def measure(source: str, cache_dir: Path, dtype: str, phased: bool = False) -> dict:
     from circuitlab.engine import HookedModel
-    from circuitlab.export import export
+    from circuitlab.export import ExportOptions, export
     from circuitlab.interventions import DirectionalAblation, DirectionRef
     from circuitlab.models import ModelSpec
 
@@ -110,11 +110,11 @@ def measure(source: str, cache_dir: Path, dtype: str, phased: bool = False) -> d
     phases = {}
     with tempfile.TemporaryDirectory() as tmp:
         tolerance = {"float32": 1e-3}.get(dtype)
-        options = {"tolerance": tolerance} if tolerance is not None else {}
+        options = ExportOptions(tolerance=tolerance)
         if phased:
             result, phases = _phased(model, [ablation], Path(tmp) / "out", before)
         else:
-            result = export(model, [ablation], Path(tmp) / "out", **options)
+            result = export(model, [ablation], Path(tmp) / "out", options)
         files = sorted(p.name for p in result.path.iterdir())
     seconds = time.perf_counter() - start
     peak = max([_status("VmHWM"), *(before + v for v in phases.values())])

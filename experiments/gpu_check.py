@@ -111,8 +111,9 @@ def ablation(model):
 
 def check_split(source: Path, work: Path, device: str, dry: bool) -> dict:
     from circuitlab.engine import HookedModel
+    from circuitlab.export import ExportOptions
     from circuitlab.models import ModelSpec
-    from circuitlab.search import abliterate
+    from circuitlab.search import AbliterateConfig, SearchConfig, abliterate
     from circuitlab.search.assets import SearchPrompts
     from circuitlab.search.objective import ObjectiveConfig
     from circuitlab.search.space import SearchSpace
@@ -131,11 +132,12 @@ def check_split(source: Path, work: Path, device: str, dry: bool) -> dict:
         tuple(HARMFUL[4:]), tuple(HARMLESS[4:]),
     )  # fmt: skip
     objective = ObjectiveConfig(max_new_tokens=8, batch_size=4, prune_kl=None, prune_min_drop=None)
-    done = abliterate(
-        model, prompts, "gpu-check-split", 3, storage=str(work / "split.journal"),
-        space=SearchSpace(methods=("diff-means",)), objective=objective, out=work / "split",
-        cache_dir=work, export_options={"max_new_tokens": 8},
+    search = SearchConfig(
+        3, storage=str(work / "split.journal"), space=SearchSpace(methods=("diff-means",)),
+        objective=objective, cache_dir=work,
     )  # fmt: skip
+    config = AbliterateConfig(search, out=work / "split", export=ExportOptions(max_new_tokens=8))
+    done = abliterate(model, prompts, "gpu-check-split", config)
     parity = done.export.parity if done.export is not None else None
     return {
         "device_map": {k: str(v) for k, v in model.hf_model.hf_device_map.items()},
@@ -148,11 +150,11 @@ def check_split(source: Path, work: Path, device: str, dry: bool) -> dict:
 
 def check_bf16(source: Path, work: Path, device: str) -> dict:
     from circuitlab.engine import HookedModel
-    from circuitlab.export import export
+    from circuitlab.export import ExportOptions, export
     from circuitlab.models import ModelSpec
 
     model = HookedModel.load(ModelSpec(str(source), device=device, dtype="bfloat16"))
-    done = export(model, ablation(model), work / "bf16", max_new_tokens=8)
+    done = export(model, ablation(model), work / "bf16", ExportOptions(max_new_tokens=8))
     parity = done.parity
     return {"device": str(model.device), "parity": parity.as_dict(), "passed": parity.passed}
 
@@ -162,14 +164,14 @@ def check_4bit(source: Path, work: Path, device: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from circuitlab.engine import HookedModel
-    from circuitlab.export import export, fold, verify
+    from circuitlab.export import ExportOptions, export, fold, verify
     from circuitlab.models import ModelSpec
 
     spec = ModelSpec(str(source), device=device, dtype="bfloat16", quantization="4bit")
     quantized = HookedModel.load(spec)
     kind = type(quantized.bridge.blocks[0].attn.o.original_component).__name__
     interventions = ablation(quantized)
-    done = export(quantized, interventions, work / "4bit", max_new_tokens=8)
+    done = export(quantized, interventions, work / "4bit", ExportOptions(max_new_tokens=8))
     written = {}
     for shard in sorted((work / "4bit").glob("*.safetensors")):
         written.update(load_file(shard))

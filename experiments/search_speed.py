@@ -34,7 +34,7 @@ import torch
 
 from circuitlab.engine import HookedModel
 from circuitlab.models import ModelSpec
-from circuitlab.search import ObjectiveConfig, SearchPrompts, run_search
+from circuitlab.search import ObjectiveConfig, SearchConfig, SearchPrompts, run_search
 
 HERETIC_SECONDS_PER_TRIAL = 28.7
 
@@ -81,11 +81,11 @@ def main() -> None:
               f"{score.seconds:.1f} s", flush=True)  # fmt: skip
 
     with tempfile.TemporaryDirectory() as folder:
-        run_search(
-            model, prompts, "speed", args.trials, storage=str(Path(folder) / "speed.journal"),
-            objective=objective, profile=None if args.profile == "none" else args.profile,
-            cache_dir=cache, on_trial=on_trial,
+        config = SearchConfig(
+            args.trials, storage=str(Path(folder) / "speed.journal"), objective=objective,
+            profile=None if args.profile == "none" else args.profile, cache_dir=cache,
         )  # fmt: skip
+        run_search(model, prompts, "speed", config, on_trial=on_trial)
     first_start = ends[0] - scores[0].seconds
     per_trial = [scores[0].seconds] + [b - a for a, b in zip(ends, ends[1:], strict=False)]
     mean = statistics.mean(per_trial)

@@ -356,17 +356,18 @@ def _search(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None
     pruned) the choice is the unedited model."""
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.search import FrontPoint, ObjectiveConfig, choose, pareto_front, run_search
+    from circuitlab.search.config import SearchConfig
 
     suite, config = scoring.suite, scoring.suite.config
     space, profile = arm_search(arm, config, heads, sae)
     prune = {} if config.prune else {"prune_kl": None, "prune_min_drop": None}
     objective = ObjectiveConfig(config.max_new_tokens, config.batch_size, **prune)
     name, storage = f"{arm}-s{seed}", suite.storage(scoring.organism, f"{arm}-s{seed}")
-    study = run_search(
-        scoring.model, suite.prompts, name, config.trials, storage=storage, space=space,
-        objective=objective, judge=MarkerJudge(), seed=seed, profile=profile,
-        cache_dir=suite.cache_dir,
+    search = SearchConfig(
+        config.trials, storage=storage, space=space, objective=objective, seed=seed,
+        profile=profile, cache_dir=suite.cache_dir,
     )  # fmt: skip
+    study = run_search(scoring.model, suite.prompts, name, search, judge=MarkerJudge())
     front = pareto_front(study)
     if not front:
         return FrontPoint(-1, float("nan"), float("nan"), {}, ()), "unedited: no complete trial"

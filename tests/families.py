@@ -206,7 +206,7 @@ def check_family(family: str, work: Path, cache_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from circuitlab.engine import HookedModel
-    from circuitlab.export import compare, export, reference, run_plain
+    from circuitlab.export import ExportOptions, compare, export, reference, run_plain
     from circuitlab.export.fold import layout
 
     start = time.perf_counter()
@@ -222,7 +222,8 @@ def check_family(family: str, work: Path, cache_dir: Path) -> dict[str, Any]:
         result["moe"] = layout(model).moe
         stage = "export"
         ablation = example_interventions(model, "directional")
-        out = export(model, ablation, work / f"{family}-export", prompts=PROMPTS, max_new_tokens=4)
+        options = ExportOptions(prompts=PROMPTS, max_new_tokens=4)
+        out = export(model, ablation, work / f"{family}-export", options)
         reloaded = AutoModelForCausalLM.from_pretrained(out.path, dtype=torch.float32).eval()
         result["reload_class"] = type(reloaded).__name__
         ref = reference(model, ablation, PROMPTS, max_new_tokens=4)

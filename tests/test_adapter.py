@@ -16,7 +16,7 @@ from safetensors import safe_open
 from tiny import example_interventions, tiny_model
 
 from circuitlab.engine import HookedModel
-from circuitlab.export import HELD_OUT_PROMPTS, ExportError, fold, run_plain
+from circuitlab.export import HELD_OUT_PROMPTS, ExportError, ExportOptions, fold, run_plain
 from circuitlab.export.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_adapter, lora_factors
 from circuitlab.export.fold import plan_fold
 
@@ -34,7 +34,9 @@ def gqa(tmp_path_factory, cache_dir) -> HookedModel:
 def _check(model, interventions, out):
     """Export (the exporter runs the peft client), then hold the client's outputs against
     the hooks and against the merged weights on the same batches."""
-    result = export_adapter(model, interventions, out, prompts=PROMPTS, max_new_tokens=8)
+    result = export_adapter(
+        model, interventions, out, ExportOptions(prompts=PROMPTS, max_new_tokens=8)
+    )
     client = result.client
     assert client is not None and client.passed, client.summary()
     assert client.max_abs_logit_diff < 1e-3 and client.greedy_agree == len(PROMPTS)

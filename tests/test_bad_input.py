@@ -186,6 +186,11 @@ CASES = [
     ("n-kl-0", "search {model} --study s --n-kl 0", 2, "--n-kl"),
     ("heartbeat-0", "search {model} --study s --heartbeat 0", 2, "--heartbeat"),
     ("kl-target-nan", "search {model} --study s --kl-target nan", 2, "--kl-target"),
+    ("margin-negative", "search {model} --study s --margin -0.1", 2, "--margin"),
+    ("target-above-1", "abliterate {model} --refusal-target 1.5 --no-export", 2, "between 0"),
+    ("target-negative", "search {model} --study s --refusal-target -0.1", 2, "between 0"),
+    ("target-nan", "search {model} --study s --refusal-target nan", 2, "--refusal-target"),
+    ("demo-margin", "demo --margin -1", 2, "--margin"),
     ("addition-negative", "search {model} --study s --addition-max -1", 2, "--addition-max"),
     ("batch-size-0", "search {model} --study s --batch-size 0", 2, "batch_size"),
     ("max-new-tokens-0", "generate {model} hi --max-new-tokens 0", 2, "max_new_tokens"),
@@ -559,8 +564,9 @@ def test_ctrl_c_in_a_trial_is_retried_on_resume(inputs, tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
     from circuitlab.engine import HookedModel
-    from circuitlab.search import ObjectiveConfig, SearchPrompts, SearchSpace, run_search
+    from circuitlab.search import ObjectiveConfig, SearchConfig, SearchPrompts, SearchSpace
     from circuitlab.search import study as study_module
+    from circuitlab.search.study import run_search
 
     model = HookedModel.load(str(inputs["model"]))
     prompts = SearchPrompts.from_testbed(n_train=4, n_search=2, n_kl=2, n_test=0)
@@ -580,9 +586,9 @@ def test_ctrl_c_in_a_trial_is_retried_on_resume(inputs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study_module, "score_trial", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_search(model, prompts, "ctrl-c", 2, **options)
+        run_search(model, prompts, "ctrl-c", SearchConfig(2, **options))
     monkeypatch.setattr(study_module, "score_trial", real)
-    study = run_search(model, prompts, "ctrl-c", 2, **options)
+    study = run_search(model, prompts, "ctrl-c", SearchConfig(2, **options))
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
@@ -595,14 +601,14 @@ def test_a_failed_set_up_leaves_no_journal(inputs, tmp_path):
     """Set-up fails after the model loaded (no chat template): no study, no journal file."""
     from circuitlab.engine import HookedModel
     from circuitlab.errors import CircuitlabError
-    from circuitlab.search import SearchPrompts, SearchSpace, run_search
+    from circuitlab.search import SearchConfig, SearchPrompts, SearchSpace, run_search
 
     model = HookedModel.load(str(inputs["notemplate"]))
     prompts = SearchPrompts.from_testbed(n_train=2, n_search=1, n_kl=1, n_test=0)
     with pytest.raises(CircuitlabError):
         run_search(
-            model, prompts, "stub", 2, space=SearchSpace(methods=("diff-means",)),
-            profile=None, cache_dir=tmp_path / "cache",
+            model, prompts, "stub", SearchConfig(2, space=SearchSpace(methods=("diff-means",)),
+            profile=None, cache_dir=tmp_path / "cache"),
         )  # fmt: skip
     assert not (tmp_path / "cache" / "studies" / "stub.journal").exists()
     assert not list((tmp_path / "cache" / "studies").glob("stub*"))
@@ -634,6 +640,7 @@ def test_a_failed_resume_leaves_the_study_untouched(inputs, tmp_path):
     from circuitlab.evaluate.judges import CombinedJudge, MarkerJudge
     from circuitlab.search import (
         ObjectiveConfig,
+        SearchConfig,
         SearchError,
         SearchPrompts,
         SearchSpace,
@@ -650,12 +657,12 @@ def test_a_failed_resume_leaves_the_study_untouched(inputs, tmp_path):
         "cache_dir": tmp_path / "cache",
     }
     prompts = SearchPrompts.from_testbed(n_train=4, n_search=2, n_kl=2, n_test=0)
-    run_search(model, prompts, "r", 1, **options)
+    run_search(model, prompts, "r", SearchConfig(1, **options))
     before = journal.read_bytes()
     other = SearchPrompts.from_testbed(n_train=4, n_search=3, n_kl=2, n_test=0)
     with pytest.raises(SearchError, match="other prompts"):
-        run_search(model, other, "r", 2, **options)
+        run_search(model, other, "r", SearchConfig(2, **options))
     with pytest.raises(SearchError, match="judged by"):
         judge = CombinedJudge(MarkerJudge(), MarkerJudge(), "and")
-        run_search(model, prompts, "r", 2, judge=judge, **options)
+        run_search(model, prompts, "r", SearchConfig(2, **options), judge=judge)
     assert journal.read_bytes() == before

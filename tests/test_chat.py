@@ -9,7 +9,7 @@ import pytest
 from tiny import example_interventions, tiny_model
 
 from circuitlab.engine import HookedModel
-from circuitlab.export import HELD_OUT_PROMPTS, export
+from circuitlab.export import HELD_OUT_PROMPTS, ExportOptions, export
 from circuitlab.interventions import save_intervention
 
 TOKENS = ["--max-new-tokens", "6"]
@@ -67,7 +67,8 @@ def test_an_exported_folder_answers_as_the_hooked_model(tiny, tmp_path, capsys, 
     path, model = tiny
     interventions = example_interventions(model, "directional")
     file = save_intervention(interventions[0], tmp_path / "ablation.json")
-    out = export(model, interventions, tmp_path / "edited", prompts=HELD_OUT_PROMPTS[:2]).path
+    options = ExportOptions(prompts=HELD_OUT_PROMPTS[:2])
+    out = export(model, interventions, tmp_path / "edited", options).path
     lines = ["What is the capital of Norway?", "Why?", "/off", "Why?"]
     hooked = _answers(_chat([str(path), "--intervention", str(file)], lines, capsys, monkeypatch))
     edited = _answers(_chat([str(out)], lines[:2], capsys, monkeypatch))

@@ -223,3 +223,27 @@ def test_search_travels_as_one_frozen_config_built_from_the_settings(tmp_path, m
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.n_trials = 1
     assert list(built.as_dict()["space"]["methods"]) == ["pca"]
+
+
+def test_per_layer_margin_and_refusal_target_reach_the_config_from_flags_and_toml(tmp_path):
+    from circuitlab.cli import settings_from_args
+    from circuitlab.commands import _common
+    from circuitlab.commands.search import abliterate_config
+    from circuitlab.search.front import DEFAULT_MARGIN
+
+    parser = _parser()
+    config = tmp_path / "c.toml"
+    config.write_text("[abliterate]\nmargin = 0.1\nper_layer = true\n")
+    argv = ["abliterate", "m", "--config", str(config), "--refusal-target", "0.25"]
+    args = parser.parse_args(argv)
+    args.argv = argv
+    built = abliterate_config(args, settings_from_args(args, parser), None)
+    assert built.search.space.per_layer and (built.margin, built.refusal_target) == (0.1, 0.25)
+    assert built.as_dict()["search"]["space"]["per_layer"]
+    argv = ["search", "m", "--study", "s"]
+    args = parser.parse_args(argv)
+    args.argv = argv
+    settings_from_args(args, parser)
+    # The flag's default is the choice rule's own (kept as a literal so --help loads no torch).
+    assert (args.margin, args.refusal_target, args.per_layer) == (DEFAULT_MARGIN, None, False)
+    assert _common.DEFAULT_MARGIN == DEFAULT_MARGIN

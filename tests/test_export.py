@@ -27,6 +27,7 @@ from circuitlab.export import (
     HELD_OUT_PROMPTS,
     MANIFEST,
     ExportError,
+    ExportOptions,
     Parity,
     Reference,
     compare,
@@ -374,7 +375,7 @@ def test_an_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch
             model,
             example_interventions(model, "directional"),
             tmp_path / "out",
-            prompts=HELD_OUT_PROMPTS[:2],
+            ExportOptions(prompts=HELD_OUT_PROMPTS[:2]),
         )
     assert len(written) == 1  # it did die after writing a tensor
     assert not (tmp_path / "out").exists() and _listing(tmp_path) == before
@@ -385,17 +386,18 @@ def test_existing_folders_and_the_source_are_protected(tiny_models, tiny_paths, 
     model = tiny_models[kind]
     interventions = example_interventions(model, "head")
     out = tmp_path / "out"
-    quick = {"prompts": HELD_OUT_PROMPTS[:2], "max_new_tokens": 4}
-    first = export(model, interventions, out, **quick)
+    quick = ExportOptions(prompts=HELD_OUT_PROMPTS[:2], max_new_tokens=4)
+    first = export(model, interventions, out, quick)
     with pytest.raises(ExportError, match="already exists"):
-        export(model, interventions, out, **quick)
-    second = export(model, interventions, out, force=True, **quick)
+        export(model, interventions, out, quick)
+    forced = dataclasses.replace(quick, force=True)
+    second = export(model, interventions, out, forced)
     assert second.manifest["created_utc"] != first.manifest["created_utc"]
     assert json.loads((out / MANIFEST).read_text())["created_utc"] == second.manifest["created_utc"]
     assert _listing(tmp_path) == ["out"]  # nothing left beside it
     for target in (tiny_paths[kind], tiny_paths[kind].parent):
         with pytest.raises(ExportError, match="source model"):
-            export(model, interventions, target, force=True, **quick)
+            export(model, interventions, target, forced)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -99,14 +99,14 @@ def test_a_template_that_opens_reasoning_gets_the_block_closed(thinking_model):
 
 
 def test_preflight_stops_a_search_whose_answers_never_finish(thinking_model, tmp_path):
-    from circuitlab.search import SearchPrompts, run_search
+    from circuitlab.search import SearchConfig, SearchPrompts, run_search
 
     prompts = SearchPrompts.from_testbed(n_train=2, n_search=3, n_kl=1, n_test=0)
     with pytest.raises(PreflightError, match="reasoning block.*enable_thinking"):
-        run_search(
-            thinking_model, prompts, "blind", 1, preflight=True, response_prefix=None,
-            profile=None, cache_dir=tmp_path / "cache",
-        )  # fmt: skip
+        config = SearchConfig(
+            1, preflight=True, response_prefix=None, profile=None, cache_dir=tmp_path / "cache"
+        )
+        run_search(thinking_model, prompts, "blind", config)
     assert not (tmp_path / "cache" / "studies").exists()  # stopped before the study
 
 

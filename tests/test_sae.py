@@ -281,7 +281,13 @@ def test_sae_method_in_the_search(tiny_llama_model, tiny_sae, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from circuitlab.search import ObjectiveConfig, SearchPrompts, SearchSpace, run_search
+    from circuitlab.search import (
+        ObjectiveConfig,
+        SearchConfig,
+        SearchPrompts,
+        SearchSpace,
+        run_search,
+    )
     from circuitlab.search.front import trial_interventions
     from circuitlab.search.space import suggest
 
@@ -293,10 +299,11 @@ def test_sae_method_in_the_search(tiny_llama_model, tiny_sae, tmp_path):
     assert SearchSpace.from_dict(json.loads(json.dumps(space.as_dict()))) == space
     prompts = SearchPrompts.from_testbed(n_train=6, n_search=3, n_kl=3, n_test=2)
     objective = ObjectiveConfig(max_new_tokens=4, batch_size=8, prune_kl=None, prune_min_drop=None)
-    study = run_search(
-        tiny_llama_model, prompts, "sae", 2, storage=str(tmp_path / "s.journal"), space=space,
-        objective=objective, profile=None, cache_dir=tmp_path / "cache",
+    config = SearchConfig(
+        2, storage=str(tmp_path / "s.journal"), space=space, objective=objective, profile=None,
+        cache_dir=tmp_path / "cache",
     )  # fmt: skip
+    study = run_search(tiny_llama_model, prompts, "sae", config)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 2
     for trial in trials:

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from circuitlab.engine import HookedModel
 from circuitlab.export import (
     ExportError,
+    ExportOptions,
     derive_tolerance,
     export,
     fold,
@@ -30,14 +31,14 @@ from circuitlab.export import (
 )
 from circuitlab.export.inplace import digest, live_slots
 from circuitlab.models import ModelSpec
-from circuitlab.search import abliterate
+from circuitlab.search import AbliterateConfig, SearchConfig, abliterate
 from circuitlab.search.abliterate import export_choice
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.objective import ObjectiveConfig
 from circuitlab.search.space import SearchSpace
 
 QUICK = ObjectiveConfig(max_new_tokens=6, batch_size=8, prune_kl=None, prune_min_drop=None)
-PARITY = {"max_new_tokens": 8}
+PARITY = ExportOptions(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def _written(folder: Path) -> dict[str, torch.Tensor]:
 def test_streamed_fold_is_bit_identical_to_the_in_memory_fold(sharded, tmp_path, kind):
     model = HookedModel.load(str(sharded))
     interventions = example_interventions(model, kind)
-    done = export(model, interventions, tmp_path / "out", **PARITY)
+    done = export(model, interventions, tmp_path / "out", PARITY)
     assert done.parity.passed and done.parity.tolerance == 1e-3
     written = _written(done.path)
     in_memory = fold(model, interventions).state_dict
@@ -102,11 +103,12 @@ def test_half_precision_export_passes_a_tolerance_fitted_to_its_noise(
     """abliterate's own export path: a short real search, then fold, parity in place, save."""
     model = HookedModel.load(ModelSpec(str(sharded), dtype=dtype))
     before = _state_digests(model)
-    done = abliterate(
-        model, prompts, f"half-{dtype}", 2, storage=str(tmp_path / "study.journal"),
-        space=SearchSpace(methods=("diff-means",)), objective=QUICK, out=tmp_path / "out",
-        export_options=PARITY,
+    search = SearchConfig(
+        2, storage=str(tmp_path / "study.journal"), space=SearchSpace(methods=("diff-means",)),
+        objective=QUICK,
     )  # fmt: skip
+    config = AbliterateConfig(search, out=tmp_path / "out", export=PARITY)
+    done = abliterate(model, prompts, f"half-{dtype}", config)
     assert done.export is not None, done.export_note
     parity = done.export.parity
     assert parity.passed and parity.enforced
@@ -135,7 +137,7 @@ def test_a_load_unlike_its_source_exports_the_source_weights(sharded, tmp_path):
     plain transformers reloads it to match the float32 hooked model."""
     half = HookedModel.load(ModelSpec(str(sharded), dtype="bfloat16"))
     interventions = example_interventions(half, "directional")
-    done = export(half, interventions, tmp_path / "out", **PARITY)
+    done = export(half, interventions, tmp_path / "out", PARITY)
     assert done.parity.passed
     assert done.manifest["fold"]["stored_dtype"] == "float32"
     assert done.manifest["fold"]["identical_to_verified"] == 0  # compared in bf16, not bits
@@ -164,7 +166,7 @@ def test_a_quantized_load_exports_the_original_weights(sharded, tmp_path, bits, 
     assert type(o_proj).__name__ == layer
     interventions = example_interventions(quantized, "directional")
     before = quantized.next_token_logprobs(["Name a colour."])
-    done = export(quantized, interventions, tmp_path / "out", **PARITY)
+    done = export(quantized, interventions, tmp_path / "out", PARITY)
     assert not done.parity.enforced and "quantized" in done.parity.tolerance_rule
     assert torch.equal(quantized.next_token_logprobs(["Name a colour."]), before)  # restored
     written = _written(done.path)
@@ -208,7 +210,7 @@ def test_a_split_model_runs_hooks_and_exports(sharded, tmp_path, kind):
     assert o_proj.device.type == "meta" and model.device == torch.device("cpu")
     texts = ["Name a colour.", "Count to three."]
     before = model.next_token_logprobs(texts)
-    done = export(model, example_interventions(model, kind), tmp_path / "out", **PARITY)
+    done = export(model, example_interventions(model, kind), tmp_path / "out", PARITY)
     assert done.parity.passed and done.parity.max_abs_logit_diff < 1e-3
     assert torch.equal(model.next_token_logprobs(texts), before)  # restored
 
@@ -247,6 +249,7 @@ def test_an_unexportable_model_fails_before_the_first_trial(
 
     model = HookedModel.load(str(sharded))
     journal = tmp_path / "study.journal"
+    config = AbliterateConfig(SearchConfig(2, storage=str(journal)), out=tmp_path / "o")
 
     def no_layout(*args, **kwargs):  # an architecture whose writers the fold cannot find
         raise UnsupportedArchitectureError("the fold finds no writers in this model")
@@ -254,13 +257,13 @@ def test_an_unexportable_model_fails_before_the_first_trial(
     with monkeypatch.context() as patch:
         patch.setattr(fold_module, "layout", no_layout)
         with pytest.raises(ExportError, match="no search was run"):
-            abliterate(model, prompts, "early", 2, storage=str(journal), out=tmp_path / "o")
+            abliterate(model, prompts, "early", config)
     import circuitlab.export.memory as memory
 
     with monkeypatch.context() as patch:
         patch.setattr(memory, "available_host", lambda: 1.0)
         with pytest.raises(CircuitlabError, match="host memory"):
-            abliterate(model, prompts, "early", 2, storage=str(journal), out=tmp_path / "o")
+            abliterate(model, prompts, "early", config)
     assert not journal.exists() or "trial" not in journal.read_text().lower()
 
     # Discovered after a search (an architecture the fold lost meanwhile): a note, so the

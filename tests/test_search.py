@@ -23,11 +23,14 @@ from optuna.trial import TrialState
 from rendering import assert_not_blank, browser_or_skip
 
 from circuitlab.cli import main
+from circuitlab.export import ExportOptions
 from circuitlab.interventions import DirectionalAblation, from_json, to_json
 from circuitlab.report import abliteration_report, render_check
 from circuitlab.search import (
+    AbliterateConfig,
     FrontPoint,
     ObjectiveConfig,
+    SearchConfig,
     SearchError,
     SearchPrompts,
     SearchSpace,
@@ -43,6 +46,7 @@ from circuitlab.search import (
 )
 from circuitlab.search.objective import prune_reason
 from circuitlab.search.profiles import FAMILIES, resolve_profile
+from circuitlab.search.setup import StudySetup
 from circuitlab.search.space import build_interventions, clamp_params, suggest
 from circuitlab.search.storage import recover_stale, worker_id
 from circuitlab.search.study import study_refs
@@ -264,10 +268,7 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
     """A real 3-trial study (one warm start, two TPE start-up trials)."""
     journal = tmp_path_factory.mktemp("study") / "three.journal"
     started = time.perf_counter()
-    study = run_search(
-        smollm,
-        tiny_prompts,
-        "three",
+    config = SearchConfig(
         3,
         storage=str(journal),
         # Without per-layer directions: the study stands for one made before they existed.
@@ -275,6 +276,7 @@ def study_3(smollm, tiny_prompts, tmp_path_factory):
         objective=NO_PRUNE,
         seed=1,
     )
+    study = run_search(smollm, tiny_prompts, "three", config)
     return study, journal, time.perf_counter() - started
 
 
@@ -345,7 +347,7 @@ def test_three_trial_study_has_a_front_of_plain_data(smollm, study_3):
 
 def test_rerun_of_a_finished_study_adds_no_trial(smollm, tiny_prompts, study_3):
     _, journal, _ = study_3
-    study = run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), seed=1)
+    study = run_search(smollm, tiny_prompts, "three", SearchConfig(3, str(journal), seed=1))
     assert len(study.trials) == len(study_3[0].trials)
 
 
@@ -353,21 +355,18 @@ def test_study_refuses_other_prompts(smollm, study_3):
     _, journal, _ = study_3
     other = SearchPrompts.from_testbed(n_train=8, n_search=5, n_kl=4)
     with pytest.raises(SearchError, match="other prompts"):
-        run_search(smollm, other, "three", 3, storage=str(journal))
+        run_search(smollm, other, "three", SearchConfig(3, storage=str(journal)))
 
 
 def test_abliterate_evaluates_on_test_split_and_exports(smollm, tiny_prompts, study_3, tmp_path):
     _, journal, _ = study_3
     started = time.perf_counter()
-    done = abliterate(
-        smollm,
-        tiny_prompts,
-        "three",
-        3,
-        storage=str(journal),
+    config = AbliterateConfig(
+        SearchConfig(3, storage=str(journal)),
         out=tmp_path / "export",
-        export_options={"prompts": list(tiny_prompts.harmless_test[:2]), "max_new_tokens": 4},
+        export=ExportOptions(prompts=list(tiny_prompts.harmless_test[:2]), max_new_tokens=4),
     )
+    done = abliterate(smollm, tiny_prompts, "three", config)
     result = done.result
     assert result.chosen.number in {p.number for p in result.front}
     assert result.edited.n_harmful == 4 and result.edited.split == "test"
@@ -437,6 +436,9 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     # Through JSON, as the resume check compares them.
     space = SearchSpace.from_dict(setup["space"])
     assert json.loads(json.dumps(space.as_dict())) == setup["space"]
+    # The typed record reads and writes the stored one unchanged.
+    typed = StudySetup.of(study)
+    assert typed.space == space and json.loads(json.dumps(typed.as_dict())) == setup
     assert all(set(t.params) == OLD_PARAMS for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
     space = SearchSpace(
@@ -446,10 +448,11 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
         remove_massive=True,
         per_layer=True,
     )
-    heads = run_search(
-        smollm, tiny_prompts, "heads", 1, storage=str(journal.with_name("heads.journal")),
-        space=space, objective=NO_PRUNE, seed=2, profile=None,
+    config = SearchConfig(
+        1, storage=str(journal.with_name("heads.journal")), space=space, objective=NO_PRUNE,
+        seed=2, profile=None,
     )  # fmt: skip
+    heads = run_search(smollm, tiny_prompts, "heads", config)
     (trial,) = heads.get_trials(states=(TrialState.COMPLETE,))
     assert "head_weight" in trial.params and "per_layer" in trial.params
     setup = heads.user_attrs["setup"]
@@ -458,7 +461,7 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     # The directions travel inside the storage, never as a path of one host.
     assert "folder" not in json.dumps(setup["directions"])
     store = open_store("heads", str(journal.with_name("heads.journal")))
-    saved = study_refs(store, setup, "cache")["diff-means"].load()
+    saved = study_refs(store, StudySetup.of(heads), "cache")["diff-means"].load()
     massive = saved.tensors["massive_directions"]
     assert massive.shape == (1, smollm.facts.d_model) and "without_massive" in saved.metadata
     assert float((saved.directions.double() @ massive[0].double()).abs().max()) < 1e-6
@@ -561,8 +564,8 @@ def test_a_study_refuses_a_different_judge(smollm, tiny_prompts, study_3):
     _, journal, _ = study_3
     other = CombinedJudge(MarkerJudge(), MarkerJudge(), "and")
     with pytest.raises(SearchError, match="judged by markers"):
-        run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), judge=other)
-    resumed = run_search(smollm, tiny_prompts, "three", 3, storage=str(journal), seed=1)
+        run_search(smollm, tiny_prompts, "three", SearchConfig(3, str(journal)), judge=other)
+    resumed = run_search(smollm, tiny_prompts, "three", SearchConfig(3, str(journal), seed=1))
     assert resumed.user_attrs["setup"]["judge"] == "markers"
 
 
@@ -575,3 +578,24 @@ def test_study_seeds_draw_independent_trials():
     first = {trial_seed(1, n) for n in range(50)}
     second = {trial_seed(2, n) for n in range(50)}
     assert len(first) == 50 and not first & second
+
+
+def test_demo_command_on_a_tiny_model_runs_every_step(tmp_path, cache_dir, capsys):
+    """`circuitlab demo` end to end on a tiny random model (the organism's run is a slow
+    test): search, test split, export with its parity bar, capability bar, the second
+    held-out set before and after, and that set's section in the report."""
+    from tiny import tiny_llama
+
+    model = tiny_llama(tmp_path / "model", cache_dir=cache_dir, n_layers=3, hidden_size=64)
+    argv = ["demo", "--model", str(model), "--study", "tiny", "--trials", "1", "--n-test", "2"]
+    argv += ["--n-jbb", "2", "--capability-n", "2", "--max-new-tokens", "4", "--no-preflight"]
+    argv += ["--margin", "0.1", "--out", str(tmp_path / "export"), "--threads", "1"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert "JailbreakBench refusals after (trial 0): " in captured.out
+    assert (
+        "parity: hooked, alone, folded" in captured.err and "capability questions" in captured.err
+    )
+    report = tmp_path / "cache" / "studies" / "tiny.journal.assets" / "report.html"
+    assert "JailbreakBench (never searched, never trained on)" in report.read_text()
+    assert (tmp_path / "export" / "config.json").is_file()

@@ -22,7 +22,10 @@ from circuitlab.config import Settings
 from circuitlab.errors import ConfigError, PromptError
 
 __all__ = [
+    "DEFAULT_MARGIN",
     "search_prompts",
+    "search_option_flags",
+    "check_search_options",
     "check_capability_n",
     "check_export_destination",
     "check_interventions",
@@ -158,6 +161,46 @@ def check_capability_n(n: int, seed: int) -> None:
         raise ConfigError(f"--capability-n must be 0 (off) or more, got {n}")
     if n:
         load_mmlu(n, seed)
+
+
+# The choice rule's margin when --margin is not given (search.front.DEFAULT_MARGIN, which a
+# test holds this to: importing it here would load torch for --help).
+DEFAULT_MARGIN = 0.05
+
+
+def search_option_flags(p: argparse.ArgumentParser) -> None:
+    """Search settings shared by ``search``, ``abliterate`` and ``demo``: per-layer
+    directions and the choice rule's margin or refusal target."""
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also search per-layer directions (each layer's writers remove that layer's own "
+        "direction) besides one direction for every layer",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        metavar="RATE",
+        help="choice rule: the least KL among points whose refusal rate is at most the fewest "
+        f"refusals under the KL budget plus this (default: {DEFAULT_MARGIN})",
+    )
+    p.add_argument(
+        "--refusal-target",
+        type=float,
+        metavar="RATE",
+        help="choice rule instead: the least KL whose refusal rate (0 to 1) is at most this "
+        "(none reached: the fewest refusals)",
+    )
+
+
+def check_search_options(args: argparse.Namespace) -> None:
+    """The shared search settings' values, before the model loads."""
+    checks.at_least("--margin", args.margin, 0.0)
+    target = args.refusal_target
+    checks.finite("--refusal-target", target)
+    if target is not None and not 0.0 <= target <= 1.0:
+        raise ConfigError(f"--refusal-target must be between 0 and 1 (a rate), got {target}")
 
 
 def check_export_destination(out, model: str, settings: Settings, force: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from circuitlab.commands._common import search_option_flags
 from circuitlab.config import Settings
 from circuitlab.prompt_data import SOURCE_HELP
 
@@ -51,47 +52,23 @@ def register(command) -> None:
         default=1.0,
         help="KL budget of the choice rule (default 1.0 for the organism; abliterate's is 0.2)",
     )
-
-
-def _jailbreakbench(model, interventions, n: int, judge, settings: Settings):
-    """Refusals on JailbreakBench without and with the edit, and a few pairs of answers."""
-    from circuitlab.evaluate.refusals import judged_generate
-    from circuitlab.hooks import apply
-    from circuitlab.progress import note
-    from circuitlab.prompts import load_prompts
-
-    prompts = list(load_prompts("jailbreakbench").take(n))
-    gen = {
-        "max_new_tokens": settings.max_new_tokens,
-        "batch_size": settings.batch_size,
-        "progress": True,
-    }
-    note(f"JailbreakBench: {n} prompts, the base model")
-    before = judged_generate(model, prompts, judge, **gen)
-    note(f"JailbreakBench: {n} prompts, with the edit")
-    with apply(model, *interventions):
-        after = judged_generate(model, prompts, judge, **gen)
-    return prompts, before, after
-
-
-def prompts_digest(prompts) -> str:
-    """A short digest of the prompts a search reads (not the sealed test split)."""
-    import hashlib
-    import json
-
-    text = json.dumps(prompts.search_hashes(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    search_option_flags(p)
 
 
 def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
     """Bad sizes, names and paths fail now, not after a quarter of an hour of search."""
     from circuitlab import checks
-    from circuitlab.commands._common import check_capability_n, check_export_destination
+    from circuitlab.commands._common import (
+        check_capability_n,
+        check_export_destination,
+        check_search_options,
+    )
     from circuitlab.errors import ConfigError
 
     checks.at_least("--trials", args.trials)
     checks.at_least("--n-test", args.n_test)
     checks.at_least("--kl-target", args.kl_target, 0.0)
+    check_search_options(args)
     if not 0 <= args.n_jbb <= 100:
         raise ConfigError(f"--n-jbb must be between 0 and 100 (JailbreakBench), got {args.n_jbb}")
     check_capability_n(args.capability_n, settings.seed)
@@ -103,7 +80,6 @@ def _check_sizes(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from circuitlab.activations import model_fingerprint
     from circuitlab.commands._common import (
         err,
         facts_table,
@@ -117,8 +93,11 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         slug,
     )
     from circuitlab.evaluate.scorecard import scorecard_table
+    from circuitlab.export import ExportOptions
+    from circuitlab.pipeline import before_after, demo_study, report_before_after
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search.config import AbliterateConfig, SearchConfig, abliterate_with
+    from circuitlab.search import SearchSpace, abliterate
+    from circuitlab.search.config import AbliterateConfig, SearchConfig
     from circuitlab.testbed import NAME, build_testbed
 
     clock = Clock()
@@ -135,29 +114,25 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     model = load_model(args.model, settings)
     out.print(facts_table(model))
     clock.lap("load the model")
-    # The weights' fingerprint in the name: a rebuilt organism starts its own study instead
-    # of failing on the old one's (a study refuses other weights).
-    # Other prompts than the defaults: a study of their own (a study refuses other prompts).
-    own = "" if (args.harmful, args.harmless) == ("advbench", "harmless") else "-prompts"
-    if own:
-        own += "-" + prompts_digest(prompts)
-    study = args.study or (
-        f"demo-{slug(args.model)}-{model_fingerprint(model)[:8]}{own}-seed{settings.seed}"
-    )
+    own = (args.harmful, args.harmless) != ("advbench", "harmless")
+    study = args.study or demo_study(slug(args.model), model, prompts, settings.seed, own)
     judge, test_judge = search_judges(settings)
     search = SearchConfig(
-        n_trials=args.trials, seed=settings.seed, cache_dir=settings.cache_dir, progress=True,
-        preflight=settings.preflight, response_prefix=settings.response_prefix,
+        n_trials=args.trials, space=SearchSpace(per_layer=args.per_layer), seed=settings.seed,
+        cache_dir=settings.cache_dir, progress=True, preflight=settings.preflight,
+        response_prefix=settings.response_prefix,
     )  # fmt: skip
     config = AbliterateConfig(
         search,
         # The default folder is the demo's own, replaced on every run; --out is the user's.
         out=args.out or Path(settings.cache_dir) / "exports" / study,
-        force=args.force or args.out is None,
+        export=ExportOptions(force=args.force or args.out is None),
         capability_n=args.capability_n,
         kl_target=args.kl_target,
+        margin=args.margin,
+        refusal_target=args.refusal_target,
     )
-    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
+    done = abliterate(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))
@@ -169,17 +144,16 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     else:
         out.print(f"not exported: {done.export_note}")
     out.print(f"chosen edit: {done.interventions_path} (use with --intervention)")
-    jbb_rows, jbb_samples = [], []
+    jbb = None
     if args.n_jbb:
-        jbb, before, after = _jailbreakbench(
-            model, result.chosen.interventions, args.n_jbb, test_judge, settings
-        )
-        for name, judged in (("before", before), (f"after (trial {result.chosen.number})", after)):
-            low, high = judged.refused.interval
-            jbb_rows.append((name, str(judged.refused), f"[{low:.0%}, {high:.0%}]"))
-            out.print(f"JailbreakBench refusals {name}: {jbb_rows[-1][1]} {jbb_rows[-1][2]}")
-        jbb_samples = list(zip(jbb, before.responses, after.responses, strict=True))[:4]
-        for prompt, a, b in jbb_samples[:3]:
+        jbb = before_after(
+            model, result.chosen.interventions, test_judge, n=args.n_jbb,
+            label=f"after (trial {result.chosen.number})", max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size, progress=True,
+        )  # fmt: skip
+        for which, refused, interval in jbb.rows():
+            out.print(f"{jbb.name} refusals {which}: {refused} {interval}")
+        for prompt, a, b in jbb.samples(3):
             out.rule(f"[bold]{prompt}")
             out.print(f"[dim]before:[/] {a.strip()[:240]}")
             out.print(f"[dim]after:[/]  {b.strip()[:240]}")
@@ -190,10 +164,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         command=command_line(args), seed=settings.seed, timings=clock.laps,
         settings=settings.model_dump(mode="json"),
     )  # fmt: skip
-    if jbb_rows:
-        report.section("JailbreakBench (never searched, never trained on)")
-        report.table(["", "refused", "95 % Wilson interval"], jbb_rows, caption=test_judge.name)
-        report.samples("JailbreakBench: before / after", jbb_samples)
+    if jbb is not None:
+        report_before_after(report, jbb, test_judge.name)
     out.print(f"report: {report.write(report_path(study, None, settings.cache_dir))}")
     out.print(f"demo finished in {sum(clock.laps.values()):.0f} s")
     return 0 if done.export is not None else 1

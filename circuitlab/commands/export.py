@@ -88,27 +88,26 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands._common import load_model, out
-    from circuitlab.export import export
+    from circuitlab.export import ExportOptions, export
     from circuitlab.export.adapter import export_adapter
 
     # Everything that can fail without the model fails before it loads.
     interventions, destination = preflight(args, settings, args.out, args.force)
     prompts, scorecard = _prompts(args.prompts), _scorecard(args.scorecard)
     model = load_model(args.model, settings)
-    common = {
-        "prompts": prompts,
-        "chat": model.facts.has_chat_template and not args.raw,
-        "tolerance": args.tolerance,
-        "force": args.force,
-        "scorecard": scorecard,
-        "seed": settings.seed,
-        "command": _command_line(args),
-    }
-    if args.format == "adapter":
-        result = export_adapter(model, interventions, destination, client=args.client, **common)
-    else:
-        result = export(model, interventions, destination, max_shard_size=args.max_shard_size,
-                        **common)  # fmt: skip
+    options = ExportOptions(
+        prompts=prompts,
+        chat=model.facts.has_chat_template and not args.raw,
+        tolerance=args.tolerance,
+        force=args.force,
+        seed=settings.seed,
+        command=_command_line(args),
+        progress=True,
+        max_shard_size=args.max_shard_size,
+        client=args.client,
+    )
+    write = export_adapter if args.format == "adapter" else export
+    result = write(model, interventions, destination, options, scorecard=scorecard)
     out.print(_parity_table(result))
     out.print(result.parity.summary(), highlight=False)
     return 0

@@ -17,10 +17,12 @@ from rich.table import Table
 from circuitlab.commands._common import (
     check_capability_n,
     check_export_destination,
+    check_search_options,
     front_table,
     quiet_optuna,
     report_path,
     search_judges,
+    search_option_flags,
     search_prompts,
     slug,
 )
@@ -102,6 +104,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     _study_flags(p)
     _prompt_flags(p)
     _choice_flags(p)
+    search_option_flags(p)
     p.add_argument(
         "--heartbeat",
         type=int,
@@ -128,6 +131,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     _study_flags(p)
     _prompt_flags(p)
     _choice_flags(p)
+    search_option_flags(p)
 
     p = command("profiles", cmd_profiles, "Warm-start profiles: learn one from a study.")
     p.add_argument("action", choices=("learn",), help="learn: write a profile from a study")
@@ -155,6 +159,7 @@ def check_search_args(args: argparse.Namespace, settings: Settings, study: str |
     checks.at_least("--n-test", getattr(args, "n_test", None))
     checks.at_least("--addition-max", args.addition_max, 0.0)
     checks.at_least("--kl-target", args.kl_target, 0.0)
+    check_search_options(args)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     checks.choices("--methods", methods, sorted(KNOWN_METHODS))
     if args.profile not in ("auto", "none"):
@@ -174,8 +179,9 @@ def _configs(args: argparse.Namespace, settings: Settings):
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     space = SearchSpace(
-        methods=methods, addition_max=args.addition_max, remove_massive=args.remove_massive
-    )
+        methods=methods, addition_max=args.addition_max, remove_massive=args.remove_massive,
+        per_layer=args.per_layer,
+    )  # fmt: skip
     prune = {"prune_kl": None, "prune_min_drop": None} if args.no_prune else {}
     objective = ObjectiveConfig(
         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, **prune
@@ -205,11 +211,27 @@ def search_config(args: argparse.Namespace, settings: Settings, **extra):
     )
 
 
+def abliterate_config(args: argparse.Namespace, settings: Settings, out: Path | None):
+    """The search, the choice and the export as one frozen value."""
+    from circuitlab.export import ExportOptions
+    from circuitlab.search.config import AbliterateConfig
+
+    return AbliterateConfig(
+        search_config(args, settings),
+        out=out,
+        export=ExportOptions(force=args.force),
+        capability_n=args.capability_n,
+        kl_target=args.kl_target,
+        margin=args.margin,
+        refusal_target=args.refusal_target,
+    )
+
+
 # ------------------------------------------------------------------------------ commands
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands._common import load_model, out
-    from circuitlab.search import choose, pareto_front
-    from circuitlab.search.config import search_with
+    from circuitlab.search import choose, pareto_front, run_search
+    from circuitlab.search.front import rule_name
 
     quiet_optuna()
     check_search_args(args, settings, args.study)
@@ -217,12 +239,13 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     judge, _ = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     config = search_config(args, settings, heartbeat=args.heartbeat)
-    study = search_with(model, prompts, args.study, config, judge=judge)
+    study = run_search(model, prompts, args.study, config, judge=judge)
     front = pareto_front(study)
-    chosen = choose(front, args.kl_target) if front else None
+    rule = {"margin": args.margin, "refusal_target": args.refusal_target}
+    chosen = choose(front, args.kl_target, **rule) if front else None
     out.print(front_table(front, chosen, f"Pareto front of {args.study}"))
     if chosen is not None:
-        out.print(f"chosen (fewest refusals with KL <= {args.kl_target}): trial {chosen.number}")
+        out.print(f"chosen ({rule_name(args.kl_target, **rule)}): trial {chosen.number}")
     return 0
 
 
@@ -230,7 +253,7 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands._common import load_model, out
     from circuitlab.evaluate.scorecard import scorecard_table
     from circuitlab.report import Clock, abliteration_report, command_line
-    from circuitlab.search.config import AbliterateConfig, abliterate_with
+    from circuitlab.search import abliterate
 
     quiet_optuna()
     clock = Clock()
@@ -245,14 +268,8 @@ def cmd_abliterate(args: argparse.Namespace, settings: Settings) -> int:
     judge, test_judge = search_judges(settings)
     model = needs_chat(load_model(args.model, settings), args.model)
     clock.lap("load model and prompts")
-    config = AbliterateConfig(
-        search_config(args, settings),
-        out=destination,
-        force=args.force,
-        capability_n=args.capability_n,
-        kl_target=args.kl_target,
-    )
-    done = abliterate_with(model, prompts, study, config, judge=judge, test_judge=test_judge)
+    config = abliterate_config(args, settings, destination)
+    done = abliterate(model, prompts, study, config, judge=judge, test_judge=test_judge)
     clock.lap("search, choice, test split and export")
     result = done.result
     out.print(front_table(result.front, result.chosen, f"Pareto front of {study}"))

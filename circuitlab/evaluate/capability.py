@@ -23,12 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from circuitlab._resources import json_hash, wheel_file
 from circuitlab.engine import HookedModel
 from circuitlab.errors import PromptError
 from circuitlab.evaluate.reasoning import prefill_if_reasoning
 from circuitlab.evaluate.stats import Proportion
+from circuitlab.progress import progress_bar
 
 __all__ = ["Question", "load_mmlu", "draw", "CapabilityResult", "capability", "LETTERS"]
 
@@ -151,11 +153,26 @@ def _letter_ids(tokenizer) -> list[list[int]]:
     return ids
 
 
+def _logprobs(
+    model: HookedModel, prompts: list[str], batch_size: int, chat: bool, progress: bool
+) -> Tensor:
+    """First-token log-probabilities, a batch at a time so a bar can follow (MMLU prompts
+    are long: fifty questions take tens of seconds on a CPU)."""
+    chunks = []
+    with progress_bar(len(prompts), "capability questions", progress) as advance:
+        for start in range(0, len(prompts), batch_size):
+            part = prompts[start : start + batch_size]
+            chunks.append(model.next_token_logprobs(part, batch_size=batch_size, chat=chat))
+            advance(len(part))
+    return torch.cat(chunks)
+
+
 def capability(
     model: HookedModel,
     questions: Sequence[Question],
     batch_size: int = 8,
     chat: bool | None = None,
+    progress: bool = False,
 ) -> CapabilityResult:
     """Accuracy of ``model`` (under any active hooks) on ``questions``.
 
@@ -164,20 +181,21 @@ def capability(
         questions: e.g. :func:`load_mmlu`.
         batch_size: prompts per forward pass (MMLU prompts are long: keep it modest).
         chat: chat-format the prompts (default: when the model has a chat template).
+        progress: a bar over the questions (stderr).
 
     Returns:
         Correct count, accuracy and the model's choice for each question.
     """
     chat = model.facts.has_chat_template if chat is None else chat
     prompts = [q.prompt() for q in questions]
-    logprobs = model.next_token_logprobs(prompts, batch_size=batch_size, chat=chat)
+    logprobs = _logprobs(model, prompts, batch_size, chat, progress)
     block = prefill_if_reasoning(model, logprobs.argmax(dim=-1).tolist()) if chat else ""
     if block and not model.response_prefix:
         # A reasoning model's next token opens its reasoning, not the answer: read the
         # letter after a closed (empty) reasoning block instead.
         model.response_prefix = block
         try:
-            logprobs = model.next_token_logprobs(prompts, batch_size=batch_size, chat=chat)
+            logprobs = _logprobs(model, prompts, batch_size, chat, progress)
         finally:
             model.response_prefix = ""
     letters = _letter_ids(model.tokenizer)

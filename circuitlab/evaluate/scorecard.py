@@ -184,7 +184,9 @@ def score_model(
     kl = kl_baseline.score(model, batch_size=batch_size) if kl_baseline is not None else None
     if questions:
         note(f"{name}: {len(questions)} {capability_source} questions", progress)
-    cap = capability(model, questions, batch_size=max(1, batch_size // 2)) if questions else None
+    cap = None
+    if questions:
+        cap = capability(model, questions, batch_size=max(1, batch_size // 2), progress=progress)
     delta = None
     if cap is not None and base is not None and base.capability_accuracy is not None:
         delta = cap.accuracy - base.capability_accuracy

@@ -1,6 +1,6 @@
 """Export: fold validated interventions into Hugging Face weights, prove parity, save.
 
-``export(model, interventions, out)`` runs the three stages: :func:`plan_fold` (which
+``export(model, interventions, out, options)`` runs the three stages: :func:`plan_fold` (which
 tensors change and how), :func:`verify_in_place` (the hooked model against the same loaded
 modules holding the folded weights, with a tolerance fitted to the dtype) and
 :func:`save_streamed` (the source safetensors folded shard by shard into the output). For a
@@ -38,6 +38,7 @@ from circuitlab.export.fold import (
     plan_fold,
     plan_fold_edits,
 )
+from circuitlab.export.options import ExportOptions
 from circuitlab.export.save import (
     MANIFEST,
     check_destination,
@@ -66,6 +67,7 @@ __all__ = [
     "HELD_OUT_PROMPTS",
     "MANIFEST",
     "ExportError",
+    "ExportOptions",
     "ExportResult",
     "Family",
     "FoldPlan",
@@ -107,34 +109,20 @@ def export(
     model,
     interventions: Sequence[Intervention],
     out: str | Path,
+    options: ExportOptions | None = None,
     *,
-    prompts: Sequence[str] | None = None,
-    chat: bool | None = None,
-    tolerance: float | None = None,
-    max_new_tokens: int = 16,
-    force: bool = False,
     scorecard: Any = None,
-    seed: int | None = None,
-    max_shard_size: str | int = "4GB",
-    stream: bool | None = None,
-    command: str | None = None,
 ) -> ExportResult:
     """Fold, verify against the hooks, and only then write the edited model.
 
     Args:
         model: the hooked model the interventions were validated on.
         interventions: foldable interventions, in the order they were applied.
-        out: destination folder (must not exist unless ``force``; never the source).
-        prompts, chat, max_new_tokens: the parity check (see :func:`verify_in_place`).
-        tolerance: bound on max |Δlogit|; None fits it to the dtype (:func:`derive_tolerance`).
+        out: destination folder (must not exist unless ``options.force``; never the source).
+        options: the parity check, the destination and the layout (:class:`ExportOptions`;
+            ``client`` is the adapter's and ignored here).
         scorecard: evaluation results to record in the manifest and card (dict, dataclass
             or anything with ``as_dict``).
-        seed: the seed the interventions were found with, for the manifest.
-        max_shard_size: bound per safetensors file of the in-memory path (the streamed
-            path keeps the source's shards).
-        stream: fold the source safetensors shard by shard (default: whenever the model
-            has them); False folds the loaded weights in memory.
-        command: the command line that reproduces the export, for the model card.
 
     Returns:
         The :class:`ExportResult`.
@@ -144,6 +132,8 @@ def export(
             failed parity, or a destination that may not be written; nothing is written
             in any of these cases.
     """
+    o = options or ExportOptions()
+    force, stream = o.force, o.stream
     interventions = list(interventions)
     if not interventions:
         raise ExportError("nothing to export: give at least one intervention")
@@ -169,18 +159,18 @@ def export(
             "load can only be exported from its source weights"
         )
     parity, digests = verify_in_place(
-        model, interventions, plan, files, prompts, chat=chat, tolerance=tolerance,
-        max_new_tokens=max_new_tokens,
+        model, interventions, plan, files, o.prompts, chat=o.chat, tolerance=o.tolerance,
+        max_new_tokens=o.max_new_tokens, progress=o.progress,
     )  # fmt: skip
-    data = manifest(model, interventions, plan, parity, scorecard, seed)
-    if command:
-        data["command"] = command
+    data = manifest(model, interventions, plan, parity, scorecard, o.seed)
+    if o.command:
+        data["command"] = o.command
     if files:
         path = save_streamed(plan, model, files, out, data, force=force, digests=digests)
     else:
         hf_model = fold(model, interventions).build()
         path = save(
-            hf_model, model, out, data, force=force, max_shard_size=max_shard_size,
+            hf_model, model, out, data, force=force, max_shard_size=o.max_shard_size,
             edits=plan.planned,
         )  # fmt: skip
     return ExportResult(path, parity, data)

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from circuitlab.export.fold import EMBED_CHUNK, ExportError, FoldPlan, layout, plan_fold
 from circuitlab.export.inplace import live_slots, stored_keys
+from circuitlab.export.options import ExportOptions
 from circuitlab.export.verify import Parity, Reference, compare, reference, verify_in_place
 from circuitlab.interventions import Intervention
 from circuitlab.models.loading import input_device
@@ -460,25 +461,18 @@ def export_adapter(
     model,
     interventions: Sequence[Intervention],
     out: str | Path,
+    options: ExportOptions | None = None,
     *,
-    prompts: Sequence[str] | None = None,
-    chat: bool | None = None,
-    tolerance: float | None = None,
-    max_new_tokens: int = 16,
-    force: bool = False,
     scorecard: Any = None,
-    seed: int | None = None,
-    client: bool = True,
-    command: str | None = None,
 ) -> AdapterResult:
     """Fold, verify against the hooks, factor into an exact LoRA, check it with peft, write.
 
     Args:
-        model, interventions, out, prompts, chat, tolerance, max_new_tokens, force,
-            scorecard, seed: as for :func:`circuitlab.export.export`.
-        client: also load the written adapter with plain peft on the base model in a
-            subprocess and compare its logits with the hooks (loads the base a second time).
-        command: the command line that reproduces the export, for the card.
+        model, interventions, out, scorecard: as for :func:`circuitlab.export.export`.
+        options: as for :func:`circuitlab.export.export` (``max_shard_size`` and
+            ``stream`` are the merged format's and ignored here); ``client`` also loads
+            the written adapter with plain peft on the base model in a subprocess and
+            compares its logits with the hooks.
 
     Returns:
         The :class:`AdapterResult`; the folder holds ``adapter_model.safetensors``,
@@ -496,10 +490,12 @@ def export_adapter(
     )
     from circuitlab.models.loading import is_quantized, source_files
 
+    o = options or ExportOptions()
+    prompts, chat, max_new_tokens = o.prompts, o.chat, o.max_new_tokens
     interventions = list(interventions)
     if not interventions:
         raise ExportError("nothing to export: give at least one intervention")
-    out = check_destination(out, model, force)
+    out = check_destination(out, model, o.force)
     require_peft()
     plan = plan_fold(model, interventions)
     files = source_files(model.resolved)
@@ -510,10 +506,10 @@ def export_adapter(
         )
     factors = lora_factors(model, interventions, plan, files)
     parity, _ = verify_in_place(
-        model, interventions, plan, files, prompts, chat=chat, tolerance=tolerance,
-        max_new_tokens=max_new_tokens,
+        model, interventions, plan, files, prompts, chat=chat, tolerance=o.tolerance,
+        max_new_tokens=max_new_tokens, progress=o.progress,
     )  # fmt: skip
-    data = manifest(model, interventions, plan, parity, scorecard, seed)
+    data = manifest(model, interventions, plan, parity, scorecard, o.seed)
     _versions(data)
     data["format_kind"] = "adapter"
     data["adapter"] = {
@@ -525,15 +521,15 @@ def export_adapter(
         "adapted)" if model.facts.tied_embeddings and any(
             f.kind == "embedding" for f in factors.values()) else None,
     }  # fmt: skip
-    if command:
-        data["command"] = command
+    if o.command:
+        data["command"] = o.command
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(out)
     try:
         write_adapter(factors, tmp, base_location(model))
         model.tokenizer.save_pretrained(tmp)
         checked = ref = outputs = None
-        if client:
+        if o.client:
             checked, facts, ref, outputs = peft_parity(
                 model, interventions, tmp, prompts=prompts, chat=chat,
                 tolerance=parity.tolerance, max_new_tokens=max_new_tokens, work=out.parent,

@@ -14,7 +14,7 @@ so that a reloaded export -- even one run in another process -- is compared the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -28,6 +28,7 @@ from circuitlab.export.inplace import folded_in_place
 from circuitlab.hooks import apply
 from circuitlab.interventions import Intervention
 from circuitlab.models.loading import input_device, is_quantized
+from circuitlab.progress import progress_bar
 
 __all__ = [
     "HELD_OUT_PROMPTS",
@@ -187,6 +188,7 @@ def reference(
     chat: bool | None = None,
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    advance: Callable[[int], None] | None = None,
 ) -> Reference:
     """The hooked model's outputs under ``apply(model, *interventions)``.
 
@@ -195,7 +197,10 @@ def reference(
         chat: chat-format the prompts (default: when the model has a template).
         max_new_tokens: length of the greedy continuations.
         batch_size: prompts per forward pass (logits take ``tokens x vocab x 4`` bytes).
+        advance: called with the number of prompts after each pass (a progress bar's;
+            each prompt is run twice: in its batch and alone, for the noise floor).
     """
+    advance = advance or (lambda n: None)
     prompts = list(prompts if prompts is not None else HELD_OUT_PROMPTS)
     chat = model.facts.has_chat_template if chat is None else chat
     config = generation_config(model.hf_model, model.tokenizer, max_new_tokens)
@@ -210,12 +215,13 @@ def reference(
             ref.tokens.append(tokens)
             ref.top_values.append(values)
             ref.top_indices.append(indices)
-        ref.noise_floor = _noise_floor(model, ref)
+            advance(len(batch["input_ids"]))
+        ref.noise_floor = _noise_floor(model, ref, advance)
     return ref
 
 
 @torch.no_grad()
-def _noise_floor(model, ref: Reference) -> float:
+def _noise_floor(model, ref: Reference, advance: Callable[[int], None]) -> float:
     """The hooked model against itself: each prompt alone (no padding) vs its batch."""
     worst = 0.0
     for batch, logits in zip(ref.batches, ref.logits, strict=True):
@@ -224,11 +230,16 @@ def _noise_floor(model, ref: Reference) -> float:
         for ids, mask, batched in pairs:
             alone = model.hf_model(input_ids=ids[mask.bool()][None], use_cache=False).logits[0]
             worst = max(worst, (alone.float().cpu() - batched).abs().max().item())
+            advance(1)
     return worst
 
 
-def run_plain(hf_model, ref: Reference) -> tuple[list[Tensor], list[Tensor]]:
-    """A plain HF model's real-token logits and greedy tokens on the reference's batches."""
+def run_plain(
+    hf_model, ref: Reference, advance: Callable[[int], None] | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """A plain HF model's real-token logits and greedy tokens on the reference's batches
+    (``advance`` is called with each batch's number of prompts)."""
+    advance = advance or (lambda n: None)
     device = input_device(hf_model)
     logits, tokens = [], []
     for batch in ref.batches:
@@ -237,6 +248,7 @@ def run_plain(hf_model, ref: Reference) -> tuple[list[Tensor], list[Tensor]]:
         )
         logits.append(real)
         tokens.append(new)
+        advance(len(batch["input_ids"]))
     return logits, tokens
 
 
@@ -382,6 +394,7 @@ def verify_in_place(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     strict: bool = True,
+    progress: bool = False,
 ) -> tuple[Parity, dict[str, str]]:
     """The hooked model against the *same* modules holding the folded weights.
 
@@ -393,16 +406,19 @@ def verify_in_place(
         files: the source safetensors (read for quantized or offloaded tensors).
         tolerance: bound on max |Δlogit|; None derives it (:func:`derive_tolerance`).
         prompts, chat, max_new_tokens, batch_size, strict: as for :func:`verify`.
+        progress: a bar over the hooked, the alone (noise floor) and the folded passes.
 
     Returns:
         The :class:`Parity` and the digests of the tensors that were checked.
     """
-    ref = reference(
-        model, interventions, prompts, chat=chat, max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )  # fmt: skip
-    with folded_in_place(model, plan, files) as digests:
-        logits, tokens = run_plain(model.hf_model, ref)
+    n = len(prompts if prompts is not None else HELD_OUT_PROMPTS)
+    with progress_bar(3 * n, "parity: hooked, alone, folded", progress) as advance:
+        ref = reference(
+            model, interventions, prompts, chat=chat, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, advance=advance,
+        )  # fmt: skip
+        with folded_in_place(model, plan, files) as digests:
+            logits, tokens = run_plain(model.hf_model, ref, advance)
     rule = "given"
     if tolerance is None:
         largest = max(float(x.abs().max()) for x in ref.logits)

@@ -8,7 +8,7 @@ any crash, and accept several worker processes (:mod:`~circuitlab.search.storage
 
 Example:
     >>> prompts = SearchPrompts.from_testbed(n_train=64, n_search=30, n_kl=30)
-    >>> study = run_search(model, prompts, "smollm-demo", n_trials=50)
+    >>> study = run_search(model, prompts, "smollm-demo", SearchConfig(n_trials=50))
     >>> point = choose(pareto_front(study), kl_target=0.2)
 """
 
@@ -21,6 +21,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "abliterate": ["Abliteration", "abliterate", "export_choice"],
         "assets": ["SearchPrompts", "StudyAssets", "extract_directions"],
+        "config": ["AbliterateConfig", "SearchConfig"],
         "front": [
             "FrontPoint",
             "SearchResult",
@@ -33,6 +34,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "profiles": ["Profile", "detect_family", "learn_profile", "load_profile", "save_profile"],
         "space": ["SearchSpace", "build_interventions", "suggest"],
         "storage": ["SearchError", "open_store"],
+        "setup": ["StudySetup"],
         "study": ["run_search"],
     },
 )

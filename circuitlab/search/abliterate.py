@@ -16,15 +16,14 @@ from circuitlab.engine import HookedModel
 from circuitlab.errors import UnsupportedArchitectureError
 from circuitlab.evaluate.capability import load_mmlu
 from circuitlab.evaluate.judges import Judge, MarkerJudge
-from circuitlab.export import ExportError, check_exportable, export
+from circuitlab.export import ExportError, ExportOptions, check_exportable, export
 from circuitlab.export.memory import check_export_memory
 from circuitlab.interventions import save_interventions
 from circuitlab.models.loading import is_quantized, source_files
 from circuitlab.progress import note as progress_note
 from circuitlab.search.assets import SearchPrompts
+from circuitlab.search.config import AbliterateConfig
 from circuitlab.search.front import (
-    DEFAULT_KL_TARGET,
-    DEFAULT_MARGIN,
     Rule,
     SearchResult,
     choose,
@@ -34,6 +33,7 @@ from circuitlab.search.front import (
     rule_name,
 )
 from circuitlab.search.objective import ObjectiveConfig
+from circuitlab.search.setup import StudySetup
 from circuitlab.search.space import SearchSpace
 from circuitlab.search.storage import open_store
 from circuitlab.search.study import run_search
@@ -41,8 +41,6 @@ from circuitlab.search.study import run_search
 __all__ = ["Abliteration", "abliterate", "check_export_plan", "export_choice"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH_CAP = 64
 
 
 def _measured_batch(
@@ -75,13 +73,12 @@ def export_choice(
     model: HookedModel,
     result: SearchResult,
     out: str | Path,
-    force: bool = False,
-    **options: Any,
+    options: ExportOptions | None = None,
 ):
     """Fold the chosen edit into the weights, verify it against the hooks and save it.
 
     Args:
-        options: passed to ``circuitlab.export.export`` (``prompts``, ``tolerance``, ...).
+        options: passed to ``circuitlab.export.export`` (parity prompts, tolerance, ...).
 
     Returns:
         ``(export_result, None)``, or ``(None, reason)`` when the edit cannot be exported.
@@ -91,14 +88,7 @@ def export_choice(
         notes = "; ".join(iv.fold_note for iv in chosen.interventions if not iv.foldable)
         return None, f"trial {chosen.number} cannot be folded into weights: {notes}"
     try:
-        done = export(
-            model,
-            list(chosen.interventions),
-            out,
-            force=force,
-            scorecard=result.as_dict(),
-            **options,
-        )
+        done = export(model, list(chosen.interventions), out, options, scorecard=result.as_dict())
     except (ExportError, UnsupportedArchitectureError) as exc:
         # e.g. an addition on an architecture without the bias it needs: the search's
         # results still stand, and the caller still writes its report
@@ -130,90 +120,61 @@ def abliterate(
     model: HookedModel,
     prompts: SearchPrompts,
     study_name: str,
-    n_trials: int,
+    config: AbliterateConfig,
     *,
-    out: str | Path | None = None,
-    force: bool = False,
-    storage: str | None = None,
-    space: SearchSpace | None = None,
-    objective: ObjectiveConfig | None = None,
     judge: Judge | None = None,
     test_judge: Judge | None = None,
-    capability_n: int = 0,
-    kl_target: float = DEFAULT_KL_TARGET,
     rule: Rule | None = None,
-    margin: float = DEFAULT_MARGIN,
-    refusal_target: float | None = None,
-    score_knee: bool = True,
-    seed: int = 0,
-    profile: str | Path | None = "auto",
-    family: str | None = None,
-    cache_dir: str | Path = "cache",
-    progress: bool = False,
-    fail_unknown: bool = False,
-    export_options: dict[str, Any] | None = None,
-    batch_cap: int = DEFAULT_BATCH_CAP,
-    preflight: bool = False,
-    response_prefix: str | None = "auto",
 ) -> Abliteration:
     """Search (or resume) a study, choose a trial, score it on the test split, export it.
 
     Args:
         model: the base model.
         prompts: all splits, including the test split.
-        study_name, n_trials, storage, space, objective, seed, profile, family, cache_dir,
-            progress, fail_unknown, preflight, response_prefix: as for
-            :func:`circuitlab.search.run_search`.
-        out: export folder; None: do not export.
-        force: replace ``out`` if it exists.
+        study_name: the study's name in the storage.
+        config: the search, the choice, the scorecard and the export
+            (:class:`~circuitlab.search.config.AbliterateConfig`).
         judge: refusal judge of the search trials (default ``MarkerJudge``).
         test_judge: refusal judge of the test-split scorecard (default: ``judge``); a
             slower, better judge belongs here (``neural_detection_for_optuna`` off).
-        capability_n: MMLU questions in the test scorecards (0: no capability check).
-        kl_target, rule, margin, refusal_target: the choice (see
-            :func:`circuitlab.search.choose`).
-        score_knee: also score the front's knee on the test split when it is not the
-            chosen point (one more scorecard).
-        export_options: passed to ``circuitlab.export.export`` (e.g. the parity prompts);
-            the parity tolerance fits the model's dtype unless ``tolerance`` is given.
-        batch_cap: on an accelerator the batch size is measured (the largest power of two
-            up to this that fits); on CPU the objective's batch size stands.
+        rule: a custom choice rule (see :func:`circuitlab.search.choose`).
 
     Returns:
         The :class:`Abliteration`.
     """
     judge = judge or MarkerJudge()
-    if out is not None:
-        check_export_plan(model, space)
-    objective = _measured_batch(model, prompts, objective or ObjectiveConfig(), batch_cap)
-    study = run_search(
-        model, prompts, study_name, n_trials, storage=storage, space=space,
-        objective=objective, judge=judge, seed=seed, profile=profile, family=family,
-        cache_dir=cache_dir, progress=progress, fail_unknown=fail_unknown,
-        preflight=preflight, response_prefix=response_prefix,
-    )  # fmt: skip
-    front = pareto_front(study, cache_dir)  # this host's copies of the study's directions
-    chosen = choose(front, kl_target, rule, margin=margin, refusal_target=refusal_target)
+    search = config.search
+    if config.out is not None:
+        check_export_plan(model, search.space)
+    objective = _measured_batch(model, prompts, search.objective, config.batch_cap)
+    search = replace(search, objective=objective)
+    study = run_search(model, prompts, study_name, search, judge=judge)
+    front = pareto_front(study, search.cache_dir)  # this host's copies of the study's directions
+    margin, target = config.margin, config.refusal_target
+    chosen = choose(front, config.kl_target, rule, margin=margin, refusal_target=target)
     bend = knee(front)
     bend = None if bend is None or bend.number == chosen.number else bend
-    objective = ObjectiveConfig(**study.user_attrs["setup"]["objective"])
+    objective = StudySetup.of(study).objective
     base, edited, *knee_card = evaluate_choice(
         model, chosen, prompts.harmful_test, prompts.harmless_test, test_judge or judge,
         max_new_tokens=objective.max_new_tokens, batch_size=objective.batch_size,
-        questions=load_mmlu(capability_n, seed) if capability_n else (),
-        also=(bend,) if bend is not None and score_knee else (), progress=progress,
+        questions=load_mmlu(config.capability_n, search.seed) if config.capability_n else (),
+        also=(bend,) if bend is not None and config.score_knee else (),
+        progress=search.progress,
     )  # fmt: skip
-    how = "custom" if rule is not None else rule_name(kl_target, margin, refusal_target)
+    how = "custom" if rule is not None else rule_name(config.kl_target, margin, target)
     result = SearchResult(
         study_name, how, chosen, tuple(front), base, edited, bend,
         knee_card[0] if knee_card else None,
     )  # fmt: skip
     # The choice as a file `evaluate`, `steer` and `export` read with --intervention.
-    store = open_store(study_name, storage, cache_dir)
+    store = open_store(study_name, search.storage, search.cache_dir)
     chosen_path = save_interventions(chosen.interventions, store.assets_dir / "chosen.json")
-    if out is None:
+    if config.out is None:
         return Abliteration(result, None, "no output folder given", chosen_path)
-    options = {"seed": seed, **(export_options or {})}
-    progress_note(f"export: fold trial {chosen.number}, prove parity, write {out}", progress)
-    exported, note = export_choice(model, result, out, force, **options)
+    out, options = config.out, config.export
+    seed = search.seed if options.seed is None else options.seed
+    options = replace(options, seed=seed, progress=options.progress or search.progress)
+    progress_note(f"export: fold trial {chosen.number}, prove parity, write {out}", search.progress)
+    exported, note = export_choice(model, result, out, options)
     return Abliteration(result, exported, note, chosen_path)

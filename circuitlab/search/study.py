@@ -2,24 +2,22 @@
 
 The first worker extracts the directions, and only then creates the study, stores the
 directions inside it, enqueues the warm-start trials and records everything the study
-depends on in ``study.user_attrs["setup"]`` (last: its presence marks a complete set-up). A
-set-up that fails leaves no study and no new journal behind. Later workers (and resumed
-runs, on any host) check that they have the same model and prompts, copy the stored
-directions into their own cache and join in; a resume that fails its checks writes nothing.
-The study's own search space and objective settings win over the caller's (a warning says
-so): the trials of one study must be comparable.
+depends on (a :class:`StudySetup`) in ``study.user_attrs["setup"]`` (last: its presence
+marks a complete set-up). A set-up that fails leaves no study and no new journal behind.
+Later workers (and resumed runs, on any host) check that they have the same model and
+prompts, copy the stored directions into their own cache and join in; a resume that fails
+its checks writes nothing. The study's own search space and objective settings win over the
+caller's (a warning says so): the trials of one study must be comparable.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -37,8 +35,10 @@ from circuitlab.search.assets import (
     prepare_assets,
     usable_methods,
 )
+from circuitlab.search.config import SearchConfig
 from circuitlab.search.objective import ObjectiveConfig, TrialScore, score_trial
 from circuitlab.search.profiles import detect_family, enqueue_profile, resolve_profile
+from circuitlab.search.setup import SETUP_VERSION, StudySetup, check_setup
 from circuitlab.search.space import SearchSpace, build_interventions, suggest
 from circuitlab.search.storage import (
     COUNTED,
@@ -55,11 +55,10 @@ from circuitlab.search.storage import (
     worker_id,
 )
 
-__all__ = ["run_search", "open_study", "study_refs", "SETUP_VERSION"]
+__all__ = ["open_study", "run_search", "study_refs"]
 
 log = logging.getLogger(__name__)
 
-SETUP_VERSION = 1
 # Consecutive failing trials after which the worker stops (FAIL is not counted in the
 # budget, so a trial that always raises would otherwise loop forever).
 MAX_CONSECUTIVE_FAILURES = 3
@@ -67,36 +66,14 @@ MAX_CONSECUTIVE_FAILURES = 3
 SETUP_WAIT = 600
 
 
-def _check_setup(setup: dict, fingerprint: str, hashes: dict, space, objective, judge: str) -> None:
-    if setup.get("version") != SETUP_VERSION:
-        raise SearchError(f"study setup version {setup.get('version')}, expected {SETUP_VERSION}")
-    if setup["model"] != fingerprint:
-        raise SearchError(
-            f"the study was run on model {setup['model']}, this is {fingerprint}; "
-            "use another study name"
-        )
-    if setup["prompts"] != hashes:
-        raise SearchError("the study was run on other prompts (sizes or seed); use another name")
-    # Refusal rates judged differently do not belong on one front (older setups: no record).
-    if setup.get("judge", judge) != judge:
-        raise SearchError(
-            f"the study's trials were judged by {setup['judge']}, this run's judge is {judge}; "
-            "use the same --judge or another study name"
-        )
-    # Through JSON, as the stored setup went: tuples come back as lists.
-    asked = json.loads(json.dumps({"space": space.as_dict(), "objective": objective.as_dict()}))
-    if setup["space"] != asked["space"] or setup["objective"] != asked["objective"]:
-        log.warning("resuming with the study's own search space and objective settings")
-
-
-def _wait_for_setup(store: StudyStore) -> tuple[optuna.Study, dict]:
+def _wait_for_setup(store: StudyStore) -> tuple[optuna.Study, StudySetup]:
     """The study and its setup, waiting while another worker is still setting it up."""
     deadline = time.monotonic() + SETUP_WAIT
     while True:
         study = store.load()
         setup = study.user_attrs.get("setup")
         if setup is not None:
-            return study, setup
+            return study, StudySetup.from_dict(setup)
         if time.monotonic() > deadline:
             raise SearchError(
                 f"study {store.name!r} was created but never set up (its first worker died?); "
@@ -109,25 +86,22 @@ def open_study(
     store: StudyStore,
     model: HookedModel,
     prompts: SearchPrompts,
-    space: SearchSpace,
-    objective: ObjectiveConfig,
-    *,
-    seed: int,
-    profile: str | Path | None,
-    family: str | None,
-    cache_dir: str | Path | None,
-    progress: bool,
+    config: SearchConfig,
     judge: str = "markers",
-) -> tuple[optuna.Study, dict[str, Any]]:
+) -> tuple[optuna.Study, StudySetup]:
     """The study and its setup: checked if it exists, else created (call under the store's
     lock). Creation comes after the slow extraction, and a failure after it deletes the
     study again: a failed set-up or resume writes nothing.
 
+    Args:
+        config: the space, objective, seed, profile, family, cache and progress of a new
+            study (an existing one keeps its own space and objective).
+
     Returns:
-        The study and ``study.user_attrs["setup"]``: model fingerprint and type, prompt
-        hashes, space, objective settings, the stored directions' hashes and the
-        warm-start profile used.
+        The study and its :class:`StudySetup` (stored as ``study.user_attrs["setup"]``).
     """
+    space, objective, seed = config.space, config.objective, config.seed
+    cache_dir, progress = config.cache_dir, config.progress
     fingerprint, hashes = model_fingerprint(model), prompts.search_hashes()
     try:
         methods = usable_methods(space.methods, len(prompts.harmful_train))
@@ -136,7 +110,7 @@ def open_study(
     space = replace(space, methods=methods)
     if store.exists():
         study, setup = _wait_for_setup(store)
-        _check_setup(setup, fingerprint, hashes, space, objective, judge)
+        check_setup(setup, fingerprint, hashes, space, objective, judge)
         return study, setup
     sets = extract_directions(
         model, prompts, space.methods, pca_k=space.pca_k, seed=seed,
@@ -147,44 +121,46 @@ def open_study(
     )  # fmt: skip
     model_type = model.hf_model.config.model_type
     learned = None if cache_dir is None else Path(cache_dir) / "profiles"
-    chosen = resolve_profile(profile, model_type, family, learned)
+    chosen = resolve_profile(config.profile, model_type, config.family, learned)
     try:
         study = store.create()
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
         study, setup = _wait_for_setup(store)
-        _check_setup(setup, fingerprint, hashes, space, objective, judge)
+        check_setup(setup, fingerprint, hashes, space, objective, judge)
         return study, setup
     try:
         refs = {method: {"hash": put_directions(store, study, ds)} for method, ds in sets.items()}
-        setup = {
-            "version": SETUP_VERSION,
-            "model": fingerprint,
-            "model_name": str(model.resolved.location),
-            "model_type": model_type,
-            "n_layers": model.n_layers,
-            "prompts": hashes,
-            "space": space.as_dict(),
-            "objective": objective.as_dict(),
-            "directions": refs,
-            "seed": seed,
-            "profile": None if chosen is None else chosen.name,
-            "family": family or detect_family(model_type),
-            "judge": judge,
-        }
+        setup = StudySetup(
+            version=SETUP_VERSION,
+            model=fingerprint,
+            model_name=str(model.resolved.location),
+            model_type=model_type,
+            n_layers=model.n_layers,
+            prompts=hashes,
+            space=space,
+            objective=objective,
+            directions=refs,
+            seed=seed,
+            profile=None if chosen is None else chosen.name,
+            family=config.family or detect_family(model_type),
+            judge=judge,
+        )
         if chosen is not None:
             enqueue_profile(study, chosen, space)
-        study.set_user_attr("setup", setup)
+        study.set_user_attr("setup", setup.as_dict())
     except BaseException:
         store.discard()
         raise
     return study, setup
 
 
-def study_refs(store: StudyStore, setup: dict, cache_dir: str | Path) -> dict[str, DirectionRef]:
+def study_refs(
+    store: StudyStore, setup: StudySetup, cache_dir: str | Path
+) -> dict[str, DirectionRef]:
     """The study's direction sets by method, as this host's copies (written from the
     storage into ``cache_dir`` once), pinned to the hashes the study recorded."""
     refs = {}
-    for method, ref in setup["directions"].items():
+    for method, ref in setup.directions.items():
         if "folder" in ref:  # studies set up before directions travelled in the storage
             refs[method] = DirectionRef(folder=ref["folder"], hash=ref["hash"])
             continue
@@ -272,25 +248,12 @@ def run_search(
     model: HookedModel,
     prompts: SearchPrompts,
     study_name: str,
-    n_trials: int,
+    config: SearchConfig,
     *,
-    storage: str | None = None,
-    space: SearchSpace | None = None,
-    objective: ObjectiveConfig | None = None,
     judge: Judge | None = None,
-    seed: int = 0,
-    profile: str | Path | None = "auto",
-    family: str | None = None,
-    n_startup_trials: int = 10,
-    fail_unknown: bool = False,
-    heartbeat: int = 10,
-    cache_dir: str | Path = "cache",
-    progress: bool = False,
     on_trial: Callable[[int, TrialScore], None] | None = None,
-    preflight: bool = False,
-    response_prefix: str | None = "auto",
 ) -> optuna.Study:
-    """Run trials of a study until ``n_trials`` are COMPLETE, PRUNED or RUNNING.
+    """Run trials of a study until ``config.n_trials`` are COMPLETE, PRUNED or RUNNING.
 
     Start it in several processes on one storage to search in parallel; start it again
     after a crash (or ``kill -9``) to resume. Nothing is copied or reloaded between trials:
@@ -300,64 +263,45 @@ def run_search(
         model: the base model.
         prompts: train / search splits (the test split is not read).
         study_name: the study's name in the storage.
-        n_trials: the budget, over all workers and runs.
-        storage: see :func:`circuitlab.search.storage.open_store`.
-        space, objective: for a new study (an existing study keeps its own).
+        config: the budget, storage, space, objective, seed and the rest
+            (:class:`~circuitlab.search.config.SearchConfig`).
         judge: refusal judge (default ``MarkerJudge``).
-        seed: sampler seed (per trial: ``seed + trial number``) and extraction seed.
-        profile: warm-start profile: ``auto`` (by ``config.model_type``), a family name, a
-            JSON file, or None.
-        family: override the detected family for ``auto``.
-        n_startup_trials: random trials before TPE models the history (warm starts count).
-        fail_unknown: fail RUNNING trials of workers on other hosts too (journal storages;
-            RDB storages find dead workers by their heartbeat).
-        heartbeat: seconds between heartbeats of running trials (RDB storages); a trial
-            without one for three intervals is failed and re-run.
-        cache_dir: cache root (default storage, activations, learned profiles).
-        progress: draw a progress bar.
         on_trial: called after each of this worker's trials with its number and score.
-        preflight: first measure the base model on the search prompts and stop
-            (:class:`~circuitlab.evaluate.preflight.PreflightError`) when there is nothing to
-            search for; ``response_prefix`` (``auto``: a closed reasoning block when the
-            model opens one) is settled there, before any activation is read.
 
     Returns:
         The study, reloaded after the last trial.
     """
+    n_trials, cache_dir, progress = config.n_trials, config.cache_dir, config.progress
     if n_trials < 1:
         raise SearchError(f"the trial budget must be at least 1, got {n_trials}")
     judge = judge or MarkerJudge()
-    if preflight:
-        max_tokens = (objective or ObjectiveConfig()).max_new_tokens
+    if config.preflight:
         check_base_model(
-            model, prompts.harmful_search, judge, max_new_tokens=max_tokens,
-            response_prefix=response_prefix, progress=progress,
+            model, prompts.harmful_search, judge, max_new_tokens=config.objective.max_new_tokens,
+            response_prefix=config.response_prefix, progress=progress,
         )  # fmt: skip
-    elif response_prefix not in (None, "auto"):
-        model.response_prefix = response_prefix  # a fixed prefill applies without a preflight
-    store = open_store(study_name, storage, cache_dir, heartbeat=heartbeat)
+    elif config.response_prefix not in (None, "auto"):
+        model.response_prefix = config.response_prefix  # a fixed prefill applies without one
+    store = open_store(study_name, config.storage, cache_dir, heartbeat=config.heartbeat)
     try:
         with store.lock():
-            study, setup = open_study(
-                store, model, prompts, space or SearchSpace(), objective or ObjectiveConfig(),
-                seed=seed, profile=profile, family=family, cache_dir=cache_dir,
-                progress=progress, judge=judge.name,
-            )  # fmt: skip
-            recover_stale(study, locked=store.lock_path is not None, fail_unknown=fail_unknown)
+            study, setup = open_study(store, model, prompts, config, judge=judge.name)
+            recover_stale(
+                study, locked=store.lock_path is not None, fail_unknown=config.fail_unknown
+            )
     except BaseException:
         store.remove_created()
         raise
     if counted(store.load()) >= n_trials and not _others_running(store):
         return store.load()  # nothing left to run: skip this worker's baselines
-    space = SearchSpace.from_dict(setup["space"])
-    objective = ObjectiveConfig(**setup["objective"])
+    space, objective = setup.space, setup.objective
     assets = prepare_assets(
         model, prompts, study_refs(store, setup, cache_dir), batch_size=objective.batch_size,
         cache_dir=cache_dir, calibrate=space.calibrate,
     )  # fmt: skip
     worker = _Worker(
         store, model, assets, space, objective, tuple(prompts.harmful_search),
-        judge, seed, n_startup_trials,
+        judge, config.seed, config.n_startup_trials,
     )  # fmt: skip
     _loop(worker, n_trials, progress, on_trial)
     return store.load()
