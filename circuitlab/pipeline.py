@@ -74,10 +74,15 @@ class ClassicResult:
         return data
 
 
-def _refusals(model, sets, judge, max_new_tokens, batch_size, progress) -> tuple[dict, dict]:
-    judged = refusal_counts(
-        model, sets, judge, max_new_tokens, batch_size=batch_size, progress=progress
-    )
+def _refusals(model, sets, judge, max_new_tokens, batch_size, progress, stage) -> tuple[dict, dict]:
+    judged = {}
+    for name, prompts in sets.items():
+        # The generation bars all read "generating": say which stage and set runs.
+        note(f"{stage}: {name}, {len(prompts)} prompts", progress)
+        judged |= refusal_counts(
+            model, {name: prompts}, judge, max_new_tokens, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
     counts = {name: j.refused for name, j in judged.items()}
     return counts, {name: list(j.responses) for name, j in judged.items()}
 
@@ -140,16 +145,20 @@ def classic_ablation(
     clock["select"] = time.perf_counter()
     ablation = layer_ablation(directions, layer)
     generation = (judge, max_new_tokens, batch_size, progress)
-    before, texts_before = _refusals(model, test_sets, *generation)
+    before, texts_before = _refusals(model, test_sets, *generation, "unedited")
+    note(f"harmless KL baseline on {len(harmless_test)} prompts", progress)
     baseline = KLBaseline.compute(model, list(harmless_test), batch_size=batch_size)
     with apply(model, ablation):
-        after, texts_after = _refusals(model, test_sets, *generation)
+        after, texts_after = _refusals(model, test_sets, *generation, f"layer {layer} ablated")
+        note("harmless KL with the ablation", progress)
         kl = baseline.score(model, batch_size)
     clock["evaluate"] = time.perf_counter()
     strength = float(directions.scores[layer, 0])  # the norm of the mean difference
     addition = ActivationAddition(DirectionRef.inline(directions), strength, (layer,), index=layer)
     with apply(model, addition):
-        added, _ = _refusals(model, {"harmless": harmless_test}, judge, 32, batch_size, progress)
+        added, _ = _refusals(
+            model, {"harmless": harmless_test}, judge, 32, batch_size, progress, "direction added"
+        )
     clock["addition"] = time.perf_counter()
     samples = {
         name: list(

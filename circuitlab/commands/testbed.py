@@ -34,6 +34,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from circuitlab.commands._common import load_model, out
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.evaluate.refusals import refusal_counts
+    from circuitlab.progress import note
     from circuitlab.testbed import testbed_data
 
     organism = args.organism
@@ -47,9 +48,14 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.n:
         sets = {name: s.take(min(args.n, len(s))) for name, s in sets.items()}
-    judged = refusal_counts(
-        model, sets, MarkerJudge(), args.max_tokens, batch_size=settings.batch_size, progress=True
-    )
+    judged = {}
+    for name, prompts in sets.items():
+        # One bar per set reads "generating" whatever the set: say which set it is.
+        note(f"{name}: {len(prompts)} prompts, up to {args.max_tokens} tokens each")
+        judged |= refusal_counts(
+            model, {name: prompts}, MarkerJudge(), args.max_tokens,
+            batch_size=settings.batch_size, progress=True,
+        )  # fmt: skip
     table = Table(title=f"{organism}: refusals (greedy, {args.max_tokens} tokens, marker judge)")
     for column in ("prompt set", "refused", "n", "rate", "95 % interval"):
         table.add_column(column, justify="left" if column == "prompt set" else "right")
@@ -92,7 +98,7 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
 
     organism = args.organism
     model = load_model(organism, settings)
-    result, _ = organism_classic(
+    result, directions = organism_classic(
         model,
         remove_massive=not args.keep_massive,
         n_test=args.n or 50,
@@ -116,6 +122,12 @@ def _classic(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         args.json.write_text(json.dumps(result.as_dict(), indent=2))
         out.print(f"figures written to {args.json}")
+    if args.intervention:
+        from circuitlab.evaluate.layers import layer_ablation
+        from circuitlab.interventions import save_intervention
+
+        save_intervention(layer_ablation(directions, result.layer), args.intervention)
+        out.print(f"the ablation written to {args.intervention} (for circuitlab export)")
     return 0
 
 
@@ -126,8 +138,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     organism_recipe(args.organism)  # an unknown name fails here, before any model loads
     checks.at_least("--n", args.n, 0)
     checks.at_least("--max-tokens", args.max_tokens)
-    if args.json is not None:
-        checks.new_file(args.json, "--json")
+    for flag, path in (("--json", args.json), ("--intervention", args.intervention)):
+        if path is not None:
+            checks.new_file(path, flag)
     actions = {"build": _build, "check": _check, "classic": _classic}
     return actions[args.action](args, settings)
 
@@ -160,3 +173,7 @@ def register(command) -> None:
         type=Path,
         help="check, classic: write every figure (check: and every answer) to this JSON file",
     )
+    p.add_argument(
+        "--intervention", type=Path, metavar="FILE.json",
+        help="classic: also write the chosen layer's ablation here, for circuitlab export",
+    )  # fmt: skip
