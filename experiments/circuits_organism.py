@@ -43,6 +43,8 @@ from circuitlab.circuits import (
     attribution_patching,
     check_agreement,
     head_ablation,
+    joint_patching,
+    localisation_groups,
     plot_head_scores,
     rank_agreement,
     refine,
@@ -73,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--check-sample", type=int, default=16, help="heads in the sampled check")
     p.add_argument("--refine", type=int, default=40, help="attribution's top heads re-scored")
     p.add_argument("--no-edits", action="store_true", help="stop after discovery")
+    p.add_argument("--exact", default=None, help="reuse this exact (activation) circuit file")
+    p.add_argument("--out-dir", default=None, help="where results go (default CACHE/circuits)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -132,22 +136,39 @@ def matched_kl(rate: float, unedited: dict, layer_rows: list[dict], key: str) ->
 
 
 def block_agreement(exact, estimate) -> dict:
-    """Spearman of two scorings over every attention block and MLP, and their top-5s."""
+    """Spearman of two scorings over every MLP, every attention block and both together,
+    and their top-5s."""
     from scipy.stats import spearmanr
 
-    ref = exact.block_effect.flatten().tolist()
-    est = estimate.block_effect.flatten().tolist()
-    top = [str(s) for s, _ in exact.ranked_blocks()[:5]]
+    figures = {}
+    for kind, columns in (("mlp", [1]), ("attn", [0]), ("both", [0, 1])):
+        ref = exact.block_effect[:, columns].flatten().tolist()
+        est = estimate.block_effect[:, columns].flatten().tolist()
+        figures[f"spearman_{kind}"] = float(spearmanr(ref, est).statistic)
+    figures["top5_exact"] = [str(s) for s, _ in exact.ranked_blocks()[:5]]
+    figures["top5_estimate"] = [str(s) for s, _ in estimate.ranked_blocks()[:5]]
+    return figures
+
+
+def kv_agreement(exact, estimate) -> dict:
+    """Spearman over every KV head, and whether the top KV head matches."""
+    from scipy.stats import spearmanr
+
+    ref, est = exact.kv_effect.flatten().tolist(), estimate.kv_effect.flatten().tolist()
     return {
         "spearman": float(spearmanr(ref, est).statistic),
-        "top5_exact": top,
-        "top5_estimate": [str(s) for s, _ in estimate.ranked_blocks()[:5]],
+        "top1_match": exact.ranked_kv()[0][0] == estimate.ranked_kv()[0][0],
+        "top3_exact": [str(g) for g, _ in exact.ranked_kv()[:3]],
     }
 
 
 def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
     a = rank_agreement(exact, estimate, k=20)
-    blocks = {} if estimate.block_effect is None else {"blocks": block_agreement(exact, estimate)}
+    extra = {}
+    if estimate.block_effect is not None and exact.block_effect is not None:
+        extra["blocks"] = block_agreement(exact, estimate)
+    if estimate.kv_effect is not None and exact.kv_effect is not None:
+        extra["kv"] = kv_agreement(exact, estimate)
     return {
         "seconds": {"wall": seconds[0], "cpu": seconds[1]},
         "spearman_top20": a.spearman,
@@ -155,8 +176,24 @@ def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
         "overlap_top20": a.overlap,
         "top1_match": a.top1_match,
         "top_heads": [str(h) for h in estimate.top(10)],
-        **blocks,
+        **extra,
     }
+
+
+def exact_scores(model, harmful, harmless, metric, args, out: Path, slug: str, patch: dict):
+    """(exact scores, wall s, CPU s): computed and saved, or read back with ``--exact``."""
+    if args.exact:
+        circuit = RefusalCircuit.load(args.exact)
+        meta = circuit.metadata
+        return circuit.to_scores(), meta.get("seconds", 0.0), meta.get("cpu", 0.0)
+    exact, wall, cpu = timed(
+        activation_patching, model, harmful, harmless, metric, progress=True, **patch
+    )
+    RefusalCircuit.from_scores(
+        exact, model.facts, args.model, seconds=round(wall, 2), cpu=round(cpu, 2),
+        n_pairs=args.n,
+    ).save(out.parent / f"{slug}-activation.json")  # fmt: skip
+    return exact, wall, cpu
 
 
 def discover(model, data, args, out: Path, slug: str) -> dict:
@@ -165,31 +202,46 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
     metric = RefusalTokenMetric.from_openings(model.tokenizer, log_odds=args.metric == "logodds")
     options = {"batch_size": args.batch_size, "chat": model.facts.has_chat_template}
     patch = {**options, "blocks": True}
+    exact, exact_wall, exact_cpu = exact_scores(
+        model, harmful, harmless, metric, args, out, slug, patch
+    )
     fast, fast_wall, fast_cpu = timed(
-        attribution_patching, model, harmful, harmless, metric, **patch
+        attribution_patching, model, harmful, harmless, metric, progress=True, **patch
     )
     ig, ig_wall, ig_cpu = timed(
-        attribution_patching, model, harmful, harmless, metric, ig_steps=args.ig_steps, **patch
-    )
-    check = check_agreement(
-        model, harmful, harmless, metric, fast, sample=args.check_sample, **options
-    )
+        attribution_patching, model, harmful, harmless, metric, ig_steps=args.ig_steps,
+        progress=True, **patch,
+    )  # fmt: skip
+    checks = {}
+    for name, estimate in (("attribution", fast), ("integrated_gradients", ig)):
+        for kind in ("heads", "mlp"):
+            check, wall, cpu = timed(
+                check_agreement, model, harmful, harmless, metric, estimate, kind=kind,
+                sample=args.check_sample, **options,
+            )  # fmt: skip
+            checks[f"{name}/{kind}"] = {**check.to_dict(), "cpu": cpu}
     refined, refine_wall, refine_cpu = timed(
-        refine, model, harmful, harmless, metric, fast, top=args.refine, **options
+        refine, model, harmful, harmless, metric, fast, top=args.refine, progress=True, **options
     )
-    exact, exact_wall, exact_cpu = timed(
-        activation_patching, model, harmful, harmless, metric, **patch
+    ig_refined, ig_refine_wall, ig_refine_cpu = timed(
+        refine, model, harmful, harmless, metric, ig, top=args.refine, progress=True, **options
+    )
+    groups = localisation_groups(exact)
+    joint, joint_wall, joint_cpu = timed(
+        joint_patching, model, harmful, harmless, metric, groups, progress=True, **options
     )
     circuits = {}
-    for scores, wall in (
-        (fast, fast_wall),
-        (ig, ig_wall),
-        (refined, refine_wall),
-        (exact, exact_wall),
+    for scores, wall, cpu in (
+        (fast, fast_wall, fast_cpu),
+        (ig, ig_wall, ig_cpu),
+        (refined, fast_wall + refine_wall, fast_cpu + refine_cpu),
+        (ig_refined, ig_wall + ig_refine_wall, ig_cpu + ig_refine_cpu),
+        (exact, exact_wall, exact_cpu),
     ):
         circuit = RefusalCircuit.from_scores(
-            scores, model.facts, args.model, seconds=round(wall, 2), n_pairs=args.n
-        )
+            scores, model.facts, args.model, seconds=round(wall, 2), cpu=round(cpu, 2),
+            n_pairs=args.n,
+        )  # fmt: skip
         stem = out.parent / f"{slug}-{scores.method}"
         circuit.save(stem.with_suffix(".json"))
         plot_head_scores(scores, stem.with_suffix(".png"), title=f"{args.model}: {scores.method}")
@@ -203,6 +255,7 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             "metric_counterfactual": fast.counterfactual,
             "activation_seconds": {"wall": exact_wall, "cpu": exact_cpu},
             "top_heads_activation": [str(h) for h in exact.top(10)],
+            "top_kv_activation": [[str(g), v] for g, v in exact.ranked_kv()[:10]],
             "blocks_activation": [[str(s), v] for s, v in exact.ranked_blocks()],
             "attribution": agreement_figures(exact, fast, (fast_wall, fast_cpu)),
             "integrated_gradients": {
@@ -215,7 +268,17 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
                     exact, refined, (fast_wall + refine_wall, fast_cpu + refine_cpu)
                 ),
             },
-            "sampled_check": check.to_dict(),
+            "ig_refined": {
+                "top": args.refine,
+                **agreement_figures(
+                    exact, ig_refined, (ig_wall + ig_refine_wall, ig_cpu + ig_refine_cpu)
+                ),
+            },
+            "sampled_checks": checks,
+            "joint_patching": {
+                "seconds": {"wall": joint_wall, "cpu": joint_cpu},
+                "groups": [g.to_dict() for g in joint],
+            },
             "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
         },
     }
@@ -263,23 +326,32 @@ def summary(result: dict) -> None:
     f = result["discovery"]
     print(f"\n== {result['model']}  direction layer {result['layer']}  metric {f['metric']}")
     print(
+        f"metric {f['metric_clean']:.2f} clean, {f['metric_counterfactual']:.2f} counterfactual; "
         f"exact patching ({f['n_heads_scored']} query heads + KV heads + "
-        f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['wall']:.1f} s wall"
+        f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['cpu']:.1f} CPU s"
     )
-    for name in ("attribution", "integrated_gradients", "refined"):
+    for name in ("attribution", "integrated_gradients", "refined", "ig_refined"):
         g = f[name]
-        blocks = f"; blocks Spearman {g['blocks']['spearman']:.3f}" if "blocks" in g else ""
+        blocks = g.get("blocks", {})
+        kv = g.get("kv", {})
         print(
-            f"{name}: {g['seconds']['wall']:.1f} s wall; Spearman on exact top 20 heads "
-            f"{g['spearman_top20']:.3f} (p {g['spearman_p']:.2g}), overlap "
-            f"{g['overlap_top20']}/20, top-1 match {g['top1_match']}{blocks}"
+            f"{name}: {g['seconds']['cpu']:.1f} CPU s; Spearman on exact top 20 heads "
+            f"{g['spearman_top20']:.3f}, overlap {g['overlap_top20']}/20, top-1 "
+            f"{g['top1_match']}; KV Spearman {kv.get('spearman', float('nan')):.3f}; MLP "
+            f"Spearman {blocks.get('spearman_mlp', float('nan')):.3f}"
         )
-    c = f["sampled_check"]
-    print(
-        f"sampled check ({len(c['sites'])} heads, {c['seconds']:.1f} s): Spearman "
-        f"{c['spearman']:.3f}, top-1 match {c['top1_match']}"
-    )
+    for name, c in f["sampled_checks"].items():
+        print(
+            f"sampled check {name} ({len(c['sites'])} sites, {c['cpu']:.1f} CPU s): Spearman "
+            f"{c['spearman']:.3f} on the leaders, top-1 {c['top1_match']}, missed {c['missed']}"
+        )
     print(f"top blocks (exact): {', '.join(f'{s} {v:.2f}' for s, v in f['blocks_activation'][:6])}")
+    print("joint patching (exact ranking):        sites  metric  share of gap  log-odds > 0")
+    for g in f["joint_patching"]["groups"]:
+        print(
+            f"  {g['group']:36} {g['n_sites']:5d}  {g['patched']:6.2f}  "
+            f"{g['fraction_of_gap']:11.1%}  {g['above_zero']}/{g['n']}"
+        )
     e = result["edits"]
     if e is None:
         return
@@ -308,14 +380,15 @@ def main() -> None:
     data = testbed_data()
     layer = args.layer if args.layer is not None else round(0.75 * (model.n_layers - 1))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.model).name).strip("-")
-    out = Path(args.cache_dir) / "circuits" / f"experiment-{slug}.json"
+    folder = Path(args.out_dir) if args.out_dir else Path(args.cache_dir) / "circuits"
+    out = folder / f"experiment-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     ds = direction(model, data, args.n_direction, args.cache_dir)
     found = discover(model, data, args, out, slug)
     found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
     edits = None
     if not args.no_edits:
-        edits = compare_edits(model, data, ds, layer, found["circuits"]["attribution"], args)
+        edits = compare_edits(model, data, ds, layer, found["circuits"]["activation"], args)
     else:
         out = out.with_name(out.stem + "-discovery.json")
     result = {

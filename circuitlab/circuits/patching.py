@@ -206,29 +206,38 @@ def _site_hooks(run: PatchRun) -> list[tuple[str, str, int]]:
 
 
 def _attribution_hooks(
-    run: PatchRun, clean: dict, deltas: dict, shifts: dict | None = None
+    run: PatchRun, clean: dict, deltas: dict, targets: dict | None = None
 ) -> Hooks:
     """Read each site's activation and add a zero leaf to it, whose gradient is the metric's
     gradient at that activation (the activation itself is not a leaf: the bridge reshapes
-    it, and detaching it would cut the paths through later layers). With ``shifts`` (one
-    tensor per site), that shift is added too: a point on the integrated-gradients path."""
+    it, and detaching it would cut the paths through later layers).
+
+    With ``targets`` (one tensor per site), each site's patched positions are *set* to its
+    target, a point on the integrated-gradients path: the forward pass sees exactly the
+    interpolated activations (adding a shift instead would count every upstream site's
+    shift twice, once through the recomputed activation and once in its own shift), while
+    the gradient still flows through the recomputed value, so it is the total derivative
+    that patching one site measures."""
     n = run.n_positions
 
     def make(key: tuple[str, int]) -> HookFn:
         def fn(x: Tensor, hook: Any) -> Tensor:
-            if shifts is None:
-                clean[key] = tail(x, n).detach().float()
-            leaf = torch.zeros(tail(x, n).shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            current = tail(x, n)
+            if targets is None:
+                clean[key] = current.detach().float()
+            leaf = torch.zeros(current.shape, dtype=x.dtype, device=x.device, requires_grad=True)
             deltas[key] = leaf
-            add = leaf if shifts is None else leaf + shifts[key].to(x.device, x.dtype)
-            pad = x.new_zeros((x.shape[0], x.shape[1] - leaf.shape[1], *x.shape[2:]))
-            return x + torch.cat([pad, add], dim=1)
+            moved = current + leaf
+            if targets is not None:
+                target = targets[key].to(x.device, x.dtype)
+                moved = moved + (target - current).detach()
+            return torch.cat([x[:, : x.shape[1] - current.shape[1]], moved], dim=1)
 
         return fn
 
     keys = [(name, (kind, layer)) for name, kind, layer in _site_hooks(run)]
-    if shifts is not None:
-        keys = [(name, key) for name, key in keys if key in shifts]
+    if targets is not None:
+        keys = [(name, key) for name, key in keys if key in targets]
     return [(name, make(key)) for name, key in keys]
 
 
@@ -281,7 +290,9 @@ def attribution_patching(
             grads = {key: leaf.grad for key, leaf in deltas.items() if leaf.grad is not None}
             diffs = _differences(source, clean)
             if ig_steps:
-                grads = _integrated(model, metric, batch, run, diffs, ig_steps, advance, rows)
+                grads = _integrated(
+                    model, metric, batch, run, clean, diffs, ig_steps, advance, rows
+                )
             else:
                 advance(len(rows))
             effects.sums[0] += value.sum().item()
@@ -300,14 +311,15 @@ def _differences(source: PatchSource, clean: dict) -> dict[tuple[str, int], Tens
     return diffs
 
 
-def _integrated(model, metric, batch, run, diffs, steps, advance, rows) -> dict:
-    """Mean gradient at each site over ``steps`` midpoints of the straight path."""
+def _integrated(model, metric, batch, run, clean, diffs, steps, advance, rows) -> dict:
+    """Mean gradient at each site over ``steps`` midpoints of the straight path from the
+    clean activations to the counterfactual ones, every site on the path together."""
     total: dict[tuple[str, int], Tensor] = {}
     for j in range(steps):
         alpha = (j + 0.5) / steps
-        shifts = {key: alpha * diff for key, diff in diffs.items()}
+        targets = {key: clean[key] + alpha * diff for key, diff in diffs.items()}
         deltas: dict[tuple[str, int], Tensor] = {}
-        _grads(model, metric, batch, _attribution_hooks(run, {}, deltas, shifts))
+        _grads(model, metric, batch, _attribution_hooks(run, {}, deltas, targets))
         for key, leaf in deltas.items():
             if leaf.grad is not None:
                 total[key] = total.get(key, 0) + leaf.grad.float() / steps
@@ -344,6 +356,7 @@ class AgreementCheck:
             importance among the leaders (heads the estimate should have ranked higher).
         exact: the exact scores (zero outside the sample).
         seconds: wall time of the exact patching.
+        kind: what was sampled: ``heads`` (query heads), ``mlp`` or ``attn``.
     """
 
     sites: tuple[str, ...]
@@ -351,10 +364,12 @@ class AgreementCheck:
     missed: int
     exact: HeadScores
     seconds: float
+    kind: str = "heads"
 
     def to_dict(self) -> dict[str, Any]:
         a = self.agreement
         return {
+            "kind": self.kind,
             "sites": list(self.sites),
             "spearman": a.spearman,
             "missed": self.missed,
@@ -363,6 +378,19 @@ class AgreementCheck:
             "top1_match": a.top1_match,
             "seconds": round(self.seconds, 2),
         }
+
+
+def _ranked_sites(estimate: HeadScores, kind: str) -> list[Site]:
+    """The estimate's query heads (``heads``), MLPs (``mlp``) or attention blocks (``attn``),
+    largest absolute importance first."""
+    if kind == "heads":
+        return [h for h, _ in estimate.ranked("abs")]
+    if kind not in BLOCK_KINDS:
+        raise ValueError(f"kind must be 'heads', 'attn' or 'mlp', got {kind!r}")
+    if estimate.block_effect is None:
+        raise ValueError(f"kind={kind!r} needs an estimate scored with blocks=True")
+    sites = [site for site, _ in estimate.ranked_blocks() if site.kind == kind]
+    return sorted(sites, key=lambda site: -abs(estimate.importance_of(site)))
 
 
 def check_agreement(
@@ -374,31 +402,34 @@ def check_agreement(
     *,
     sample: int = 16,
     seed: int = 0,
+    kind: Literal["heads", "attn", "mlp"] = "heads",
     **options: Any,
 ) -> AgreementCheck:
-    """Patch a sample of query heads exactly and compare with ``estimate`` on them.
+    """Patch a sample of query heads (or MLPs, or attention blocks) exactly and compare
+    with ``estimate`` on them.
 
-    The sample is the estimate's top ``sample // 2`` heads by absolute importance (where a
+    The sample is the estimate's top ``sample // 2`` sites by absolute importance (where a
     wrong ranking matters) plus as many others drawn at random (``seed``), so a poor linear
     approximation shows both as misordered leaders (Spearman over the leaders alone: over
     the whole sample, the gap between leaders and near-zero others would hide it) and as
-    missed heads.
+    missed sites.
 
     Args:
         model, harmful, counterfactual, metric: as given to the estimate.
         estimate: the attribution scores to check.
-        sample: query heads patched exactly (at least 6).
+        sample: sites patched exactly (at least 6, at most all of that kind).
         seed: the random draw of the other half.
-        **options: ``positions``, ``batch_size``, ``chat`` as for the estimate.
+        kind: ``heads`` (query heads), ``mlp`` or ``attn`` (one whole sublayer output per
+            layer; the estimate must have been scored with ``blocks=True``).
+        **options: ``positions``, ``batch_size``, ``chat``, ``progress`` as for the estimate.
 
     Returns:
         The agreement on the sample.
     """
-    n = estimate.n_layers * estimate.n_heads
-    sample = max(6, min(sample, n))  # >= 3 leaders for a rank correlation
-    top = estimate.top(sample // 2, by="abs")
-    rest = [h for h, _ in estimate.ranked("abs")[sample // 2 :]]
-    picked = top + random.Random(seed).sample(rest, sample - len(top))
+    ranked = _ranked_sites(estimate, kind)
+    sample = max(min(6, len(ranked)), min(sample, len(ranked)))
+    top = ranked[: max(3, sample // 2)]  # >= 3 leaders for a rank correlation
+    picked = top + random.Random(seed).sample(ranked[sample // 2 :], sample - len(top))
     start = time.perf_counter()
     exact = activation_patching(
         model, harmful, counterfactual, metric, kv=False, sites=picked, **options
@@ -407,7 +438,8 @@ def check_agreement(
     agreement = site_agreement(exact, estimate, top)
     floor = min(abs(exact.importance_of(h)) for h in top)
     missed = sum(abs(exact.importance_of(h)) > floor for h in picked[len(top) :])
-    return AgreementCheck(tuple(str(h) for h in picked), agreement, missed, exact, seconds)
+    sites = tuple(str(h) for h in picked)
+    return AgreementCheck(sites, agreement, missed, exact, seconds, kind)
 
 
 def refine(
