@@ -509,6 +509,8 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     circuit = RefusalCircuit.load(out)
     assert circuit.method == "integrated-gradients+exact" and circuit.top(1)[0].id == PLANTED
     assert len(circuit.metadata["agreement_check"]["sites"]) == 6
+    assert f"on {model.n_layers} sampled mlps" in text  # with --blocks the MLPs are checked too
+    assert circuit.metadata["agreement_check_mlp"]["kind"] == "mlp"
     assert len(circuit.blocks) == 2 * model.n_layers
 
 

@@ -242,13 +242,19 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         progress=True,
         **extra,
     )
-    check = None
+    checks = []
     if args.method != "activation" and args.check:
-        check = check_agreement(
-            model, harmful.prompts, counterfactual, metric, scores, sample=args.check,
-            seed=settings.seed, positions=positions, batch_size=settings.batch_size, chat=chat,
-        )  # fmt: skip
-        info["agreement_check"] = check.to_dict()
+        # Per-layer MLP scores get the same check as heads: refusal may live in the MLPs.
+        for kind in ("heads", "mlp") if args.blocks else ("heads",):
+            check = check_agreement(
+                model, harmful.prompts, counterfactual, metric, scores, sample=args.check,
+                seed=settings.seed, kind=kind, positions=positions,
+                batch_size=settings.batch_size, chat=chat, progress=True,
+            )  # fmt: skip
+            checks.append(check)
+            info["agreement_check" if kind == "heads" else f"agreement_check_{kind}"] = (
+                check.to_dict()
+            )
     if args.method != "activation" and args.refine:
         scores = refine(
             model, harmful.prompts, counterfactual, metric, scores, top=args.refine,
@@ -271,18 +277,18 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
     common.out.print(circuit_table(circuit, args.top))
     common.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
-    if check is not None:
-        a = check.agreement
+    for check in checks:
+        a, what = check.agreement, "heads" if check.kind == "heads" else f"{check.kind}s"
         common.out.print(
-            f"agreement with exact patching on {len(check.sites)} sampled heads "
+            f"agreement with exact patching on {len(check.sites)} sampled {what} "
             f"({check.seconds:.1f} s): Spearman {a.spearman:.3f} over the estimate's top "
             f"{a.k}, top-1 {'matches' if a.top1_match else 'differs'}, {check.missed} of "
-            f"{len(check.sites) - a.k} other heads should have ranked among them"
+            f"{len(check.sites) - a.k} other {what} should have ranked among them"
         )
         if a.spearman < AGREEMENT_WARNING or check.missed:
             common.err.print(
-                "the first-order estimate ranks heads poorly here: keep --refine (or raise "
-                "it), or use --method activation"
+                f"the estimate ranks {what} poorly here: keep --refine (or raise it), or use "
+                "--method activation"
             )
     common.out.print(f"saved: {path}\nheat map: {png}")
     report = circuit_report(
