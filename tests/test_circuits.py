@@ -10,6 +10,7 @@ both refusal metrics; every other weight is random at initialisation scale (std 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -242,6 +243,17 @@ def test_refine_patches_the_leading_candidates_exactly(gqa):
     rest = approx.top(5, by="abs")[3:]
     assert all(refined.importance_of(h) == approx.importance_of(h) for h in rest)
     assert torch.equal(refined.kv_effect, approx.kv_effect)
+    # A second screen's leaders are patched too (the union of both candidate lists).
+    other = HeadId(2, 0)
+    screen = replace(
+        approx,
+        effect=torch.zeros_like(approx.effect).index_put_(
+            (torch.tensor(2), torch.tensor(0)), torch.tensor(-1.0)
+        ),
+    )
+    both = refine(model, HARMFUL, HARMLESS, metric, approx, top=1, screens=[screen], batch_size=4)
+    for head in (PLANTED, other):
+        assert both.importance_of(head) == pytest.approx(exact.importance_of(head))
 
 
 def test_agreement_check_patches_a_sample_and_compares(gqa):

@@ -23,13 +23,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "localise": ["GroupEffect", "joint_patching", "localisation_groups"],
         "metrics": ["DirectionMetric", "Metric", "RefusalTokenMetric"],
-        "patching": [
-            "AgreementCheck",
-            "activation_patching",
-            "attribution_patching",
-            "check_agreement",
-            "refine",
-        ],
+        "agreement": ["AgreementCheck", "check_agreement", "refine"],
+        "patching": ["activation_patching", "attribution_patching"],
         "scores": [
             "BLOCK_KINDS",
             "HeadScores",

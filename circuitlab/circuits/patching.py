@@ -14,28 +14,26 @@ themselves with the refusal direction ablated; only the last positions are patch
   at once, from one forward and one backward pass per batch.
 * Integrated gradients (``ig_steps > 0``, in the style of EAP-IG): the same product with the
   gradient averaged over points on the straight path from the clean run towards the
-  counterfactual one, every site moved together (``a_clean + alpha (a_cf - a_clean)`` added
-  at each site, the rest of the network recomputed). It costs ``ig_steps`` forward and
-  backward passes per batch and follows the metric where it bends (saturation), which a
+  counterfactual one: every site is set to ``a_clean + alpha (a_cf - a_clean)`` (so the path
+  ends at the counterfactual run), and the gradient is the total derivative through the
+  recomputed network. It costs ``ig_steps`` forward and backward passes per batch and
+  follows the metric where it bends (saturation, sign changes along the path), which a
   gradient at the clean point alone cannot see.
 
 With ``blocks=True`` every layer's whole attention-block output and MLP output are scored
 too (``HeadScores.block_effect``): refusal on the SmolLM2 organism is written mostly by the
 MLPs, which head scores cannot show.
 
-:func:`check_agreement` measures, on a sample of sites, how well an estimate agrees with
-exact patching, so a user sees when the linear approximation is poor; :func:`refine`
-patches an estimate's leading candidates exactly, so the ranking that matters is exact at a
-fraction of exact patching's cost.
+:func:`~circuitlab.circuits.agreement.check_agreement` measures, on a sample of sites, how
+well an estimate agrees with exact patching, so a user sees when the linear approximation is
+poor; :func:`~circuitlab.circuits.agreement.refine` patches an estimate's leading candidates
+exactly, so the ranking that matters is exact at a fraction of exact patching's cost.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -47,8 +45,6 @@ from circuitlab.circuits.scores import (
     HeadScores,
     KVHeadId,
     LayerSite,
-    RankAgreement,
-    site_agreement,
 )
 from circuitlab.circuits.sources import (
     Counterfactual,
@@ -68,13 +64,7 @@ from circuitlab.progress import progress_bar
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, HookFn, Positions
 
-__all__ = [
-    "AgreementCheck",
-    "activation_patching",
-    "attribution_patching",
-    "check_agreement",
-    "refine",
-]
+__all__ = ["activation_patching", "attribution_patching"]
 
 log = logging.getLogger(__name__)
 
@@ -341,137 +331,3 @@ def _accumulate(effects: _Effects, grads: dict, diffs: dict) -> None:
         for index, delta in enumerate(per_head.tolist()):
             site = HeadId(layer, index) if kind == "z" else KVHeadId(layer, index)
             effects.add(site, delta)
-
-
-@dataclass(frozen=True)
-class AgreementCheck:
-    """How an estimate (attribution) agreed with exact patching on a sample of sites.
-
-    Attributes:
-        sites: the sites patched exactly (as strings): the estimate's leaders first, then
-            the random others.
-        agreement: on the estimate's leaders only, Spearman of the two orderings, overlap
-            of their top halves and top-1 match (the order a circuit is read for).
-        missed: random others whose exact importance is larger than the smallest exact
-            importance among the leaders (heads the estimate should have ranked higher).
-        exact: the exact scores (zero outside the sample).
-        seconds: wall time of the exact patching.
-        kind: what was sampled: ``heads`` (query heads), ``mlp`` or ``attn``.
-    """
-
-    sites: tuple[str, ...]
-    agreement: RankAgreement
-    missed: int
-    exact: HeadScores
-    seconds: float
-    kind: str = "heads"
-
-    def to_dict(self) -> dict[str, Any]:
-        a = self.agreement
-        return {
-            "kind": self.kind,
-            "sites": list(self.sites),
-            "spearman": a.spearman,
-            "missed": self.missed,
-            "p_value": a.p_value,
-            "overlap_top_half": a.overlap,
-            "top1_match": a.top1_match,
-            "seconds": round(self.seconds, 2),
-        }
-
-
-def _ranked_sites(estimate: HeadScores, kind: str) -> list[Site]:
-    """The estimate's query heads (``heads``), MLPs (``mlp``) or attention blocks (``attn``),
-    largest absolute importance first."""
-    if kind == "heads":
-        return [h for h, _ in estimate.ranked("abs")]
-    if kind not in BLOCK_KINDS:
-        raise ValueError(f"kind must be 'heads', 'attn' or 'mlp', got {kind!r}")
-    if estimate.block_effect is None:
-        raise ValueError(f"kind={kind!r} needs an estimate scored with blocks=True")
-    sites = [site for site, _ in estimate.ranked_blocks() if site.kind == kind]
-    return sorted(sites, key=lambda site: -abs(estimate.importance_of(site)))
-
-
-def check_agreement(
-    model: HookedModel,
-    harmful: Sequence[str],
-    counterfactual: Counterfactual,
-    metric: Metric,
-    estimate: HeadScores,
-    *,
-    sample: int = 16,
-    seed: int = 0,
-    kind: Literal["heads", "attn", "mlp"] = "heads",
-    **options: Any,
-) -> AgreementCheck:
-    """Patch a sample of query heads (or MLPs, or attention blocks) exactly and compare
-    with ``estimate`` on them.
-
-    The sample is the estimate's top ``sample // 2`` sites by absolute importance (where a
-    wrong ranking matters) plus as many others drawn at random (``seed``), so a poor linear
-    approximation shows both as misordered leaders (Spearman over the leaders alone: over
-    the whole sample, the gap between leaders and near-zero others would hide it) and as
-    missed sites.
-
-    Args:
-        model, harmful, counterfactual, metric: as given to the estimate.
-        estimate: the attribution scores to check.
-        sample: sites patched exactly (at least 6, at most all of that kind).
-        seed: the random draw of the other half.
-        kind: ``heads`` (query heads), ``mlp`` or ``attn`` (one whole sublayer output per
-            layer; the estimate must have been scored with ``blocks=True``).
-        **options: ``positions``, ``batch_size``, ``chat``, ``progress`` as for the estimate.
-
-    Returns:
-        The agreement on the sample.
-    """
-    ranked = _ranked_sites(estimate, kind)
-    sample = max(min(6, len(ranked)), min(sample, len(ranked)))
-    top = ranked[: max(3, sample // 2)]  # >= 3 leaders for a rank correlation
-    picked = top + random.Random(seed).sample(ranked[sample // 2 :], sample - len(top))
-    start = time.perf_counter()
-    exact = activation_patching(
-        model, harmful, counterfactual, metric, kv=False, sites=picked, **options
-    )
-    seconds = time.perf_counter() - start
-    agreement = site_agreement(exact, estimate, top)
-    floor = min(abs(exact.importance_of(h)) for h in top)
-    missed = sum(abs(exact.importance_of(h)) > floor for h in picked[len(top) :])
-    sites = tuple(str(h) for h in picked)
-    return AgreementCheck(sites, agreement, missed, exact, seconds, kind)
-
-
-def refine(
-    model: HookedModel,
-    harmful: Sequence[str],
-    counterfactual: Counterfactual,
-    metric: Metric,
-    estimate: HeadScores,
-    *,
-    top: int = 40,
-    **options: Any,
-) -> HeadScores:
-    """The estimate with its ``top`` query heads (by absolute importance) patched exactly.
-
-    Attribution screens every head in one pass; exact patching then re-scores only the
-    candidates, whose order is what a circuit is read for. Heads outside the candidates
-    keep their estimated values (the same units: mean change of the metric).
-
-    Args:
-        model, harmful, counterfactual, metric: as given to the estimate.
-        estimate: the screening scores.
-        top: candidates patched exactly.
-        **options: ``positions``, ``batch_size``, ``chat``, ``progress`` as for the estimate.
-
-    Returns:
-        HeadScores with ``method`` = the estimate's method + ``+exact``.
-    """
-    candidates = estimate.top(min(top, estimate.n_layers * estimate.n_heads), by="abs")
-    exact = activation_patching(
-        model, harmful, counterfactual, metric, kv=False, sites=candidates, **options
-    )
-    effect = estimate.effect.clone()
-    for head in candidates:
-        effect[head.layer, head.head] = exact.effect[head.layer, head.head]
-    return replace(estimate, method=f"{estimate.method}+exact", effect=effect)
