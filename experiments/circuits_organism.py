@@ -3,13 +3,16 @@
 1. Refusal direction: difference of means at the last prompt token of ``--n-direction``
    AdvBench-train vs harmless-train prompts (the testbed's splits), layer ``--layer``
    (default: about three quarters of the depth, e.g. 22 of 30).
-2. Circuit: attribution patching of every query head, KV head, attention block and MLP
-   (refusal log-odds metric by default, harmful val prompts paired with harmless val
-   prompts, post-instruction positions), plain and with integrated gradients
-   (``--ig-steps``), timed; then exact activation patching of the same prompts and sites,
-   timed; Spearman agreement of each estimate on the exact top 20 heads
-   (``scipy.stats.spearmanr``), top-20 overlap and top-1 match; the same for the 2 x layers
-   block sites; and the sampled agreement check that ``discover`` runs by default.
+2. Circuit (harmful val prompts paired with harmless val prompts, post-instruction
+   positions, refusal log-odds metric by default): exact activation patching of every query
+   head, KV head, attention block and MLP (or read back with ``--exact``), then attribution
+   plain and with integrated gradients (``--ig-steps``), each timed in CPU seconds; Spearman
+   of each estimate on the exact top 20 heads (``scipy.stats.spearmanr``), top-20 overlap,
+   top-1 match, Spearman over every KV head, MLP and attention block; the sampled agreement
+   checks (heads and MLPs) that ``discover`` runs; the estimates refined (their top
+   ``--refine`` heads patched exactly), including ``discover``'s default (integrated
+   gradients with plain attribution as a second screen). Then joint patching of groups from
+   the exact ranking: top heads against whole attention layers against MLPs.
 3. Edits, judged on held-out prompts (harmful test split: refusal rate by greedy generation
    and the marker judge; harmless test split: first-token and 4-token KL from the unedited
    model): head-level ``HeadAblation`` of the direction from the circuit's top-k heads for
@@ -71,7 +74,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--calibrations", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--metric", choices=["logprob", "logodds"], default="logodds")
-    p.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
+    p.add_argument("--ig-steps", type=int, default=4, help="integrated-gradients steps")
     p.add_argument("--check-sample", type=int, default=16, help="heads in the sampled check")
     p.add_argument("--refine", type=int, default=40, help="attribution's top heads re-scored")
     p.add_argument("--no-edits", action="store_true", help="stop after discovery")
@@ -223,9 +226,12 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
     refined, refine_wall, refine_cpu = timed(
         refine, model, harmful, harmless, metric, fast, top=args.refine, progress=True, **options
     )
+    # What ``discover`` does by default: integrated gradients, with plain attribution as a
+    # second screen, and the union of their leaders re-scored exactly.
     ig_refined, ig_refine_wall, ig_refine_cpu = timed(
-        refine, model, harmful, harmless, metric, ig, top=args.refine, progress=True, **options
-    )
+        refine, model, harmful, harmless, metric, ig, top=args.refine, screens=[fast],
+        progress=True, **options,
+    )  # fmt: skip
     groups = localisation_groups(exact)
     joint, joint_wall, joint_cpu = timed(
         joint_patching, model, harmful, harmless, metric, groups, progress=True, **options
@@ -235,7 +241,7 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
         (fast, fast_wall, fast_cpu),
         (ig, ig_wall, ig_cpu),
         (refined, fast_wall + refine_wall, fast_cpu + refine_cpu),
-        (ig_refined, ig_wall + ig_refine_wall, ig_cpu + ig_refine_cpu),
+        (ig_refined, fast_wall + ig_wall + ig_refine_wall, fast_cpu + ig_cpu + ig_refine_cpu),
         (exact, exact_wall, exact_cpu),
     ):
         circuit = RefusalCircuit.from_scores(
@@ -270,8 +276,11 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             },
             "ig_refined": {
                 "top": args.refine,
+                "screens": ["integrated-gradients", "attribution"],
                 **agreement_figures(
-                    exact, ig_refined, (ig_wall + ig_refine_wall, ig_cpu + ig_refine_cpu)
+                    exact,
+                    ig_refined,
+                    (fast_wall + ig_wall + ig_refine_wall, fast_cpu + ig_cpu + ig_refine_cpu),
                 ),
             },
             "sampled_checks": checks,
