@@ -35,7 +35,13 @@ DIRECTION_DEPTH = 0.75
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("discover", cmd_discover, "Score every attention head's share in refusal.")
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
-    p.add_argument("--method", choices=METHODS, default="attribution", help="patching method")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="integrated-gradients",
+        help="patching method (integrated-gradients: estimate every site along the clean-to-"
+        "counterfactual path, then re-score the leaders exactly, see --refine)",
+    )
     p.add_argument("--top", type=int, default=10, metavar="K", help="heads to print")
     p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
@@ -44,7 +50,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--ig-steps",
         type=int,
-        default=8,
+        default=4,
         metavar="N",
         help="path points of --method integrated-gradients",
     )
@@ -60,7 +66,8 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         type=int,
         default=40,
         metavar="K",
-        help="re-score an estimate's top K heads by exact patching (0: keep the estimate)",
+        help="re-score an estimate's top K heads by exact patching (0: keep the estimate); "
+        "integrated gradients add plain attribution's top K",
     )
     p.add_argument("--blocks", action="store_true", help="also score every attention block and MLP")
     p.add_argument(
@@ -256,9 +263,26 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
                 check.to_dict()
             )
     if args.method != "activation" and args.refine:
+        screens = []
+        if args.method == "integrated-gradients":
+            # One more pass: the heads the path average misses are often plain
+            # attribution's leaders (and the other way round), so both lists are re-scored.
+            screens.append(
+                attribution_patching(
+                    model,
+                    harmful.prompts,
+                    counterfactual,
+                    metric,
+                    positions=positions,
+                    kv=False,
+                    batch_size=settings.batch_size,
+                    chat=chat,
+                )  # fmt: skip
+            )
         scores = refine(
             model, harmful.prompts, counterfactual, metric, scores, top=args.refine,
-            positions=positions, batch_size=settings.batch_size, chat=chat, progress=True,
+            screens=screens, positions=positions, batch_size=settings.batch_size, chat=chat,
+            progress=True,
         )  # fmt: skip
     seconds = time.perf_counter() - started
     provenance = {
