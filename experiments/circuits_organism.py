@@ -395,11 +395,6 @@ def main() -> None:
     ds = direction(model, data, args.n_direction, args.cache_dir)
     found = discover(model, data, args, out, slug)
     found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
-    edits = None
-    if not args.no_edits:
-        edits = compare_edits(model, data, ds, layer, found["circuits"]["activation"], args)
-    else:
-        out = out.with_name(out.stem + "-discovery.json")
     result = {
         "model": args.model,
         "layer": layer,
@@ -407,8 +402,16 @@ def main() -> None:
         "facts": model.facts.as_dict(),
         "torch_threads": torch.get_num_threads(),
         "discovery": found["figures"],
-        "edits": edits,
+        "edits": None,
     }
+    # Discovery is written before the (slow) edits, so it survives an interrupted run.
+    first = out.with_name(out.stem + "-discovery.json")
+    first.write_text(json.dumps(result, indent=1) + "\n")
+    summary(result)
+    print(f"\nwritten: {first}", flush=True)
+    if args.no_edits:
+        return
+    result["edits"] = compare_edits(model, data, ds, layer, found["circuits"]["activation"], args)
     out.write_text(json.dumps(result, indent=1) + "\n")
     summary(result)
     print(f"\nwritten: {out}")
