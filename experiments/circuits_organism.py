@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -79,6 +80,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--refine", type=int, default=40, help="attribution's top heads re-scored")
     p.add_argument("--no-edits", action="store_true", help="stop after discovery")
     p.add_argument("--exact", default=None, help="reuse this exact (activation) circuit file")
+    p.add_argument(
+        "--edits-only", action="store_true", help="only the edits, from the --exact circuit"
+    )
+    p.add_argument(
+        "--no-plain-refine",
+        action="store_true",
+        help="skip re-scoring plain attribution's leaders alone (discover's default is kept)",
+    )
     p.add_argument("--out-dir", default=None, help="where results go (default CACHE/circuits)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
@@ -199,6 +208,15 @@ def exact_scores(model, harmful, harmless, metric, args, out: Path, slug: str, p
     return exact, wall, cpu
 
 
+def _refined_from_exact(estimate, exact, top: int):
+    """What ``refine`` returns, read off a full exact scoring (patching is deterministic, so
+    the candidates' exact values are the same); no cost is measured."""
+    effect = estimate.effect.clone()
+    for head in estimate.top(min(top, exact.effect.numel()), by="abs"):
+        effect[head.layer, head.head] = exact.effect[head.layer, head.head]
+    return replace(estimate, method=f"{estimate.method}+exact", effect=effect)
+
+
 def discover(model, data, args, out: Path, slug: str) -> dict:
     harmful = list(data.harmful_val.take(args.n).prompts)
     harmless = list(data.harmless_val.take(args.n).prompts)
@@ -223,9 +241,13 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
                 sample=args.check_sample, **options,
             )  # fmt: skip
             checks[f"{name}/{kind}"] = {**check.to_dict(), "cpu": cpu}
-    refined, refine_wall, refine_cpu = timed(
-        refine, model, harmful, harmless, metric, fast, top=args.refine, progress=True, **options
-    )
+    if args.no_plain_refine:
+        refined, refine_wall, refine_cpu = _refined_from_exact(fast, exact, args.refine), 0.0, 0.0
+    else:
+        refined, refine_wall, refine_cpu = timed(
+            refine, model, harmful, harmless, metric, fast, top=args.refine, progress=True,
+            **options,
+        )  # fmt: skip
     # What ``discover`` does by default: integrated gradients, with plain attribution as a
     # second screen, and the union of their leaders re-scored exactly.
     ig_refined, ig_refine_wall, ig_refine_cpu = timed(
@@ -270,6 +292,7 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             },
             "refined": {
                 "top": args.refine,
+                "measured": not args.no_plain_refine,
                 **agreement_figures(
                     exact, refined, (fast_wall + refine_wall, fast_cpu + refine_cpu)
                 ),
@@ -393,6 +416,14 @@ def main() -> None:
     out = folder / f"experiment-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     ds = direction(model, data, args.n_direction, args.cache_dir)
+    if args.edits_only:
+        circuit = RefusalCircuit.load(args.exact)
+        edits = compare_edits(model, data, ds, layer, circuit, args)
+        result = {"model": args.model, "layer": layer, "args": vars(args), "edits": edits}
+        path = out.with_name(out.stem + "-edits.json")
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwritten: {path}")
+        return
     found = discover(model, data, args, out, slug)
     found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
     result = {
