@@ -3,13 +3,16 @@
 1. Refusal direction: difference of means at the last prompt token of ``--n-direction``
    AdvBench-train vs harmless-train prompts (the testbed's splits), layer ``--layer``
    (default: about three quarters of the depth, e.g. 22 of 30).
-2. Circuit: attribution patching of every query head, KV head, attention block and MLP
-   (refusal log-odds metric by default, harmful val prompts paired with harmless val
-   prompts, post-instruction positions), plain and with integrated gradients
-   (``--ig-steps``), timed; then exact activation patching of the same prompts and sites,
-   timed; Spearman agreement of each estimate on the exact top 20 heads
-   (``scipy.stats.spearmanr``), top-20 overlap and top-1 match; the same for the 2 x layers
-   block sites; and the sampled agreement check that ``discover`` runs by default.
+2. Circuit (harmful val prompts paired with harmless val prompts, post-instruction
+   positions, refusal log-odds metric by default): exact activation patching of every query
+   head, KV head, attention block and MLP (or read back with ``--exact``), then attribution
+   plain and with integrated gradients (``--ig-steps``), each timed in CPU seconds; Spearman
+   of each estimate on the exact top 20 heads (``scipy.stats.spearmanr``), top-20 overlap,
+   top-1 match, Spearman over every KV head, MLP and attention block; the sampled agreement
+   checks (heads and MLPs) that ``discover`` runs; the estimates refined (their top
+   ``--refine`` heads patched exactly), including ``discover``'s default (integrated
+   gradients with plain attribution as a second screen). Then joint patching of groups from
+   the exact ranking: top heads against whole attention layers against MLPs.
 3. Edits, judged on held-out prompts (harmful test split: refusal rate by greedy generation
    and the marker judge; harmless test split: first-token and 4-token KL from the unedited
    model): head-level ``HeadAblation`` of the direction from the circuit's top-k heads for
@@ -31,6 +34,7 @@ import json
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,6 +47,8 @@ from circuitlab.circuits import (
     attribution_patching,
     check_agreement,
     head_ablation,
+    joint_patching,
+    localisation_groups,
     plot_head_scores,
     rank_agreement,
     refine,
@@ -69,10 +75,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--calibrations", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--metric", choices=["logprob", "logodds"], default="logodds")
-    p.add_argument("--ig-steps", type=int, default=8, help="integrated-gradients steps")
+    p.add_argument("--ig-steps", type=int, default=4, help="integrated-gradients steps")
     p.add_argument("--check-sample", type=int, default=16, help="heads in the sampled check")
     p.add_argument("--refine", type=int, default=40, help="attribution's top heads re-scored")
     p.add_argument("--no-edits", action="store_true", help="stop after discovery")
+    p.add_argument("--exact", default=None, help="reuse this exact (activation) circuit file")
+    p.add_argument(
+        "--edits-only", action="store_true", help="only the edits, from the --exact circuit"
+    )
+    p.add_argument(
+        "--no-plain-refine",
+        action="store_true",
+        help="skip re-scoring plain attribution's leaders alone (discover's default is kept)",
+    )
+    p.add_argument("--out-dir", default=None, help="where results go (default CACHE/circuits)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -132,22 +148,39 @@ def matched_kl(rate: float, unedited: dict, layer_rows: list[dict], key: str) ->
 
 
 def block_agreement(exact, estimate) -> dict:
-    """Spearman of two scorings over every attention block and MLP, and their top-5s."""
+    """Spearman of two scorings over every MLP, every attention block and both together,
+    and their top-5s."""
     from scipy.stats import spearmanr
 
-    ref = exact.block_effect.flatten().tolist()
-    est = estimate.block_effect.flatten().tolist()
-    top = [str(s) for s, _ in exact.ranked_blocks()[:5]]
+    figures = {}
+    for kind, columns in (("mlp", [1]), ("attn", [0]), ("both", [0, 1])):
+        ref = exact.block_effect[:, columns].flatten().tolist()
+        est = estimate.block_effect[:, columns].flatten().tolist()
+        figures[f"spearman_{kind}"] = float(spearmanr(ref, est).statistic)
+    figures["top5_exact"] = [str(s) for s, _ in exact.ranked_blocks()[:5]]
+    figures["top5_estimate"] = [str(s) for s, _ in estimate.ranked_blocks()[:5]]
+    return figures
+
+
+def kv_agreement(exact, estimate) -> dict:
+    """Spearman over every KV head, and whether the top KV head matches."""
+    from scipy.stats import spearmanr
+
+    ref, est = exact.kv_effect.flatten().tolist(), estimate.kv_effect.flatten().tolist()
     return {
         "spearman": float(spearmanr(ref, est).statistic),
-        "top5_exact": top,
-        "top5_estimate": [str(s) for s, _ in estimate.ranked_blocks()[:5]],
+        "top1_match": exact.ranked_kv()[0][0] == estimate.ranked_kv()[0][0],
+        "top3_exact": [str(g) for g, _ in exact.ranked_kv()[:3]],
     }
 
 
 def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
     a = rank_agreement(exact, estimate, k=20)
-    blocks = {} if estimate.block_effect is None else {"blocks": block_agreement(exact, estimate)}
+    extra = {}
+    if estimate.block_effect is not None and exact.block_effect is not None:
+        extra["blocks"] = block_agreement(exact, estimate)
+    if estimate.kv_effect is not None and exact.kv_effect is not None:
+        extra["kv"] = kv_agreement(exact, estimate)
     return {
         "seconds": {"wall": seconds[0], "cpu": seconds[1]},
         "spearman_top20": a.spearman,
@@ -155,8 +188,33 @@ def agreement_figures(exact, estimate, seconds: tuple[float, float]) -> dict:
         "overlap_top20": a.overlap,
         "top1_match": a.top1_match,
         "top_heads": [str(h) for h in estimate.top(10)],
-        **blocks,
+        **extra,
     }
+
+
+def exact_scores(model, harmful, harmless, metric, args, out: Path, slug: str, patch: dict):
+    """(exact scores, wall s, CPU s): computed and saved, or read back with ``--exact``."""
+    if args.exact:
+        circuit = RefusalCircuit.load(args.exact)
+        meta = circuit.metadata
+        return circuit.to_scores(), meta.get("seconds", 0.0), meta.get("cpu", 0.0)
+    exact, wall, cpu = timed(
+        activation_patching, model, harmful, harmless, metric, progress=True, **patch
+    )
+    RefusalCircuit.from_scores(
+        exact, model.facts, args.model, seconds=round(wall, 2), cpu=round(cpu, 2),
+        n_pairs=args.n,
+    ).save(out.parent / f"{slug}-activation.json")  # fmt: skip
+    return exact, wall, cpu
+
+
+def _refined_from_exact(estimate, exact, top: int):
+    """What ``refine`` returns, read off a full exact scoring (patching is deterministic, so
+    the candidates' exact values are the same); no cost is measured."""
+    effect = estimate.effect.clone()
+    for head in estimate.top(min(top, exact.effect.numel()), by="abs"):
+        effect[head.layer, head.head] = exact.effect[head.layer, head.head]
+    return replace(estimate, method=f"{estimate.method}+exact", effect=effect)
 
 
 def discover(model, data, args, out: Path, slug: str) -> dict:
@@ -165,31 +223,53 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
     metric = RefusalTokenMetric.from_openings(model.tokenizer, log_odds=args.metric == "logodds")
     options = {"batch_size": args.batch_size, "chat": model.facts.has_chat_template}
     patch = {**options, "blocks": True}
+    exact, exact_wall, exact_cpu = exact_scores(
+        model, harmful, harmless, metric, args, out, slug, patch
+    )
     fast, fast_wall, fast_cpu = timed(
-        attribution_patching, model, harmful, harmless, metric, **patch
+        attribution_patching, model, harmful, harmless, metric, progress=True, **patch
     )
     ig, ig_wall, ig_cpu = timed(
-        attribution_patching, model, harmful, harmless, metric, ig_steps=args.ig_steps, **patch
-    )
-    check = check_agreement(
-        model, harmful, harmless, metric, fast, sample=args.check_sample, **options
-    )
-    refined, refine_wall, refine_cpu = timed(
-        refine, model, harmful, harmless, metric, fast, top=args.refine, **options
-    )
-    exact, exact_wall, exact_cpu = timed(
-        activation_patching, model, harmful, harmless, metric, **patch
+        attribution_patching, model, harmful, harmless, metric, ig_steps=args.ig_steps,
+        progress=True, **patch,
+    )  # fmt: skip
+    checks = {}
+    for name, estimate in (("attribution", fast), ("integrated_gradients", ig)):
+        for kind in ("heads", "mlp"):
+            check, wall, cpu = timed(
+                check_agreement, model, harmful, harmless, metric, estimate, kind=kind,
+                sample=args.check_sample, **options,
+            )  # fmt: skip
+            checks[f"{name}/{kind}"] = {**check.to_dict(), "cpu": cpu}
+    if args.no_plain_refine:
+        refined, refine_wall, refine_cpu = _refined_from_exact(fast, exact, args.refine), 0.0, 0.0
+    else:
+        refined, refine_wall, refine_cpu = timed(
+            refine, model, harmful, harmless, metric, fast, top=args.refine, progress=True,
+            **options,
+        )  # fmt: skip
+    # What ``discover`` does by default: integrated gradients, with plain attribution as a
+    # second screen, and the union of their leaders re-scored exactly.
+    ig_refined, ig_refine_wall, ig_refine_cpu = timed(
+        refine, model, harmful, harmless, metric, ig, top=args.refine, screens=[fast],
+        progress=True, **options,
+    )  # fmt: skip
+    groups = localisation_groups(exact)
+    joint, joint_wall, joint_cpu = timed(
+        joint_patching, model, harmful, harmless, metric, groups, progress=True, **options
     )
     circuits = {}
-    for scores, wall in (
-        (fast, fast_wall),
-        (ig, ig_wall),
-        (refined, refine_wall),
-        (exact, exact_wall),
+    for scores, wall, cpu in (
+        (fast, fast_wall, fast_cpu),
+        (ig, ig_wall, ig_cpu),
+        (refined, fast_wall + refine_wall, fast_cpu + refine_cpu),
+        (ig_refined, fast_wall + ig_wall + ig_refine_wall, fast_cpu + ig_cpu + ig_refine_cpu),
+        (exact, exact_wall, exact_cpu),
     ):
         circuit = RefusalCircuit.from_scores(
-            scores, model.facts, args.model, seconds=round(wall, 2), n_pairs=args.n
-        )
+            scores, model.facts, args.model, seconds=round(wall, 2), cpu=round(cpu, 2),
+            n_pairs=args.n,
+        )  # fmt: skip
         stem = out.parent / f"{slug}-{scores.method}"
         circuit.save(stem.with_suffix(".json"))
         plot_head_scores(scores, stem.with_suffix(".png"), title=f"{args.model}: {scores.method}")
@@ -203,6 +283,7 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             "metric_counterfactual": fast.counterfactual,
             "activation_seconds": {"wall": exact_wall, "cpu": exact_cpu},
             "top_heads_activation": [str(h) for h in exact.top(10)],
+            "top_kv_activation": [[str(g), v] for g, v in exact.ranked_kv()[:10]],
             "blocks_activation": [[str(s), v] for s, v in exact.ranked_blocks()],
             "attribution": agreement_figures(exact, fast, (fast_wall, fast_cpu)),
             "integrated_gradients": {
@@ -211,11 +292,25 @@ def discover(model, data, args, out: Path, slug: str) -> dict:
             },
             "refined": {
                 "top": args.refine,
+                "measured": not args.no_plain_refine,
                 **agreement_figures(
                     exact, refined, (fast_wall + refine_wall, fast_cpu + refine_cpu)
                 ),
             },
-            "sampled_check": check.to_dict(),
+            "ig_refined": {
+                "top": args.refine,
+                "screens": ["integrated-gradients", "attribution"],
+                **agreement_figures(
+                    exact,
+                    ig_refined,
+                    (fast_wall + ig_wall + ig_refine_wall, fast_cpu + ig_cpu + ig_refine_cpu),
+                ),
+            },
+            "sampled_checks": checks,
+            "joint_patching": {
+                "seconds": {"wall": joint_wall, "cpu": joint_cpu},
+                "groups": [g.to_dict() for g in joint],
+            },
             "speedup_cpu": exact_cpu / max(fast_cpu, 1e-9),
         },
     }
@@ -263,23 +358,32 @@ def summary(result: dict) -> None:
     f = result["discovery"]
     print(f"\n== {result['model']}  direction layer {result['layer']}  metric {f['metric']}")
     print(
+        f"metric {f['metric_clean']:.2f} clean, {f['metric_counterfactual']:.2f} counterfactual; "
         f"exact patching ({f['n_heads_scored']} query heads + KV heads + "
-        f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['wall']:.1f} s wall"
+        f"{2 * result['facts']['n_layers']} blocks): {f['activation_seconds']['cpu']:.1f} CPU s"
     )
-    for name in ("attribution", "integrated_gradients", "refined"):
+    for name in ("attribution", "integrated_gradients", "refined", "ig_refined"):
         g = f[name]
-        blocks = f"; blocks Spearman {g['blocks']['spearman']:.3f}" if "blocks" in g else ""
+        blocks = g.get("blocks", {})
+        kv = g.get("kv", {})
         print(
-            f"{name}: {g['seconds']['wall']:.1f} s wall; Spearman on exact top 20 heads "
-            f"{g['spearman_top20']:.3f} (p {g['spearman_p']:.2g}), overlap "
-            f"{g['overlap_top20']}/20, top-1 match {g['top1_match']}{blocks}"
+            f"{name}: {g['seconds']['cpu']:.1f} CPU s; Spearman on exact top 20 heads "
+            f"{g['spearman_top20']:.3f}, overlap {g['overlap_top20']}/20, top-1 "
+            f"{g['top1_match']}; KV Spearman {kv.get('spearman', float('nan')):.3f}; MLP "
+            f"Spearman {blocks.get('spearman_mlp', float('nan')):.3f}"
         )
-    c = f["sampled_check"]
-    print(
-        f"sampled check ({len(c['sites'])} heads, {c['seconds']:.1f} s): Spearman "
-        f"{c['spearman']:.3f}, top-1 match {c['top1_match']}"
-    )
+    for name, c in f["sampled_checks"].items():
+        print(
+            f"sampled check {name} ({len(c['sites'])} sites, {c['cpu']:.1f} CPU s): Spearman "
+            f"{c['spearman']:.3f} on the leaders, top-1 {c['top1_match']}, missed {c['missed']}"
+        )
     print(f"top blocks (exact): {', '.join(f'{s} {v:.2f}' for s, v in f['blocks_activation'][:6])}")
+    print("joint patching (exact ranking):        sites  metric  share of gap  log-odds > 0")
+    for g in f["joint_patching"]["groups"]:
+        print(
+            f"  {g['group']:36} {g['n_sites']:5d}  {g['patched']:6.2f}  "
+            f"{g['fraction_of_gap']:11.1%}  {g['above_zero']}/{g['n']}"
+        )
     e = result["edits"]
     if e is None:
         return
@@ -308,16 +412,20 @@ def main() -> None:
     data = testbed_data()
     layer = args.layer if args.layer is not None else round(0.75 * (model.n_layers - 1))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.model).name).strip("-")
-    out = Path(args.cache_dir) / "circuits" / f"experiment-{slug}.json"
+    folder = Path(args.out_dir) if args.out_dir else Path(args.cache_dir) / "circuits"
+    out = folder / f"experiment-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     ds = direction(model, data, args.n_direction, args.cache_dir)
+    if args.edits_only:
+        circuit = RefusalCircuit.load(args.exact)
+        edits = compare_edits(model, data, ds, layer, circuit, args)
+        result = {"model": args.model, "layer": layer, "args": vars(args), "edits": edits}
+        path = out.with_name(out.stem + "-edits.json")
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwritten: {path}")
+        return
     found = discover(model, data, args, out, slug)
     found["figures"]["n_heads_scored"] = model.n_layers * model.facts.n_heads
-    edits = None
-    if not args.no_edits:
-        edits = compare_edits(model, data, ds, layer, found["circuits"]["attribution"], args)
-    else:
-        out = out.with_name(out.stem + "-discovery.json")
     result = {
         "model": args.model,
         "layer": layer,
@@ -325,8 +433,16 @@ def main() -> None:
         "facts": model.facts.as_dict(),
         "torch_threads": torch.get_num_threads(),
         "discovery": found["figures"],
-        "edits": edits,
+        "edits": None,
     }
+    # Discovery is written before the (slow) edits, so it survives an interrupted run.
+    first = out.with_name(out.stem + "-discovery.json")
+    first.write_text(json.dumps(result, indent=1) + "\n")
+    summary(result)
+    print(f"\nwritten: {first}", flush=True)
+    if args.no_edits:
+        return
+    result["edits"] = compare_edits(model, data, ds, layer, found["circuits"]["activation"], args)
     out.write_text(json.dumps(result, indent=1) + "\n")
     summary(result)
     print(f"\nwritten: {out}")

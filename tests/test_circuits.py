@@ -10,6 +10,7 @@ both refusal metrics; every other weight is random at initialisation scale (std 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ from circuitlab.circuits import (
     attribution_patching,
     check_agreement,
     head_ablation,
+    joint_patching,
+    localisation_groups,
     patch_hooks,
     plot_head_scores,
     rank_agreement,
@@ -240,6 +243,17 @@ def test_refine_patches_the_leading_candidates_exactly(gqa):
     rest = approx.top(5, by="abs")[3:]
     assert all(refined.importance_of(h) == approx.importance_of(h) for h in rest)
     assert torch.equal(refined.kv_effect, approx.kv_effect)
+    # A second screen's leaders are patched too (the union of both candidate lists).
+    other = HeadId(2, 0)
+    screen = replace(
+        approx,
+        effect=torch.zeros_like(approx.effect).index_put_(
+            (torch.tensor(2), torch.tensor(0)), torch.tensor(-1.0)
+        ),
+    )
+    both = refine(model, HARMFUL, HARMLESS, metric, approx, top=1, screens=[screen], batch_size=4)
+    for head in (PLANTED, other):
+        assert both.importance_of(head) == pytest.approx(exact.importance_of(head))
 
 
 def test_agreement_check_patches_a_sample_and_compares(gqa):
@@ -254,6 +268,73 @@ def test_agreement_check_patches_a_sample_and_compares(gqa):
     assert check.exact.importance_of(outside) == 0  # only the sample was patched
     assert check.agreement.k == 3 and check.agreement.top1_match and 0 <= check.missed <= 3
     assert set(check.to_dict()) >= {"spearman", "sites", "seconds", "top1_match"}
+
+
+def test_agreement_check_on_mlps_patches_them_exactly(gqa):
+    model, _ = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    approx = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, blocks=True)
+    check = check_agreement(model, HARMFUL, HARMLESS, metric, approx, kind="mlp", batch_size=4)
+    mlps = [LayerSite(layer, "mlp") for layer in range(model.n_layers)]
+    assert check.kind == "mlp" and sorted(check.sites) == sorted(str(s) for s in mlps)
+    exact = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, blocks=True)
+    for site in mlps:
+        assert check.exact.importance_of(site) == pytest.approx(exact.importance_of(site))
+    assert check.exact.importance_of(PLANTED) == 0  # no head was patched
+    assert check.to_dict()["kind"] == "mlp"
+    plain = attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4)
+    with pytest.raises(ValueError, match="blocks=True"):
+        check_agreement(model, HARMFUL, HARMLESS, metric, plain, kind="mlp")
+
+
+def test_integrated_gradients_path_runs_from_the_clean_to_the_counterfactual_run(gqa):
+    """Every site is set (not shifted) to its point on the path, so the path ends at the
+    counterfactual run itself although later sites depend on earlier ones (a shift added at
+    every site would count each upstream shift twice and overshoot)."""
+    from circuitlab.circuits.patching import _attribution_hooks, _differences
+    from circuitlab.circuits.sources import PatchRun
+
+    model, _ = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    run = PatchRun.prepare(model, HARMFUL, HARMLESS, metric, "post_instruction", True, True, True)
+    ((_, batch, source),) = run.batches(4)
+    clean: dict = {}
+    with torch.no_grad():
+        unhooked = metric(model, batch)
+        with model.hooks(_attribution_hooks(run, clean, {})):
+            assert torch.allclose(metric(model, batch), unhooked, atol=1e-5)
+    diffs = _differences(source, clean)
+    assert {kind for kind, _ in diffs} == {"z", "k", "v", "attn", "mlp"}
+    assert (unhooked - source.metric).abs().max() > 1e-2
+    for alpha, expected in ((0.0, unhooked), (1.0, source.metric)):
+        targets = {key: clean[key] + alpha * diff for key, diff in diffs.items()}
+        with torch.no_grad(), model.hooks(_attribution_hooks(run, {}, {}, targets)):
+            assert torch.allclose(metric(model, batch), expected, atol=1e-4)
+
+
+def test_joint_patching_compares_heads_layers_and_mlps(gqa):
+    model, _ = gqa
+    metric = RefusalTokenMetric.from_openings(model.tokenizer)
+    exact = activation_patching(model, HARMFUL, HARMLESS, metric, batch_size=4, blocks=True)
+    groups = localisation_groups(exact, tops=(1, 4), layer_tops=(1,))
+    assert groups["top 1 query heads"] == [PLANTED]
+    assert groups["top 1 attention layer"] == [LayerSite(PLANTED.layer, "attn")]
+    assert len(groups["every MLP"]) == model.n_layers == len(groups["every attention layer"])
+    assert len(groups["every query head"]) == model.n_layers * model.facts.n_heads
+    assert groups["top 4 query heads + top MLP"][-1].kind == "mlp"
+    effects = {
+        g.name: g for g in joint_patching(model, HARMFUL, HARMLESS, metric, groups, batch_size=4)
+    }
+    assert list(effects) == list(groups)
+    one = effects["top 1 query heads"]
+    assert one.clean - one.patched == pytest.approx(exact.importance_of(PLANTED), abs=1e-4)
+    assert one.clean == pytest.approx(exact.clean) and one.n == len(HARMFUL)
+    every = effects["every query head"]  # the last positions become the counterfactual run's
+    assert every.patched == pytest.approx(every.counterfactual, abs=1e-4)
+    assert every.fraction == pytest.approx(1.0, abs=1e-3)
+    assert 0 <= every.above_zero <= every.n and every.to_dict()["fraction_of_gap"] == every.fraction
+    with pytest.raises(ValueError, match="blocks=True"):
+        localisation_groups(attribution_patching(model, HARMFUL, HARMLESS, metric, batch_size=4))
 
 
 @pytest.mark.parametrize("kind", ["tokens", "projection"])
@@ -440,6 +521,8 @@ def test_discover_prints_the_planted_head_and_writes_its_files(gqa, tmp_path, ca
     circuit = RefusalCircuit.load(out)
     assert circuit.method == "integrated-gradients+exact" and circuit.top(1)[0].id == PLANTED
     assert len(circuit.metadata["agreement_check"]["sites"]) == 6
+    assert f"on {model.n_layers} sampled mlps" in text  # with --blocks the MLPs are checked too
+    assert circuit.metadata["agreement_check_mlp"]["kind"] == "mlp"
     assert len(circuit.blocks) == 2 * model.n_layers
 
 

@@ -3,7 +3,8 @@
 ``activation_patching`` (exact, one pass per head) and ``attribution_patching`` (first
 order, one forward and backward pass per batch) score every query head and every KV head
 into :class:`HeadScores`; :class:`RefusalCircuit` ranks and saves them, and
-:func:`head_ablation` turns its top heads into a foldable head-level intervention.
+:func:`head_ablation` turns its top heads into a foldable head-level intervention;
+:func:`joint_patching` patches whole groups (top heads, attention layers, MLPs) at once.
 """
 
 import lazy_loader
@@ -20,14 +21,10 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "RefusalCircuit",
             "head_ablation",
         ],
+        "localise": ["GroupEffect", "joint_patching", "localisation_groups"],
         "metrics": ["DirectionMetric", "Metric", "RefusalTokenMetric"],
-        "patching": [
-            "AgreementCheck",
-            "activation_patching",
-            "attribution_patching",
-            "check_agreement",
-            "refine",
-        ],
+        "agreement": ["AgreementCheck", "check_agreement", "refine"],
+        "patching": ["activation_patching", "attribution_patching"],
         "scores": [
             "BLOCK_KINDS",
             "HeadScores",

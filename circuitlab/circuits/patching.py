@@ -14,28 +14,26 @@ themselves with the refusal direction ablated; only the last positions are patch
   at once, from one forward and one backward pass per batch.
 * Integrated gradients (``ig_steps > 0``, in the style of EAP-IG): the same product with the
   gradient averaged over points on the straight path from the clean run towards the
-  counterfactual one, every site moved together (``a_clean + alpha (a_cf - a_clean)`` added
-  at each site, the rest of the network recomputed). It costs ``ig_steps`` forward and
-  backward passes per batch and follows the metric where it bends (saturation), which a
+  counterfactual one: every site is set to ``a_clean + alpha (a_cf - a_clean)`` (so the path
+  ends at the counterfactual run), and the gradient is the total derivative through the
+  recomputed network. It costs ``ig_steps`` forward and backward passes per batch and
+  follows the metric where it bends (saturation, sign changes along the path), which a
   gradient at the clean point alone cannot see.
 
 With ``blocks=True`` every layer's whole attention-block output and MLP output are scored
 too (``HeadScores.block_effect``): refusal on the SmolLM2 organism is written mostly by the
 MLPs, which head scores cannot show.
 
-:func:`check_agreement` measures, on a sample of sites, how well an estimate agrees with
-exact patching, so a user sees when the linear approximation is poor; :func:`refine`
-patches an estimate's leading candidates exactly, so the ranking that matters is exact at a
-fraction of exact patching's cost.
+:func:`~circuitlab.circuits.agreement.check_agreement` measures, on a sample of sites, how
+well an estimate agrees with exact patching, so a user sees when the linear approximation is
+poor; :func:`~circuitlab.circuits.agreement.refine` patches an estimate's leading candidates
+exactly, so the ranking that matters is exact at a fraction of exact patching's cost.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -47,8 +45,6 @@ from circuitlab.circuits.scores import (
     HeadScores,
     KVHeadId,
     LayerSite,
-    RankAgreement,
-    site_agreement,
 )
 from circuitlab.circuits.sources import (
     Counterfactual,
@@ -68,13 +64,7 @@ from circuitlab.progress import progress_bar
 if TYPE_CHECKING:
     from circuitlab.engine import HookedModel, HookFn, Positions
 
-__all__ = [
-    "AgreementCheck",
-    "activation_patching",
-    "attribution_patching",
-    "check_agreement",
-    "refine",
-]
+__all__ = ["activation_patching", "attribution_patching"]
 
 log = logging.getLogger(__name__)
 
@@ -206,29 +196,38 @@ def _site_hooks(run: PatchRun) -> list[tuple[str, str, int]]:
 
 
 def _attribution_hooks(
-    run: PatchRun, clean: dict, deltas: dict, shifts: dict | None = None
+    run: PatchRun, clean: dict, deltas: dict, targets: dict | None = None
 ) -> Hooks:
     """Read each site's activation and add a zero leaf to it, whose gradient is the metric's
     gradient at that activation (the activation itself is not a leaf: the bridge reshapes
-    it, and detaching it would cut the paths through later layers). With ``shifts`` (one
-    tensor per site), that shift is added too: a point on the integrated-gradients path."""
+    it, and detaching it would cut the paths through later layers).
+
+    With ``targets`` (one tensor per site), each site's patched positions are *set* to its
+    target, a point on the integrated-gradients path: the forward pass sees exactly the
+    interpolated activations (adding a shift instead would count every upstream site's
+    shift twice, once through the recomputed activation and once in its own shift), while
+    the gradient still flows through the recomputed value, so it is the total derivative
+    that patching one site measures."""
     n = run.n_positions
 
     def make(key: tuple[str, int]) -> HookFn:
         def fn(x: Tensor, hook: Any) -> Tensor:
-            if shifts is None:
-                clean[key] = tail(x, n).detach().float()
-            leaf = torch.zeros(tail(x, n).shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            current = tail(x, n)
+            if targets is None:
+                clean[key] = current.detach().float()
+            leaf = torch.zeros(current.shape, dtype=x.dtype, device=x.device, requires_grad=True)
             deltas[key] = leaf
-            add = leaf if shifts is None else leaf + shifts[key].to(x.device, x.dtype)
-            pad = x.new_zeros((x.shape[0], x.shape[1] - leaf.shape[1], *x.shape[2:]))
-            return x + torch.cat([pad, add], dim=1)
+            moved = current + leaf
+            if targets is not None:
+                target = targets[key].to(x.device, x.dtype)
+                moved = moved + (target - current).detach()
+            return torch.cat([x[:, : x.shape[1] - current.shape[1]], moved], dim=1)
 
         return fn
 
     keys = [(name, (kind, layer)) for name, kind, layer in _site_hooks(run)]
-    if shifts is not None:
-        keys = [(name, key) for name, key in keys if key in shifts]
+    if targets is not None:
+        keys = [(name, key) for name, key in keys if key in targets]
     return [(name, make(key)) for name, key in keys]
 
 
@@ -281,7 +280,9 @@ def attribution_patching(
             grads = {key: leaf.grad for key, leaf in deltas.items() if leaf.grad is not None}
             diffs = _differences(source, clean)
             if ig_steps:
-                grads = _integrated(model, metric, batch, run, diffs, ig_steps, advance, rows)
+                grads = _integrated(
+                    model, metric, batch, run, clean, diffs, ig_steps, advance, rows
+                )
             else:
                 advance(len(rows))
             effects.sums[0] += value.sum().item()
@@ -300,14 +301,15 @@ def _differences(source: PatchSource, clean: dict) -> dict[tuple[str, int], Tens
     return diffs
 
 
-def _integrated(model, metric, batch, run, diffs, steps, advance, rows) -> dict:
-    """Mean gradient at each site over ``steps`` midpoints of the straight path."""
+def _integrated(model, metric, batch, run, clean, diffs, steps, advance, rows) -> dict:
+    """Mean gradient at each site over ``steps`` midpoints of the straight path from the
+    clean activations to the counterfactual ones, every site on the path together."""
     total: dict[tuple[str, int], Tensor] = {}
     for j in range(steps):
         alpha = (j + 0.5) / steps
-        shifts = {key: alpha * diff for key, diff in diffs.items()}
+        targets = {key: clean[key] + alpha * diff for key, diff in diffs.items()}
         deltas: dict[tuple[str, int], Tensor] = {}
-        _grads(model, metric, batch, _attribution_hooks(run, {}, deltas, shifts))
+        _grads(model, metric, batch, _attribution_hooks(run, {}, deltas, targets))
         for key, leaf in deltas.items():
             if leaf.grad is not None:
                 total[key] = total.get(key, 0) + leaf.grad.float() / steps
@@ -329,117 +331,3 @@ def _accumulate(effects: _Effects, grads: dict, diffs: dict) -> None:
         for index, delta in enumerate(per_head.tolist()):
             site = HeadId(layer, index) if kind == "z" else KVHeadId(layer, index)
             effects.add(site, delta)
-
-
-@dataclass(frozen=True)
-class AgreementCheck:
-    """How an estimate (attribution) agreed with exact patching on a sample of sites.
-
-    Attributes:
-        sites: the sites patched exactly (as strings): the estimate's leaders first, then
-            the random others.
-        agreement: on the estimate's leaders only, Spearman of the two orderings, overlap
-            of their top halves and top-1 match (the order a circuit is read for).
-        missed: random others whose exact importance is larger than the smallest exact
-            importance among the leaders (heads the estimate should have ranked higher).
-        exact: the exact scores (zero outside the sample).
-        seconds: wall time of the exact patching.
-    """
-
-    sites: tuple[str, ...]
-    agreement: RankAgreement
-    missed: int
-    exact: HeadScores
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        a = self.agreement
-        return {
-            "sites": list(self.sites),
-            "spearman": a.spearman,
-            "missed": self.missed,
-            "p_value": a.p_value,
-            "overlap_top_half": a.overlap,
-            "top1_match": a.top1_match,
-            "seconds": round(self.seconds, 2),
-        }
-
-
-def check_agreement(
-    model: HookedModel,
-    harmful: Sequence[str],
-    counterfactual: Counterfactual,
-    metric: Metric,
-    estimate: HeadScores,
-    *,
-    sample: int = 16,
-    seed: int = 0,
-    **options: Any,
-) -> AgreementCheck:
-    """Patch a sample of query heads exactly and compare with ``estimate`` on them.
-
-    The sample is the estimate's top ``sample // 2`` heads by absolute importance (where a
-    wrong ranking matters) plus as many others drawn at random (``seed``), so a poor linear
-    approximation shows both as misordered leaders (Spearman over the leaders alone: over
-    the whole sample, the gap between leaders and near-zero others would hide it) and as
-    missed heads.
-
-    Args:
-        model, harmful, counterfactual, metric: as given to the estimate.
-        estimate: the attribution scores to check.
-        sample: query heads patched exactly (at least 6).
-        seed: the random draw of the other half.
-        **options: ``positions``, ``batch_size``, ``chat`` as for the estimate.
-
-    Returns:
-        The agreement on the sample.
-    """
-    n = estimate.n_layers * estimate.n_heads
-    sample = max(6, min(sample, n))  # >= 3 leaders for a rank correlation
-    top = estimate.top(sample // 2, by="abs")
-    rest = [h for h, _ in estimate.ranked("abs")[sample // 2 :]]
-    picked = top + random.Random(seed).sample(rest, sample - len(top))
-    start = time.perf_counter()
-    exact = activation_patching(
-        model, harmful, counterfactual, metric, kv=False, sites=picked, **options
-    )
-    seconds = time.perf_counter() - start
-    agreement = site_agreement(exact, estimate, top)
-    floor = min(abs(exact.importance_of(h)) for h in top)
-    missed = sum(abs(exact.importance_of(h)) > floor for h in picked[len(top) :])
-    return AgreementCheck(tuple(str(h) for h in picked), agreement, missed, exact, seconds)
-
-
-def refine(
-    model: HookedModel,
-    harmful: Sequence[str],
-    counterfactual: Counterfactual,
-    metric: Metric,
-    estimate: HeadScores,
-    *,
-    top: int = 40,
-    **options: Any,
-) -> HeadScores:
-    """The estimate with its ``top`` query heads (by absolute importance) patched exactly.
-
-    Attribution screens every head in one pass; exact patching then re-scores only the
-    candidates, whose order is what a circuit is read for. Heads outside the candidates
-    keep their estimated values (the same units: mean change of the metric).
-
-    Args:
-        model, harmful, counterfactual, metric: as given to the estimate.
-        estimate: the screening scores.
-        top: candidates patched exactly.
-        **options: ``positions``, ``batch_size``, ``chat``, ``progress`` as for the estimate.
-
-    Returns:
-        HeadScores with ``method`` = the estimate's method + ``+exact``.
-    """
-    candidates = estimate.top(min(top, estimate.n_layers * estimate.n_heads), by="abs")
-    exact = activation_patching(
-        model, harmful, counterfactual, metric, kv=False, sites=candidates, **options
-    )
-    effect = estimate.effect.clone()
-    for head in candidates:
-        effect[head.layer, head.head] = exact.effect[head.layer, head.head]
-    return replace(estimate, method=f"{estimate.method}+exact", effect=effect)

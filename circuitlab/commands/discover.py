@@ -35,7 +35,13 @@ DIRECTION_DEPTH = 0.75
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("discover", cmd_discover, "Score every attention head's share in refusal.")
     p.add_argument("model", help="preset name, HF folder, .gguf file or hub id")
-    p.add_argument("--method", choices=METHODS, default="attribution", help="patching method")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="integrated-gradients",
+        help="patching method (integrated-gradients: estimate every site along the clean-to-"
+        "counterfactual path, then re-score the leaders exactly, see --refine)",
+    )
     p.add_argument("--top", type=int, default=10, metavar="K", help="heads to print")
     p.add_argument("--harmful", default="advbench", metavar="SRC", help="harmful prompt source")
     p.add_argument("--harmless", default="harmless", metavar="SRC", help="harmless prompt source")
@@ -44,7 +50,7 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--ig-steps",
         type=int,
-        default=8,
+        default=4,
         metavar="N",
         help="path points of --method integrated-gradients",
     )
@@ -60,7 +66,8 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
         type=int,
         default=40,
         metavar="K",
-        help="re-score an estimate's top K heads by exact patching (0: keep the estimate)",
+        help="re-score an estimate's top K heads by exact patching (0: keep the estimate); "
+        "integrated gradients add plain attribution's top K",
     )
     p.add_argument("--blocks", action="store_true", help="also score every attention block and MLP")
     p.add_argument(
@@ -242,17 +249,40 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
         progress=True,
         **extra,
     )
-    check = None
+    checks = []
     if args.method != "activation" and args.check:
-        check = check_agreement(
-            model, harmful.prompts, counterfactual, metric, scores, sample=args.check,
-            seed=settings.seed, positions=positions, batch_size=settings.batch_size, chat=chat,
-        )  # fmt: skip
-        info["agreement_check"] = check.to_dict()
+        # Per-layer MLP scores get the same check as heads: refusal may live in the MLPs.
+        for kind in ("heads", "mlp") if args.blocks else ("heads",):
+            check = check_agreement(
+                model, harmful.prompts, counterfactual, metric, scores, sample=args.check,
+                seed=settings.seed, kind=kind, positions=positions,
+                batch_size=settings.batch_size, chat=chat, progress=True,
+            )  # fmt: skip
+            checks.append(check)
+            info["agreement_check" if kind == "heads" else f"agreement_check_{kind}"] = (
+                check.to_dict()
+            )
     if args.method != "activation" and args.refine:
+        screens = []
+        if args.method == "integrated-gradients":
+            # One more pass: the heads the path average misses are often plain
+            # attribution's leaders (and the other way round), so both lists are re-scored.
+            screens.append(
+                attribution_patching(
+                    model,
+                    harmful.prompts,
+                    counterfactual,
+                    metric,
+                    positions=positions,
+                    kv=False,
+                    batch_size=settings.batch_size,
+                    chat=chat,
+                )  # fmt: skip
+            )
         scores = refine(
             model, harmful.prompts, counterfactual, metric, scores, top=args.refine,
-            positions=positions, batch_size=settings.batch_size, chat=chat, progress=True,
+            screens=screens, positions=positions, batch_size=settings.batch_size, chat=chat,
+            progress=True,
         )  # fmt: skip
     seconds = time.perf_counter() - started
     provenance = {
@@ -271,18 +301,18 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     png = plot_head_scores(scores, path.with_suffix(".png"), title=f"{args.model}: {run.__name__}")
     common.out.print(circuit_table(circuit, args.top))
     common.out.print(f"{args.method} patching over {n} harmful prompts took {seconds:.1f} s")
-    if check is not None:
-        a = check.agreement
+    for check in checks:
+        a, what = check.agreement, "heads" if check.kind == "heads" else f"{check.kind}s"
         common.out.print(
-            f"agreement with exact patching on {len(check.sites)} sampled heads "
+            f"agreement with exact patching on {len(check.sites)} sampled {what} "
             f"({check.seconds:.1f} s): Spearman {a.spearman:.3f} over the estimate's top "
             f"{a.k}, top-1 {'matches' if a.top1_match else 'differs'}, {check.missed} of "
-            f"{len(check.sites) - a.k} other heads should have ranked among them"
+            f"{len(check.sites) - a.k} other {what} should have ranked among them"
         )
         if a.spearman < AGREEMENT_WARNING or check.missed:
             common.err.print(
-                "the first-order estimate ranks heads poorly here: keep --refine (or raise "
-                "it), or use --method activation"
+                f"the estimate ranks {what} poorly here: keep --refine (or raise it), or use "
+                "--method activation"
             )
     common.out.print(f"saved: {path}\nheat map: {png}")
     report = circuit_report(
