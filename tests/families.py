@@ -15,6 +15,11 @@ ones a user relies on:
 
 ``tests/test_families.py`` asserts them; ``experiments/family_table.py`` runs the same
 :func:`check_family` and renders the README's table from its results.
+
+:data:`FAMILIES` are the families people abliterate, each with a hand-made config;
+:func:`architectures` classifies every architecture TransformerLens bridges, and
+``family_table.py --sweep`` runs the checks on each other one ``transformers`` can build,
+from :func:`sized`'s generic tiny config.
 """
 
 from __future__ import annotations
@@ -217,7 +222,12 @@ FAMILIES: tuple[str, ...] = tuple(_configs())
 
 # Config fields a swept architecture needs beyond the generic tiny size (where its default
 # derives a size that does not fit hidden 64 / 4 heads).
-SWEEP_FIELDS: dict[str, dict[str, Any]] = {}
+SWEEP_FIELDS: dict[str, dict[str, Any]] = {
+    "GPTJForCausalLM": {"rotary_dim": 8},  # the default 64 exceeds a 16-wide head
+    "CodeGenForCausalLM": {"rotary_dim": 8},
+    "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]]},  # one per layer
+    "AfmoeForCausalLM": {"num_dense_layers": 0},
+}
 
 
 def architectures() -> list[dict[str, str]]:

@@ -1,6 +1,7 @@
 """The family matrix: every architecture family the pipeline supports, end to end on a tiny
-random model (bridge vs HF, export parity and reload, head-level folds), and the README
-table rendered from the same results."""
+random model (bridge vs HF, export parity and reload, head-level folds), the README table
+rendered from the same results, and every architecture TransformerLens bridges classified
+(the rest are swept by ``experiments/family_table.py --sweep``)."""
 
 from __future__ import annotations
 
@@ -62,19 +63,29 @@ def test_every_bridged_architecture_is_classified():
     assert kinds["OPTForCausalLM"] == "sweep"
 
 
-def test_a_model_that_does_not_generate_text_is_refused_before_loading(tmp_path):
-    from transformers import T5Config
+@pytest.mark.parametrize(
+    "config_name, architecture, reason",
+    [
+        ("T5Config", "T5ForConditionalGeneration", "not a decoder-only language model"),
+        ("MambaConfig", "MambaForCausalLM", "no attention layers"),
+    ],
+)
+def test_a_model_circuitlab_cannot_edit_is_refused_before_loading(
+    tmp_path, config_name, architecture, reason
+):
+    import transformers
 
     from circuitlab.errors import UnsupportedArchitectureError
     from circuitlab.models import ModelSpec, load_hf
 
-    config = T5Config(d_model=32, num_layers=1, vocab_size=64)
-    config.architectures = ["T5ForConditionalGeneration"]
+    config = getattr(transformers, config_name)(vocab_size=64)
+    config.architectures = [architecture]
     config.save_pretrained(tmp_path)  # a config and no weights: nothing may try to load them
     with pytest.raises(UnsupportedArchitectureError) as err:
         load_hf(ModelSpec(str(tmp_path)))
     message = str(err.value)
-    assert "\n" not in message and "T5ForConditionalGeneration (t5)" in message
+    assert "\n" not in message and f"{architecture} ({config.model_type})" in message
+    assert reason in message
 
 
 def test_gpt2_conv1d_writers_are_transposed_and_a_refused_family_says_so(tmp_path, monkeypatch):

@@ -16,18 +16,48 @@ from circuitlab.errors import UnsupportedArchitectureError
 
 __all__ = [
     "EXPORT_REFUSED",
+    "UNSUPPORTED",
     "check_export_family",
     "check_generative",
     "generative",
     "model_types",
 ]
 
-# model_type -> why a directional edit does not fold exactly (measured on a tiny model by
-# ``python experiments/family_table.py --sweep``; the hooks still apply, the search runs,
-# but an export would fail its parity check after the whole run).
+# model_type -> why circuitlab cannot work on it at all: refused before any weight loads.
+UNSUPPORTED: dict[str, str] = {
+    model_type: "it has no attention layers (a state-space or recurrent model), and "
+    "circuitlab's heads, directions and folds are read from attention blocks"
+    for model_type in ("mamba", "mamba2", "falcon_mamba", "rwkv")
+}
+
+_HYBRID = (
+    "some of its blocks mix tokens without attention (linear attention, state-space or "
+    "recurrent layers), which have no attention output projection to fold into"
+)
+# model_type -> why a directional edit cannot be folded exactly (what the family matrix's
+# sweep found, ``python experiments/family_table.py --sweep``). The exporter refuses them
+# before a search starts, rather than after a run whose export would fail.
 EXPORT_REFUSED: dict[str, str] = {
-    "afmoe": "its MoE block scales the routed experts' sum after they write, which the fold "
-    "does not see",
+    **{
+        model_type: _HYBRID
+        for model_type in (
+            "bamba",
+            "falcon_h1",
+            "granitemoehybrid",
+            "jamba",
+            "nemotron_h",
+            "olmo_hybrid",
+            "qwen3_next",
+            "qwen3_5",
+            "qwen3_5_text",
+            "qwen3_5_moe",
+            "qwen3_5_moe_text",
+            "recurrent_gemma",
+            "zamba2",
+        )
+    },  # fmt: skip
+    "jetmoe": "its attention is itself a mixture of experts (no single output projection)",
+    "openai-gpt": "its HF model keeps no KV cache, which the export's parity check decodes with",
 }
 
 
@@ -70,11 +100,17 @@ def model_types() -> dict[str, str]:
 
 def check_generative(architectures: list[str], model_type: str) -> None:
     """Refuse, in one line, a model that is not a text generator (an encoder, a translation
-    or speech model, an image classifier, a base model without its LM head).
+    or speech model, an image classifier, a base model without its LM head) or has no
+    attention (:data:`UNSUPPORTED`).
 
     Raises:
         UnsupportedArchitectureError: naming the architecture and its family.
     """
+    reason = UNSUPPORTED.get(model_type)
+    if reason is not None:
+        raise UnsupportedArchitectureError(
+            f"{(architectures or [model_type])[0]} ({model_type}) is not supported: {reason}"
+        )
     verdicts = [generative(a) for a in architectures]
     if verdicts and all(v is False for v in verdicts):
         raise UnsupportedArchitectureError(
@@ -93,6 +129,6 @@ def check_export_family(model_type: str) -> None:
     reason = EXPORT_REFUSED.get(model_type)
     if reason is not None:
         raise UnsupportedArchitectureError(
-            f"cannot export {model_type} models: {reason} (hooks, search and circuits work; "
-            "export the intervention as JSON and apply it with hooks instead)"
+            f"cannot export {model_type} models: {reason}; the export would fail its parity "
+            "check after the whole run"
         )
