@@ -268,7 +268,8 @@ def sweep_configs() -> dict[str, tuple[str, Callable[..., Any]]]:
     out: dict[str, tuple[str, Callable[..., Any]]] = {}
     for row in architectures():
         if row["kind"] == "sweep":
-            name = row["model_type"] if row["model_type"] not in out else row["architecture"]
+            taken = row["model_type"] in out or row["model_type"] in FAMILIES
+            name = row["architecture"] if taken else row["model_type"]
             config_class = getattr(transformers, row["architecture"]).config_class
             fields = SWEEP_FIELDS.get(row["architecture"], {})
             out[name] = (row["architecture"], sized(config_class, **fields))

@@ -88,14 +88,27 @@ def model_types() -> dict[str, str]:
     """Architecture class name -> its ``model_type``, from ``transformers``' auto mappings."""
     from transformers.models.auto import modeling_auto as auto
 
-    found: dict[str, str] = {}
+    candidates: dict[str, set[str]] = {}
     for name in dir(auto):
         mapping = getattr(auto, name)
         if name.endswith("_MAPPING_NAMES") and isinstance(mapping, dict):
             for model_type, classes in mapping.items():
                 for cls in classes if isinstance(classes, tuple | list) else (classes,):
-                    found.setdefault(cls, model_type)
-    return found
+                    candidates.setdefault(cls, set()).add(model_type)
+
+    # Several model types reuse one class (internlm3 and llama -> LlamaForCausalLM): the
+    # class's own is the one its name starts with.
+    def plain(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    def shared_prefix(cls: str, model_type: str) -> int:
+        a, b = plain(cls), plain(model_type)
+        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(b))
+
+    return {
+        cls: max(sorted(types), key=lambda t: (shared_prefix(cls, t), -len(t)))
+        for cls, types in candidates.items()
+    }
 
 
 def check_generative(architectures: list[str], model_type: str) -> None:
