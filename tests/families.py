@@ -15,6 +15,11 @@ ones a user relies on:
 
 ``tests/test_families.py`` asserts them; ``experiments/family_table.py`` runs the same
 :func:`check_family` and renders the README's table from its results.
+
+:data:`FAMILIES` are the families people abliterate, each with a hand-made config;
+:func:`architectures` classifies every architecture TransformerLens bridges, and
+``family_table.py --sweep`` runs the checks on each other one ``transformers`` can build,
+from :func:`sized`'s generic tiny config.
 """
 
 from __future__ import annotations
@@ -70,8 +75,73 @@ _VISION = {  # the smallest SigLIP tower Gemma 3 accepts: 2x2 patches of a 28-pi
 }
 
 
+def sized(config_class, **extra) -> Callable[..., Any]:
+    """A maker of ``config_class`` at the matrix's tiny size: the :data:`_ATTN` fields the
+    config knows (GPT-2's ``n_embd`` answers to ``hidden_size``), so a family without
+    grouped attention or an explicit ``head_dim`` gets neither, and each list the config
+    derives from the layer count (``layer_types``) is derived again."""
+
+    def fields(config, wanted: dict) -> dict:
+        settable = lambda k: not isinstance(getattr(type(config), k, None), property)  # noqa: E731
+        out = {k: v for k, v in wanted.items() if hasattr(config, k) and settable(k)}
+        return out | {k: None for k in _DERIVED if k in config.to_dict()}
+
+    def make(**ids):
+        base = config_class()
+        own = fields(base, {**_ATTN, **_SMALL_MOE})
+        sub = getattr(base, "sub_configs", {})
+        if "text_config" in sub and "vision_config" in sub:  # a multimodal wrapper
+            text, vision = base.get_text_config(), getattr(base, "vision_config", None)
+            own = {"text_config": {**fields(text, {**_ATTN, **_SMALL_MOE}), **extra, **ids}}
+            if vision is not None:
+                own["vision_config"] = {k: v for k, v in fields(vision, _VISION).items() if v}
+        try:
+            return config_class(**own, **extra, **ids)
+        except (TypeError, ValueError):  # a config that insists on its own layer lists
+            return config_class(**{k: v for k, v in own.items() if v is not None}, **extra, **ids)
+
+    return make
+
+
+_DERIVED = ("layer_types", "mlp_layer_types", "moe_layers", "no_rope_layers")
+_SMALL_MOE = {  # only the fields a config has are set
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 48,
+    "n_shared_experts": 1,
+}
+_PIXTRAL = {**_VISION, "head_dim": 16}
+_LLAMA4_VISION = {
+    **_VISION,
+    "vision_output_dim": 32,
+    "projector_input_dim": 32,
+    "projector_output_dim": 32,
+}
+_LLAMA4_TEXT = {  # every second layer MoE (one routed expert and a shared one)
+    "intermediate_size": 32,
+    "intermediate_size_mlp": 128,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 1,
+    "interleave_moe_layer_step": 2,
+    "attention_chunk_size": 64,
+}
+
+
 def _configs() -> dict[str, tuple[str, Callable[..., Any]]]:
     import transformers as tf
+
+    def mistral3(**ids):  # Mistral Small 3.x: a Pixtral tower over a Mistral text model
+        text = {**_ATTN, "model_type": "mistral", **ids}
+        return tf.Mistral3Config(
+            text_config=text, vision_config=_PIXTRAL, spatial_merge_size=2, **ids
+        )
+
+    def llama4(**ids):
+        text = {**_ATTN, **_LLAMA4_TEXT, **ids}
+        return tf.Llama4Config(text_config=text, vision_config=_LLAMA4_VISION, **ids)
 
     def gemma3(**ids):
         text = {**_ATTN, **_GEMMA, **ids}
@@ -134,10 +204,76 @@ def _configs() -> dict[str, tuple[str, Callable[..., Any]]]:
             lambda **ids: tf.Gemma3TextConfig(**_ATTN, **_GEMMA, **ids),
         ),
         "gemma3": ("Gemma3ForConditionalGeneration", gemma3),
+        "gemma": ("GemmaForCausalLM", sized(tf.GemmaConfig)),
+        "gpt2": ("GPT2LMHeadModel", sized(tf.GPT2Config)),  # Conv1D writers: [in, out]
+        "gpt_neox": ("GPTNeoXForCausalLM", sized(tf.GPTNeoXConfig)),  # Pythia; parallel
+        "falcon": ("FalconForCausalLM", sized(tf.FalconConfig)),  # multi-query, parallel
+        "phi": ("PhiForCausalLM", sized(tf.PhiConfig)),  # parallel, biased writers
+        "granite": ("GraniteForCausalLM", sized(tf.GraniteConfig)),  # residual multiplier
+        "cohere": ("CohereForCausalLM", sized(tf.CohereConfig)),  # parallel, logit scale
+        "olmo2": ("Olmo2ForCausalLM", sized(tf.Olmo2Config)),  # norms after each sublayer
+        "stablelm": ("StableLmForCausalLM", sized(tf.StableLmConfig)),
+        "mistral3": ("Mistral3ForConditionalGeneration", mistral3),
+        "llama4": ("Llama4ForConditionalGeneration", llama4),
     }
 
 
 FAMILIES: tuple[str, ...] = tuple(_configs())
+
+# Config fields a swept architecture needs beyond the generic tiny size (where its default
+# derives a size that does not fit hidden 64 / 4 heads).
+SWEEP_FIELDS: dict[str, dict[str, Any]] = {
+    "GPTJForCausalLM": {"rotary_dim": 8},  # the default 64 exceeds a 16-wide head
+    "CodeGenForCausalLM": {"rotary_dim": 8},
+    "GPTNeoForCausalLM": {"attention_types": [[["global", "local"], 1]]},  # one per layer
+    "AfmoeForCausalLM": {"num_dense_layers": 0},
+}
+
+
+def architectures() -> list[dict[str, str]]:
+    """Every architecture TransformerLens 4.3 bridges, and how the matrix covers it.
+
+    Returns:
+        ``architecture``, ``model_type`` (``""`` when ``transformers`` lacks the class) and
+        ``kind``: ``matrix`` (a hand-made tiny config in :data:`FAMILIES`, tested), ``sweep``
+        (built from :func:`sized`'s generic tiny config by ``family_table.py --sweep``),
+        ``remote code`` (not in ``transformers``: only a hub download with
+        ``trust_remote_code`` builds it, so nothing offline can) or ``not a text generator``
+        (refused by the loader before any weight loads).
+    """
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    from circuitlab.models.support import generative, model_types
+
+    tested = {architecture for architecture, _ in _configs().values()}
+    types = model_types()
+    out = []
+    for architecture in sorted(SUPPORTED_ARCHITECTURES):
+        model_type = types.get(architecture, "")
+        verdict = generative(architecture)
+        kind = (
+            "matrix" if architecture in tested
+            else "remote code" if verdict is None
+            else "sweep" if verdict
+            else "not a text generator"
+        )  # fmt: skip
+        out.append({"architecture": architecture, "model_type": model_type, "kind": kind})
+    return out
+
+
+def sweep_configs() -> dict[str, tuple[str, Callable[..., Any]]]:
+    """Family name -> (architecture, config maker) for every ``sweep`` architecture."""
+    import transformers
+
+    out: dict[str, tuple[str, Callable[..., Any]]] = {}
+    for row in architectures():
+        if row["kind"] == "sweep":
+            taken = row["model_type"] in out or row["model_type"] in FAMILIES
+            name = row["architecture"] if taken else row["model_type"]
+            config_class = getattr(transformers, row["architecture"]).config_class
+            fields = SWEEP_FIELDS.get(row["architecture"], {})
+            out[name] = (row["architecture"], sized(config_class, **fields))
+    return out
 
 
 @functools.cache
@@ -166,14 +302,21 @@ def tiny_tokenizer():
     return tokenizer
 
 
+def _family_config(family: str) -> tuple[str, Callable[..., Any]]:
+    configs = _configs()
+    return configs[family] if family in configs else sweep_configs()[family]
+
+
 def build_family(family: str, path: Path, cache_dir: Path | None = None, seed: int = 0) -> Path:
     """Write a tiny random model of ``family`` (an HF folder with :func:`tiny_tokenizer`)."""
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     tokenizer = tiny_tokenizer()
-    _, make = _configs()[family]
+    architecture, make = _family_config(family)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(make(**_token_ids(tokenizer)), dtype=torch.float32)
+    # The named class, not an Auto class: Llama 4's causal mapping would build the text model.
+    model_class = getattr(transformers, architecture)
+    model = model_class._from_config(make(**_token_ids(tokenizer)), dtype=torch.float32)
     return _save(model, tokenizer, Path(path), seed)
 
 
@@ -203,20 +346,21 @@ def check_family(family: str, work: Path, cache_dir: Path) -> dict[str, Any]:
         ``reload_class``, ``head_parity`` (None without heads), ``vision_identical`` (None
         without a vision tower), ``moe``, ``seconds``; or ``error`` when a stage raised.
     """
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     from circuitlab.engine import HookedModel
     from circuitlab.export import ExportOptions, compare, export, reference, run_plain
     from circuitlab.export.fold import layout
 
     start = time.perf_counter()
-    architecture = _configs()[family][0]
+    architecture = _family_config(family)[0]
+    model_class = getattr(transformers, architecture)
     result: dict[str, Any] = {"family": family, "architecture": architecture}
     stage = "build"
     try:
         path = build_family(family, work / family, cache_dir)
         stage = "load"
-        plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        plain = model_class.from_pretrained(path, dtype=torch.float32).eval()
         model = HookedModel.load(str(path))
         result["bridge_vs_hf"] = _bridge_vs_hf(model, plain)
         result["moe"] = layout(model).moe
@@ -224,7 +368,10 @@ def check_family(family: str, work: Path, cache_dir: Path) -> dict[str, Any]:
         ablation = example_interventions(model, "directional")
         options = ExportOptions(prompts=PROMPTS, max_new_tokens=4)
         out = export(model, ablation, work / f"{family}-export", options)
-        reloaded = AutoModelForCausalLM.from_pretrained(out.path, dtype=torch.float32).eval()
+        # Reloaded as the class the export's config names (what a user's pipeline reads).
+        named = transformers.AutoConfig.from_pretrained(out.path).architectures[0]
+        reloaded = getattr(transformers, named).from_pretrained(out.path, dtype=torch.float32)
+        reloaded.eval()
         result["reload_class"] = type(reloaded).__name__
         ref = reference(model, ablation, PROMPTS, max_new_tokens=4)
         result["export_parity"] = compare(ref, *run_plain(reloaded, ref)).max_abs_logit_diff

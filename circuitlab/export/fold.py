@@ -37,6 +37,7 @@ from torch import Tensor
 
 from circuitlab.errors import CircuitlabError, UnsupportedArchitectureError
 from circuitlab.models.facts import o_proj_columns
+from circuitlab.models.support import check_export_family
 from circuitlab.plan import (
     Edit,
     HeadProjection,
@@ -147,18 +148,22 @@ class Layout:
         attn: per layer, the attention output projection's module key (``o_proj``).
         mlp: per layer, every tensor that writes the MLP's output: ``down_proj`` for a dense
             MLP; each expert's output projection (and bias) and any shared expert's for MoE.
+        transposed: the writers store their weights ``[in, out]`` (GPT-2's ``Conv1D``), so
+            a projection acts on their rows and a head owns rows, not columns.
     """
 
     embed: str
     lm_head: str | None
     attn: tuple[str, ...]
     mlp: tuple[tuple[Writer, ...], ...]
+    transposed: bool = False
 
     def down_proj(self, layer: int) -> str | None:
         """The dense ``down_proj`` module key of ``layer`` (None for an MoE layer)."""
         writers = self.mlp[layer]
         prefixes = {w.key.rsplit(".", 1)[0] for w in writers}
-        if len(prefixes) == 1 and all(w.kind == "linear" for w in writers):
+        dense = "rows" if self.transposed else "linear"
+        if len(prefixes) == 1 and all(w.kind in ("linear", dense) for w in writers):
             return prefixes.pop()
         return None
 
@@ -316,6 +321,7 @@ def check_foldable(intervention: Any) -> None:
 
 def _family(model) -> Family:
     facts = model.facts
+    check_export_family(facts.model_type)
     family = FAMILIES.get(facts.model_type)
     if family is None:
         # Where the tensors are is read from the modules; the norm placement is the one fact
@@ -389,16 +395,21 @@ def layout(model, family: Family | None = None) -> Layout:
     expected = set(_expected(type(hf), hf.config))
     head = hf.get_output_embeddings()
     lm_head = None if head is None else _key_of(head, names, expected, "unembedding")
+    from transformers.pytorch_utils import Conv1D
+
     attn, mlp = [], []
+    transposed = False
     for layer, block in enumerate(model.bridge.blocks):
         o = getattr(getattr(block, "attn", None), "o", None)
         if o is None:
             raise UnsupportedArchitectureError(f"block {layer} exposes no attention output")
         attn.append(_key_of(o, names, expected, f"layer {layer} attention output"))
+        transposed = isinstance(_original(o), Conv1D)
         out = getattr(block.mlp, "out", None)
         if out is not None:
             prefix = _key_of(out, names, expected, f"layer {layer} MLP output")
-            writers = [Writer(f"{prefix}.weight", "linear")]
+            kind = "rows" if isinstance(_original(out), Conv1D) else "linear"
+            writers = [Writer(f"{prefix}.weight", kind)]
             if f"{prefix}.bias" in expected:
                 writers.append(Writer(f"{prefix}.bias", "linear"))
             mlp.append(tuple(writers))
@@ -420,6 +431,7 @@ def layout(model, family: Family | None = None) -> Layout:
         lm_head=None if lm_head is None else f"{lm_head}.weight",
         attn=tuple(attn),
         mlp=tuple(mlp),
+        transposed=transposed,
     )
 
 
@@ -465,19 +477,17 @@ def _source_weights(model, expected: dict[str, tuple[int, ...]]) -> dict[str, Te
 
 
 def _split_of_fused(name: str, tensor: Tensor, found: dict[str, Tensor]) -> bool:
-    """The bridge splits a fused projection (Phi-3's ``qkv_proj``) into its own q/k/v
-    copies: such a tensor is a block of rows of a tensor of the same module, so the fused
-    HF tensor carries it."""
+    """The bridge splits a fused projection (Phi-3's ``qkv_proj``, GPT-2's ``c_attn``,
+    GPT-NeoX's head-interleaved ``query_key_value``) into its own q/k/v copies: every value
+    of such a tensor is a value of a larger tensor of the same decoder layer, which the
+    fused HF key carries (a value test covers slicing, interleaving and transposition)."""
     layer = re.match(r"(.*\.\d+\.)", name)  # the same decoder layer (the bridge aliases the
     parent = layer.group(1) if layer else name.rsplit(".", 2)[0] + "."  # module's name)
+    values = tensor.detach().flatten()
     for key, fused in found.items():
-        if not key.startswith(parent) or fused.ndim != tensor.ndim or fused.shape == tensor.shape:
+        if not key.startswith(parent) or fused.numel() <= values.numel():
             continue
-        if fused.shape[1:] != tensor.shape[1:] or fused.shape[0] < tensor.shape[0]:
-            continue
-        starts = (fused == tensor[0]).reshape(fused.shape[0], -1).all(dim=1).nonzero()
-        n = tensor.shape[0]
-        if any(torch.equal(fused[s : s + n], tensor) for s in starts.flatten().tolist()):
+        if fused.dtype == values.dtype and torch.isin(values, fused.flatten()).all():
             return True
     return False
 
@@ -506,7 +516,8 @@ class _Folder:
             return self.layout.mlp[layer]
         prefix = self.layout.attn[layer]
         biased = f"{prefix}.bias" in self.keys  # the hook sees the bias too
-        return (Writer(f"{prefix}.weight", "linear"),) + (
+        kind = "rows" if self.layout.transposed else "linear"
+        return (Writer(f"{prefix}.weight", kind),) + (
             (Writer(f"{prefix}.bias", "linear"),) if biased else ()
         )
 
@@ -536,7 +547,10 @@ class _Folder:
     def head(self, layer: int, head: int, op: Callable[[Tensor, slice, Tensor], Tensor]) -> None:
         key = f"{self.layout.attn[layer]}.weight"
         cols = o_proj_columns(head, self.facts.d_head)
-        self.add(key, lambda weight, original: op(weight, cols, original))
+        if self.layout.transposed:  # Conv1D: the head's columns are rows of the stored tensor
+            self.add(key, lambda weight, original: op(weight.T, cols, original.T).T)
+        else:
+            self.add(key, lambda weight, original: op(weight, cols, original))
 
 
 def _zero_columns(weight: Tensor, cols: slice, _: Tensor) -> Tensor:

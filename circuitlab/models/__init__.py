@@ -10,5 +10,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "facts": ["HeadId", "ModelFacts", "read_facts"],
         "loading": ["ModelSpec", "ResolvedSource", "convert_gguf", "load_hf"],
         "presets": ["PRESETS", "Preset", "get_preset", "register_preset"],
+        "support": ["EXPORT_REFUSED", "check_generative"],
     },
 )

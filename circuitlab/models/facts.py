@@ -95,6 +95,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         layers = getattr(inner, "layers", None)
         if isinstance(layers, nn.ModuleList) and len(layers):
             return layers
+    # GPT-2, GPT-NeoX, Falcon, ... name the list otherwise (``transformer.h``,
+    # ``gpt_neox.layers``): the first list of as many modules as the config has layers.
+    n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        module = getattr(module, "original_component", module)
+        if isinstance(module, nn.ModuleList) and n_layers and len(module) == n_layers:
+            return module
     raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
 
 
@@ -105,10 +112,11 @@ def read_facts(model: nn.Module, has_chat_template: bool) -> ModelFacts:
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     d_head = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     # Gemma 2/3 wrap each sublayer in a second RMSNorm after it ("sandwich"); Llama's
-    # `post_attention_layernorm` is really the pre-MLP norm, so test the MLP post-norm.
+    # `post_attention_layernorm` is really the pre-MLP norm, so test the MLP post-norm
+    # (AFMoE names it `post_mlp_layernorm`).
     first = decoder_layers(model)[0]
     first = getattr(first, "original_component", first)
-    sandwich = hasattr(first, "post_feedforward_layernorm")
+    sandwich = any(hasattr(first, n) for n in ("post_feedforward_layernorm", "post_mlp_layernorm"))
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = head is not None and head.weight.data_ptr() == embed.data_ptr()

@@ -21,6 +21,7 @@ from circuitlab.errors import (
     UnsupportedArchitectureError,
 )
 from circuitlab.models.presets import PRESETS, get_preset
+from circuitlab.models.support import check_generative
 
 __all__ = [
     "ModelSpec",
@@ -207,6 +208,7 @@ def _check_architecture(location: str, spec: ModelSpec, kind: str) -> None:
             f"architecture {architectures or config.model_type!r} is not supported by the hook "
             f"engine (TransformerLens 4.3); supported causal LMs: {', '.join(causal)}"
         )
+    check_generative(architectures, config.model_type)
 
 
 def _quantization_config(spec: ModelSpec):
@@ -264,13 +266,19 @@ def load_hf(
 
 
 def _auto_class(location: str, spec: ModelSpec):
-    """``AutoModelForCausalLM``, or the image-text-to-text class for a multimodal wrapper the
-    causal mapping lacks (Mistral 3's ``Mistral3ForConditionalGeneration``): its language
-    model is what the bridge hooks, and the export reloads as the same class."""
+    """The class the checkpoint names (``config.architectures``), so a multimodal wrapper
+    (``Llama4ForConditionalGeneration``, whose ``model_type`` the causal mapping also lists)
+    loads as itself and its export reloads as the same class; otherwise
+    ``AutoModelForCausalLM``, or the image-text-to-text class for a wrapper the causal
+    mapping lacks (Mistral 3's ``Mistral3ForConditionalGeneration``)."""
+    import transformers
     from transformers import AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     config = AutoConfig.from_pretrained(location, trust_remote_code=spec.trust_remote_code)
+    named = getattr(transformers, (config.architectures or [""])[0], None)
+    if isinstance(named, type) and hasattr(named, "from_pretrained"):
+        return named
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not hasattr(config, "text_config"):
         return AutoModelForCausalLM
     return AutoModelForImageTextToText
@@ -306,8 +314,17 @@ def is_quantized(model: torch.nn.Module) -> bool:
 
 
 def dense_weight(module: torch.nn.Module) -> torch.Tensor:
-    """A linear layer's weight as a plain floating tensor: dequantized from bitsandbytes
-    storage, or read from the dispatcher's host copy when the module is offloaded."""
+    """A linear layer's weight as a plain floating ``[out, in]`` tensor: dequantized from
+    bitsandbytes storage, or read from the dispatcher's host copy when the module is
+    offloaded; GPT-2's ``Conv1D`` (stored ``[in, out]``) comes back transposed, so callers
+    see one orientation."""
+    from transformers.pytorch_utils import Conv1D
+
+    weight = _stored_weight(module)
+    return weight.T if isinstance(module, Conv1D) else weight
+
+
+def _stored_weight(module: torch.nn.Module) -> torch.Tensor:
     weight = module.weight
     if weight.device.type == "meta":
         weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
