@@ -58,6 +58,8 @@ Usage:
     .venv/bin/python experiments/validate.py --config FILE [--out DIR] [--work DIR]
     .venv/bin/python experiments/validate.py --only massive   # just these arms' runs, e.g.
         # in a second process beside a full run (no outputs: run without --only for them)
+    .venv/bin/python experiments/validate.py --organisms gemma3-270m-refusal   # one process
+        # per organism, same WORK; a last run without the flag writes the outputs of both
 """
 
 from __future__ import annotations
@@ -98,6 +100,18 @@ ARMS = (
     "baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start",
     "massive", "sae",
 )  # fmt: skip
+# What each arm changes against the baseline, for the summary's verdicts.
+CHANGES = {
+    "probe": "supervised probe directions",
+    "ensemble": "probe + PCA ensemble directions",
+    "calibrated": "calibrated weights offered to the search",
+    "cones": "concept-cone directions ablated as one subspace",
+    "caa": "plus an activation addition against refusal",
+    "heads": "plus a head-level ablation of the circuit's top heads",
+    "warm_start": "the family's warm-start profile",
+    "massive": "attention sinks' massive direction removed from the directions",
+    "sae": "SAE refusal features' decoder directions instead of difference of means",
+}
 # Bump when a run computes something else for the same settings (invalidates the cache).
 FORMAT = 4  # 4: test-split front scored; the suite trains its own SAEs
 CSV_COLUMNS = (
@@ -646,6 +660,7 @@ def write_outputs(
         "rule": dataclasses.asdict(rule),
         "intro": _intro(config),
         "warnings": _mixed_models(rows),
+        "changes": {a: CHANGES[a] for a in config.arms if a in CHANGES},
         "settings": {**dataclasses.asdict(config), "key": config.key()},
         "command": command,
         "seconds": seconds,
@@ -692,6 +707,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARM[,ARM]",
         help="run only these arms' missing runs and write no outputs (for a second process)",
     )
+    p.add_argument(
+        "--organisms",
+        type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
+        default=(),
+        metavar="NAME[,NAME]",
+        help="these of the config's organisms only (same WORK: one process per organism)",
+    )
     return p.parse_args(argv)
 
 
@@ -702,6 +724,11 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     config = Config.load(HERE / "validate_small.toml" if args.small else args.config)
+    if args.organisms:
+        unknown = sorted(set(args.organisms) - set(config.organisms))
+        if unknown:
+            raise SystemExit(f"--organisms {unknown}: not in the config's {config.organisms}")
+        config = dataclasses.replace(config, organisms=args.organisms)
     work = args.work or args.cache_dir / "validate" / config.key()
     out = args.out or work
     suite = Suite.create(config, work, args.cache_dir)

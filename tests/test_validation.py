@@ -257,7 +257,7 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     assert "| organism | arm | n | refusals" in summary
     # One row per arm in the summary, one per arm but the baseline in the tests' table.
     assert summary.count(f"| {NAME} |") == 2 * len(config.arms) - 1 and "| nan |" in summary
-    assert "- **sae**: no test possible" in summary
+    assert "- **sae** (SAE refusal features" in summary and "no test possible" in summary
     for name in ("refusal_vs_kl", "paired_differences"):
         assert first[name].read_bytes().startswith(b"\x89PNG") and first[name].stat().st_size > 5e3
     page = first["report"].read_text()
@@ -292,6 +292,8 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == "massive"
     with pytest.raises(SystemExit, match="not among"):
         validate.main([*argv, "--only", "nope"], load=load)
+    with pytest.raises(SystemExit, match="not in the config"):
+        validate.main([*argv, "--organisms", "nope"], load=load)
 
 
 def _json(path: Path) -> dict:

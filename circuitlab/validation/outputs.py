@@ -201,6 +201,7 @@ def summary_markdown(
     intro: str,
     rule: AcceptanceRule,
     warnings: Sequence[str] = (),
+    changes: Mapping[str, str] | None = None,
 ) -> str:
     """summary.md: a title, ``intro`` (what was run), the table, the rule and each verdict."""
     lines = [
@@ -222,7 +223,10 @@ def summary_markdown(
     lines += [
         rule.describe(),
         "",
-        *(f"- **{arm}**: {line}" for arm, line in verdicts(comparisons).items()),
+        *(
+            f"- **{arm}**{f' ({changes[arm]})' if changes and arm in changes else ''}: {line}"
+            for arm, line in verdicts(comparisons).items()
+        ),
         *(f"\n**Warning**: {w}" for w in warnings),
     ]
     return "\n".join(lines) + "\n"
@@ -234,11 +238,14 @@ def render_markdown(data: Mapping[str, Any]) -> str:
 
     Args:
         data: ``{"rows": [...], "rule": {"alpha", "min_d", "primary"}, "intro": str,
-            "warnings": [...]}`` as ``experiments/validate.py`` writes it.
+            "warnings": [...], "changes": {arm: what it changes}}`` as
+            ``experiments/validate.py`` writes it.
     """
     rule = AcceptanceRule(**data["rule"])
     comparisons = compare(data["rows"], rule=rule)
-    return summary_markdown(comparisons, data.get("intro", ""), rule, data.get("warnings", ()))
+    return summary_markdown(
+        comparisons, data.get("intro", ""), rule, data.get("warnings", ()), data.get("changes")
+    )
 
 
 def validation_report(

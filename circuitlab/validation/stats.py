@@ -312,7 +312,7 @@ def compare(
 def _effect(c: Comparison) -> str:
     t = c.tests.get(c.primary)
     if t is None or math.isnan(t.ci_low):
-        return f"{c.organism}: no test ({len(c.paired)} paired seed(s); {c.reason})"
+        return f"{c.organism}: no test ({len(c.paired)} paired seed(s))"
     why = "" if c.accepted else f" ({c.reason})"
     return (
         f"{c.organism}: Δ {t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p {t.p:.2g}, "
