@@ -58,6 +58,7 @@ Usage:
     .venv/bin/python experiments/validate.py --config FILE [--out DIR] [--work DIR]
     .venv/bin/python experiments/validate.py --only massive   # just these arms' runs, e.g.
         # in a second process beside a full run (no outputs: run without --only for them)
+    .venv/bin/python experiments/validate.py --no-run   # outputs of what is cached so far
     .venv/bin/python experiments/validate.py --organisms gemma3-270m-refusal   # one process
         # per organism, same WORK; a last run without the flag writes the outputs of both
 """
@@ -542,6 +543,7 @@ def run_all(
     load: Callable[[str], Any] | None = None,
     log=print,
     only: tuple[str, ...] = (),
+    run: bool = True,
 ) -> list[dict]:
     """Every organism × seed × arm, seed-major (a stopped run leaves complete pairs); cached
     results are read back, and an organism is loaded only when one of its runs is missing.
@@ -551,6 +553,7 @@ def run_all(
         load: organism name -> HookedModel (default: :func:`load_organism`).
         log: progress lines.
         only: run just these arms (the others are read if cached, else skipped).
+        run: False reads the cached results only (outputs of a suite still running).
 
     Returns:
         The result rows.
@@ -559,7 +562,7 @@ def run_all(
     config, rows = suite.config, []
     jobs = [(o, s, a) for o in config.organisms for s in config.seeds for a in config.arms]
     todo = [j for j in jobs if not suite.result_path(*_order(j)).is_file()]
-    todo = [j for j in todo if not only or j[2] in only]
+    todo = [j for j in todo if run and (not only or j[2] in only)]
     log(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to run in {suite.work}")
     started, ran = time.perf_counter(), 0
     for organism in config.organisms:
@@ -570,7 +573,7 @@ def run_all(
                 if path.is_file():
                     rows.append(json.loads(path.read_text()))
                     continue
-                if only and arm not in only:
+                if not run or (only and arm not in only):
                     continue
                 if scoring is None:
                     scoring = Scoring(suite, organism, load(organism))
@@ -708,6 +711,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only these arms' missing runs and write no outputs (for a second process)",
     )
     p.add_argument(
+        "--no-run",
+        action="store_true",
+        help="run nothing: write the outputs of the results cached so far",
+    )
+    p.add_argument(
         "--organisms",
         type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
         default=(),
@@ -736,7 +744,7 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     if unknown:
         raise SystemExit(f"--only {unknown}: not among the config's arms {list(config.arms)}")
     started = time.perf_counter()
-    rows = run_all(suite, load, only=args.only)
+    rows = run_all(suite, load, only=args.only, run=not args.no_run)
     if args.only:
         print(f"ran {', '.join(args.only)}: {len(rows)} runs cached in {work}")
         return {}

@@ -286,8 +286,12 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
         assert again[key] == pytest.approx(runs["caa"][key]), key
     assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
-    # --only: just that arm's missing run, no outputs.
+    # --no-run: the outputs of what is cached, nothing loaded; --only: just that arm's
+    # missing run, no outputs.
     (tmp_path / "work" / "runs" / folder / "massive-s0.json").unlink()
+    partial = validate.main([*argv, "--no-run", "--out", str(tmp_path / "partial")], load=load)
+    assert loaded == [NAME, NAME] and ",massive," not in partial["csv"].read_text()
+    assert len(partial["csv"].read_text().splitlines()) == len(config.arms)
     assert validate.main([*argv, "--only", "massive"], load=load) == {}
     assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == "massive"
     with pytest.raises(SystemExit, match="not among"):
