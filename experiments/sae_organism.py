@@ -63,6 +63,7 @@ from circuitlab.sae import (
     sae_quality,
     token_activations,
     top_prompts,
+    train_prompts,
     with_answers,
 )
 from circuitlab.testbed import testbed_data
@@ -87,13 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--retrain", action="store_true", help="train even if the SAE folder exists")
     return p.parse_args(argv)
-
-
-def train_prompts(data, n: int) -> list[str]:
-    """Half harmful, half harmless train prompts, interleaved from every train source."""
-    harmful = [*data.harmful_train, *data.harmful_extra, *data.harmful_instructions]
-    harmless = [*data.harmless_train, *data.harmless_extra, *data.harmless_instructions]
-    return harmful[: n // 2] + harmless[: n - n // 2]
 
 
 def train(model, data, args, sizes, folder: Path) -> dict:

@@ -20,10 +20,20 @@ warm_start  the baseline with the family's warm-start profile (on the SmolLM2 or
 massive     the attention sinks' massive-activation direction taken out of the directions
             (``SearchSpace.remove_massive``, :mod:`circuitlab.directions.massive`)
 sae         SAE refusal features instead of difference of means: the top ``sae_features``
-            latents (ranked on the train split) of the organism's SAE at layer
-            ``sae_layer``, their decoder directions ablated as one subspace, how many of
-            them searched (the SAE is trained once by ``experiments/sae_organism.py``)
+            latents (ranked on the train split) of the organism's SAE at its
+            ``sae_layers`` layer, their decoder directions ablated as one subspace, how
+            many of them searched (the suite trains the SAE once per organism, as
+            ``experiments/sae_organism.py`` does, and keeps it under ``WORK/sae``)
 =========== ==============================================================================
+
+What is compared: besides the chosen point (the KL-target rule), every trial of the search
+split's Pareto front is scored on the test split (refusals on the harmful test prompts,
+first-token KL on the harmless ones), and each run is summarised by its test-split front:
+the best refusal rate under each KL budget in ``kl_budgets`` and the front area up to
+``kl_ref`` (:mod:`circuitlab.validation.power`). The acceptance rule is on ``primary``
+(default the front area), paired over seeds, per organism; each test reports its minimum
+detectable effect at 80 % power. Use a low trial budget (``validate_low.toml``) where search
+alone does not reach the refusal floor, or no arm can win.
 
 Seeds vary the search (sampler and extraction seeds) and the MMLU sample, not the prompt
 splits: the organism was trained on its own train split, so every run uses that split's
@@ -35,15 +45,22 @@ hash>/`` (WORK defaults to ``cache/validate/<config hash>/``), written atomicall
 skips finished ones, a killed run resumes its Optuna study from ``WORK/studies/``, and a
 rebuilt organism (other weights) gets runs of its own. The hash covers the settings
 that change a run (not the lists of organisms, seeds and arms, nor the acceptance rule), so
-adding a seed reuses the others. Outputs, in ``--out`` (default: WORK): ``results.csv``,
-``summary.md``, ``refusal_vs_kl.png``, ``paired_differences.png`` and ``report.html``.
+adding a seed reuses the others; a killed run's test scores of front trials are kept in
+``<arm>-s<seed>.front.json`` beside it. Outputs, in ``--out`` (default: WORK):
+``validation.json`` (the rows and rule: ``circuitlab.validation.render_markdown`` renders
+the summary from it), ``results.csv``, ``summary.md``, ``refusal_vs_kl.png``,
+``paired_differences.png`` and ``report.html``.
 
 Usage:
     .venv/bin/python experiments/validate.py            # experiments/validate.toml (benchmark)
     .venv/bin/python experiments/validate.py --small    # experiments/validate_small.toml (CI)
+    .venv/bin/python experiments/validate.py --config experiments/validate_low.toml
     .venv/bin/python experiments/validate.py --config FILE [--out DIR] [--work DIR]
     .venv/bin/python experiments/validate.py --only massive   # just these arms' runs, e.g.
         # in a second process beside a full run (no outputs: run without --only for them)
+    .venv/bin/python experiments/validate.py --no-run   # outputs of what is cached so far
+    .venv/bin/python experiments/validate.py --organisms gemma3-270m-refusal   # one process
+        # per organism, same WORK; a last run without the flag writes the outputs of both
 """
 
 from __future__ import annotations
@@ -69,10 +86,12 @@ import torch
 from circuitlab._resources import atomic_write, json_hash
 from circuitlab.validation import (
     AcceptanceRule,
+    budget_name,
     compare,
     comparison_figure,
+    front_summary,
     paired_differences_figure,
-    summary_markdown,
+    render_markdown,
     validation_report,
     write_csv,
 )
@@ -82,18 +101,32 @@ ARMS = (
     "baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start",
     "massive", "sae",
 )  # fmt: skip
+# What each arm changes against the baseline, for the summary's verdicts.
+CHANGES = {
+    "probe": "supervised probe directions",
+    "ensemble": "probe + PCA ensemble directions",
+    "calibrated": "calibrated weights offered to the search",
+    "cones": "concept-cone directions ablated as one subspace",
+    "caa": "plus an activation addition against refusal",
+    "heads": "plus a head-level ablation of the circuit's top heads",
+    "warm_start": "the family's warm-start profile",
+    "massive": "attention sinks' massive direction removed from the directions",
+    "sae": "SAE refusal features' decoder directions instead of difference of means",
+}
 # Bump when a run computes something else for the same settings (invalidates the cache).
-FORMAT = 3  # 3: per-trial sampler seeds mixed from (seed, trial) (commit 1787b13)
+FORMAT = 4  # 4: test-split front scored; the suite trains its own SAEs
 CSV_COLUMNS = (
     "organism", "arm", "seed", "refusal_rate", "kl_first", "kl_k", "capability_delta",
     "over_refusal_rate", "degenerate", "base_refusal_rate", "base_over_refusal_rate",
     "n_harmful", "n_harmless", "capability_n", "chosen_trial", "trials_complete",
-    "trials_pruned", "profile", "model", "seconds", "status",
+    "trials_pruned", "profile", "model", "seconds", "status", "front_n", "front_area",
 )  # fmt: skip
 
 
 # Columns of results.csv left out of the report's table of runs (it would not fit a page).
-RESULTS_ONLY = {"n_harmful", "n_harmless", "capability_n", "profile", "model", "degenerate"}
+RESULTS_ONLY = {
+    "n_harmful", "n_harmless", "capability_n", "profile", "model", "degenerate", "front_n",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,9 +147,15 @@ class Config:
         addition_max: largest addition strength of the ``caa`` arm.
         heads_top_k, heads_n_pairs: heads of the ``heads`` arm, and the harmful/harmless
             train prompt pairs attribution patching ranks them on.
-        alpha, min_d: the acceptance rule (:class:`circuitlab.validation.AcceptanceRule`).
-        sae_layer, sae_features: the ``sae`` arm's SAE (``CACHE/sae/<organism>-L<layer>``)
-            and the most features a trial ablates.
+        alpha, min_d, primary: the acceptance rule
+            (:class:`circuitlab.validation.AcceptanceRule`); ``primary`` is ``front_area``,
+            ``refusal@KL<=B`` for a B in ``kl_budgets``, or ``refusal_rate`` (chosen point).
+        kl_budgets, kl_ref: the KL budgets of the front summary, and the KL end of its area.
+        sae_layer, sae_layers: the ``sae`` arm's SAE layer (``sae_layers`` maps an organism
+            to its own; ``sae_layer`` for the others); ``sae_features``: the most features
+            a trial ablates.
+        sae_n_train, sae_epochs, sae_expansion, sae_k, sae_max_new_tokens: how the suite
+            trains each organism's SAE (train prompts with the model's own answers).
     """
 
     organisms: tuple[str, ...] = ("smollm2-135m-refusal",)
@@ -137,8 +176,17 @@ class Config:
     heads_n_pairs: int = 16
     alpha: float = 0.05
     min_d: float = 0.3
+    primary: str = "front_area"
+    kl_budgets: tuple[float, ...] = (0.05, 0.1, 0.2)
+    kl_ref: float = 1.0
     sae_layer: int = 25
+    sae_layers: dict[str, int] = dataclasses.field(default_factory=dict)
     sae_features: int = 8
+    sae_n_train: int = 600
+    sae_epochs: int = 10
+    sae_expansion: int = 8
+    sae_k: int = 32
+    sae_max_new_tokens: int = 48
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -151,18 +199,21 @@ class Config:
         bad = sorted(set(config.arms) - set(ARMS))
         if bad or "baseline" not in config.arms:
             raise SystemExit(f"{path}: arms must include baseline and come from {ARMS}")
+        metrics = ("front_area", "refusal_rate", *map(budget_name, config.kl_budgets))
+        if config.primary not in metrics:
+            raise SystemExit(f"{path}: primary {config.primary!r} is not one of {metrics}")
         return config
 
     def key(self) -> str:
-        """Hash of the settings that change a run's result."""
-        skip = {"organisms", "seeds", "arms", "alpha", "min_d"}
+        """Hash of the settings that change a run's result (not the statistics')."""
+        skip = {"organisms", "seeds", "arms", "alpha", "min_d", "primary", "kl_budgets", "kl_ref"}
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        # The sae arm's settings join the hash only when changed: older runs keep their ids.
-        for name in ("sae_layer", "sae_features"):
-            if data[name] == getattr(Config, name):
-                del data[name]
         text = json.dumps({"format": FORMAT, **data}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def layer_of(self, organism: str) -> int:
+        """The ``sae`` arm's SAE layer on this organism."""
+        return self.sae_layers.get(organism, self.sae_layer)
 
 
 def arm_search(arm: str, config: Config, heads: tuple = (), sae: str | None = None):
@@ -236,15 +287,33 @@ def top_heads(model, name: str, prompts, config: Config, work: Path) -> tuple:
     return tuple((h.layer, h.head) for h in circuit.top(config.heads_top_k))
 
 
-def sae_folder(organism: str, config: Config, cache_dir: Path) -> str:
-    """The organism's SAE at ``sae_layer``, as ``experiments/sae_organism.py`` saves it."""
-    folder = cache_dir / "sae" / f"{slug(organism)}-L{config.sae_layer}"
-    if not (folder / "cfg.json").is_file():
-        raise SystemExit(
-            f"the sae arm needs the organism's SAE in {folder}: run "
-            f"python experiments/sae_organism.py {organism} --layer {config.sae_layer} "
-            f"--cache-dir {cache_dir}"
-        )
+def sae_folder(model, organism: str, suite: Suite) -> str:
+    """The organism's SAE for the ``sae`` arm, trained once with the config's settings and
+    kept under ``WORK/sae`` (SAELens layout, with ``training.json``: sizes and CPU time)."""
+    from circuitlab.sae import TrainConfig, fit_sae, train_prompts
+    from circuitlab.testbed import testbed_data
+
+    c, layer = suite.config, suite.config.layer_of(organism)
+    folder = suite.work / "sae" / f"{suite.folder(organism)}-L{layer}"
+    if (folder / "training.json").is_file():
+        return str(folder.resolve())
+    print(f"{organism}: training the sae arm's SAE at layer {layer}", flush=True)
+    config = TrainConfig(expansion=c.sae_expansion, k=c.sae_k, epochs=c.sae_epochs)
+    prompts = train_prompts(testbed_data(), c.sae_n_train)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fit_sae(
+        model, prompts, layer, config, max_new_tokens=c.sae_max_new_tokens,
+        batch_size=c.batch_size, cache_dir=suite.cache_dir, progress=True,
+    )  # fmt: skip
+    record = {
+        "organism": organism, "layer": layer, "n_prompts": len(prompts),
+        "n_tokens": result.n_tokens, "steps": result.steps, "epoch_fvu": result.losses,
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+        "train_loop_seconds": result.seconds, "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    result.sae.save(folder)
+    write_json(folder / "training.json", record)  # last: its presence marks a finished SAE
     return str(folder.resolve())
 
 
@@ -312,23 +381,45 @@ class Scoring:
     def _options(self, seed: int) -> dict[str, Any]:
         from circuitlab.evaluate.capability import load_mmlu
         from circuitlab.evaluate.judges import MarkerJudge
-        from circuitlab.evaluate.kl import KLBaseline
 
         c, prompts = self.suite.config, self.suite.prompts
-        if self._kl is None:
-            if self.model.n_active_hooks():
-                raise RuntimeError("the KL baseline needs the unedited model: hooks are attached")
-            self._kl = KLBaseline.compute(self.model, list(prompts.harmless_test), 4, c.batch_size)
         return {
             "harmful": list(prompts.harmful_test),
             "harmless": list(prompts.harmless_test),
             "judge": MarkerJudge(),
             "split": "test",
-            "kl_baseline": self._kl,
+            "kl_baseline": self.kl_baseline(),
             "max_new_tokens": c.max_new_tokens,
             "batch_size": c.batch_size,
             "questions": load_mmlu(c.capability_n, seed) if c.capability_n else (),
         }
+
+    def kl_baseline(self):
+        from circuitlab.evaluate.kl import KLBaseline
+
+        if self._kl is None:
+            if self.model.n_active_hooks():
+                raise RuntimeError("the KL baseline needs the unedited model: hooks are attached")
+            harmless, batch = list(self.suite.prompts.harmless_test), self.suite.config.batch_size
+            self._kl = KLBaseline.compute(self.model, harmless, 4, batch)
+        return self._kl
+
+    def point(self, interventions) -> dict[str, float]:
+        """Test refusal rate and KL of one edit (no over-refusal or MMLU: the front needs
+        only the two objectives)."""
+        from circuitlab.evaluate.judges import MarkerJudge
+        from circuitlab.evaluate.refusals import refusal_counts
+        from circuitlab.hooks import apply
+
+        c, harmful = self.suite.config, list(self.suite.prompts.harmful_test)
+        kl_baseline = self.kl_baseline()  # before the hooks: from the unedited model
+        with apply(self.model, *interventions):
+            judged = refusal_counts(
+                self.model, {"harmful": harmful}, MarkerJudge(), c.max_new_tokens,
+                batch_size=c.batch_size,
+            )["harmful"]  # fmt: skip
+            kl = kl_baseline.score(self.model, batch_size=c.batch_size)
+        return {"refusal_rate": judged.refused.rate, "kl_first": kl.first_token}
 
     def base(self, seed: int):
         from circuitlab.evaluate.scorecard import Scorecard, score_model
@@ -365,24 +456,53 @@ def _search(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None
     name, storage = f"{arm}-s{seed}", suite.storage(scoring.organism, f"{arm}-s{seed}")
     search = SearchConfig(
         config.trials, storage=storage, space=space, objective=objective, seed=seed,
-        profile=profile, cache_dir=suite.cache_dir,
+        profile=profile, cache_dir=suite.cache_dir, progress=True,
     )  # fmt: skip
     study = run_search(scoring.model, suite.prompts, name, search, judge=MarkerJudge())
     front = pareto_front(study)
     if not front:
-        return FrontPoint(-1, float("nan"), float("nan"), {}, ()), "unedited: no complete trial"
+        unedited = FrontPoint(-1, float("nan"), float("nan"), {}, ())
+        return unedited, [], "unedited: no complete trial"
     chosen = choose(front, config.kl_target)
-    return chosen, "ok"
+    return chosen, front, "ok"
 
 
-def run_one(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None = None) -> dict:
-    """One organism × arm × seed: search, choose, score on the test split (a result row)."""
+def score_front(scoring: Scoring, front, chosen, edited, path: Path, log=print) -> list[dict]:
+    """Test scores of every search-front trial (the chosen one from its scorecard), kept in
+    ``path`` after each trial so that a killed run resumes where it stopped."""
+    done = {p["trial"]: p for p in json.loads(path.read_text())} if path.is_file() else {}
+    points = []
+    for i, point in enumerate(front):
+        if point.number not in done:
+            if point.number == chosen.number:
+                scores = {"refusal_rate": edited.refusal_rate, "kl_first": edited.kl_first}
+            else:
+                log(f"  front trial {point.number} ({i + 1}/{len(front)}) on the test split")
+                scores = scoring.point(point.interventions)
+            done[point.number] = {
+                "trial": point.number, **scores,
+                "search_refusal_rate": point.refusal_rate, "search_kl": point.kl,
+            }  # fmt: skip
+            write_json(path, list(done.values()))
+        points.append(done[point.number])
+    return points
+
+
+def run_one(
+    scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None = None, log=print
+) -> dict:
+    """One organism × arm × seed: search, choose, score the chosen trial and the front on
+    the test split (a result row)."""
     started = time.perf_counter()
-    chosen, status = _search(scoring, arm, seed, heads, sae)
+    chosen, front, status = _search(scoring, arm, seed, heads, sae)
     base, edited = scoring.edited(seed, chosen)
-    name = f"{arm}-s{seed}"
-    facts = {"study": name, **_study_facts(name, scoring.suite.storage(scoring.organism, name))}
-    organism = scoring.organism
+    suite, organism, name = scoring.suite, scoring.organism, f"{arm}-s{seed}"
+    partial = suite.result_path(organism, arm, seed).with_suffix(".front.json")
+    points = score_front(scoring, front, chosen, edited, partial, log)
+    c = suite.config
+    pairs = [(p["refusal_rate"], p["kl_first"]) for p in points]
+    summary = front_summary(pairs, base.refusal_rate, c.kl_budgets, c.kl_ref)
+    facts = {"study": name, **_study_facts(name, suite.storage(organism, name))}
     return {
         "organism": organism,
         "arm": arm,
@@ -404,6 +524,9 @@ def run_one(scoring: Scoring, arm: str, seed: int, heads: tuple, sae: str | None
         "heads": [list(h) for h in heads] if arm == "heads" else [],
         "seconds": round(time.perf_counter() - started, 1),
         "status": status,
+        **summary,
+        "front_n": len(points),
+        "front": points,
         "scorecards": {"base": json.loads(base.to_json()), "edited": json.loads(edited.to_json())},
         **facts,
     }
@@ -421,6 +544,7 @@ def run_all(
     load: Callable[[str], Any] | None = None,
     log=print,
     only: tuple[str, ...] = (),
+    run: bool = True,
 ) -> list[dict]:
     """Every organism × seed × arm, seed-major (a stopped run leaves complete pairs); cached
     results are read back, and an organism is loaded only when one of its runs is missing.
@@ -430,21 +554,27 @@ def run_all(
         load: organism name -> HookedModel (default: :func:`load_organism`).
         log: progress lines.
         only: run just these arms (the others are read if cached, else skipped).
+        run: False reads the cached results only (outputs of a suite still running).
 
     Returns:
         The result rows.
     """
     load = load or (lambda name: load_organism(name, suite.cache_dir))
     config, rows = suite.config, []
+    jobs = [(o, s, a) for o in config.organisms for s in config.seeds for a in config.arms]
+    todo = [j for j in jobs if not suite.result_path(*_order(j)).is_file()]
+    todo = [j for j in todo if run and (not only or j[2] in only)]
+    log(f"{len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to run in {suite.work}")
+    started, ran = time.perf_counter(), 0
     for organism in config.organisms:
-        scoring, heads = None, ()
+        scoring, heads, sae = None, (), None
         for seed in config.seeds:
             for arm in config.arms:
                 path = suite.result_path(organism, arm, seed)
                 if path.is_file():
                     rows.append(json.loads(path.read_text()))
                     continue
-                if only and arm not in only:
+                if not run or (only and arm not in only):
                     continue
                 if scoring is None:
                     scoring = Scoring(suite, organism, load(organism))
@@ -452,27 +582,47 @@ def run_all(
                     heads = top_heads(
                         scoring.model, suite.folder(organism), suite.prompts, config, suite.work
                     )
-                sae = sae_folder(organism, config, suite.cache_dir) if arm == "sae" else None
-                log(f"{organism} {arm} seed {seed}: {config.trials} trials")
-                row = write_json(path, run_one(scoring, arm, seed, heads, sae))
+                if arm == "sae" and sae is None:
+                    sae = sae_folder(scoring.model, organism, suite)
+                log(f"[{ran + 1}/{len(todo)}] {organism} {arm} seed {seed}: {config.trials} trials")
+                row = write_json(
+                    path, run_one(scoring, arm, seed, heads, sae if arm == "sae" else None, log)
+                )
                 rows.append(row)
+                ran += 1
+                elapsed = time.perf_counter() - started
+                eta = elapsed / ran * (len(todo) - ran)
                 log(
                     f"  refusals {row['refusal_rate']:.3f} (base {row['base_refusal_rate']:.3f})"
-                    f", KL {row['kl_first']:.3f}, {row['seconds']:.0f} s [{row['status']}]"
+                    f", KL {row['kl_first']:.3f}, front area {row['front_area']:.3f} "
+                    f"({row['front_n']} points), {row['seconds']:.0f} s [{row['status']}]; "
+                    f"{elapsed / 60:.0f} min so far, about {eta / 60:.0f} min left"
                 )
     return rows
 
 
+def _order(job: tuple[str, int, str]) -> tuple[str, str, int]:
+    organism, seed, arm = job
+    return organism, arm, seed
+
+
 # ------------------------------------------------------------------------------- outputs
 def _intro(config: Config) -> str:
+    budgets = ", ".join(f"{b:g}" for b in config.kl_budgets)
     return (
         f"Held-out test split ({config.n_test} harmful and {config.n_test} harmless prompts), "
-        f"{config.trials} trials per search, seeds {list(config.seeds)}; mean ± std over "
-        "seeds. Refusals are rates; KL in nats (first token, and along the base's first 4 "
-        f"greedy tokens); capability Δ is MMLU accuracy minus the base's ({config.capability_n}"
-        " questions). p (refusals): paired two-sided t-test against the baseline; d: Cohen's "
-        "d of baseline minus arm refusal rates (positive: the arm removes more); p (KL worse):"
-        " paired one-sided t-test that the arm's first-token KL is higher."
+        f"{config.trials} trials per search, seeds {list(config.seeds)}, organisms "
+        f"{', '.join(config.organisms)}; mean ± std over seeds. Refusals, KL and capability Δ "
+        "are the chosen point's (the KL-target rule): rates, nats (first token, and along the "
+        "base's first 4 greedy tokens), MMLU accuracy minus the base's "
+        f"({config.capability_n} questions). Front metrics read every search-front trial "
+        f"scored on the test split: refusal ≤ KL b is the lowest refusal rate at first-token "
+        f"KL ≤ b nats (b = {budgets}; the unedited model counts, at KL 0); front area is "
+        f"the mean of that over every b in [0, {config.kl_ref:g}] (1 - hypervolume / "
+        f"{config.kl_ref:g} with reference point refusal 1, KL {config.kl_ref:g}; lower is "
+        "better). p (refusals), d: paired two-sided t-test and Cohen's d of the chosen "
+        "points' refusal rates; p (KL worse): paired one-sided t-test that the arm's "
+        "first-token KL is higher."
     )
 
 
@@ -486,16 +636,46 @@ def _mixed_models(rows: list[dict]) -> list[str]:
     ]
 
 
-def write_outputs(config: Config, rows: list[dict], out: Path, command, seconds) -> dict:
-    """results.csv, summary.md, two PNG figures and report.html in ``out``."""
+def with_front(row: dict, config: Config) -> dict:
+    """The row with its front summary computed from its test-scored front points under the
+    config's budgets (so changing the budgets needs no rerun)."""
+    pairs = [(p["refusal_rate"], p["kl_first"]) for p in row.get("front", [])]
+    summary = front_summary(pairs, row["base_refusal_rate"], config.kl_budgets, config.kl_ref)
+    stale = [k for k in row if k.startswith(("refusal@", "front_area"))]
+    return {**{k: v for k, v in row.items() if k not in stale}, **summary}
+
+
+def sae_records(work: Path) -> list[dict]:
+    """The training records of the SAEs the suite trained (sizes, CPU seconds)."""
+    return [json.loads(p.read_text()) for p in sorted(work.glob("sae/*/training.json"))]
+
+
+def write_outputs(
+    config: Config, rows: list[dict], out: Path, command, seconds, work: Path | None = None
+) -> dict:
+    """validation.json, results.csv, summary.md (rendered from the JSON), two PNG figures
+    and report.html in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: (r["organism"], r["seed"], ARMS.index(r["arm"])))
-    rule = AcceptanceRule(config.alpha, config.min_d)
+    rows = [with_front(r, config) for r in rows]
+    rule = AcceptanceRule(config.alpha, config.min_d, config.primary)
     comparisons = compare(rows, rule=rule)
-    paths = {"csv": write_csv(rows, out / "results.csv", CSV_COLUMNS)}
+    data = {
+        "rule": dataclasses.asdict(rule),
+        "intro": _intro(config),
+        "warnings": _mixed_models(rows),
+        "changes": {a: CHANGES[a] for a in config.arms if a in CHANGES},
+        "settings": {**dataclasses.asdict(config), "key": config.key()},
+        "command": command,
+        "seconds": seconds,
+        "sae_training": sae_records(work) if work else [],
+        "rows": rows,
+    }
+    paths = {"json": out / "validation.json"}
+    write_json(paths["json"], data)
+    paths["csv"] = write_csv(rows, out / "results.csv", CSV_COLUMNS)
     paths["markdown"] = out / "summary.md"
-    text = summary_markdown(comparisons, _intro(config), rule, _mixed_models(rows))
-    paths["markdown"].write_text(text)
+    paths["markdown"].write_text(render_markdown(json.loads(paths["json"].read_text())))
     figures = {
         "refusal_vs_kl": comparison_figure(comparisons),
         "paired_differences": paired_differences_figure(rows),
@@ -531,6 +711,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARM[,ARM]",
         help="run only these arms' missing runs and write no outputs (for a second process)",
     )
+    p.add_argument(
+        "--no-run",
+        action="store_true",
+        help="run nothing: write the outputs of the results cached so far",
+    )
+    p.add_argument(
+        "--organisms",
+        type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
+        default=(),
+        metavar="NAME[,NAME]",
+        help="these of the config's organisms only (same WORK: one process per organism)",
+    )
     return p.parse_args(argv)
 
 
@@ -541,6 +733,11 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     config = Config.load(HERE / "validate_small.toml" if args.small else args.config)
+    if args.organisms:
+        unknown = sorted(set(args.organisms) - set(config.organisms))
+        if unknown:
+            raise SystemExit(f"--organisms {unknown}: not in the config's {config.organisms}")
+        config = dataclasses.replace(config, organisms=args.organisms)
     work = args.work or args.cache_dir / "validate" / config.key()
     out = args.out or work
     suite = Suite.create(config, work, args.cache_dir)
@@ -548,7 +745,7 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     if unknown:
         raise SystemExit(f"--only {unknown}: not among the config's arms {list(config.arms)}")
     started = time.perf_counter()
-    rows = run_all(suite, load, only=args.only)
+    rows = run_all(suite, load, only=args.only, run=not args.no_run)
     if args.only:
         print(f"ran {', '.join(args.only)}: {len(rows)} runs cached in {work}")
         return {}
@@ -556,7 +753,7 @@ def main(argv: list[str] | None = None, load: Callable[[str], Any] | None = None
     seconds |= {"runs (all, as cached)": sum(r["seconds"] for r in rows)}
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "experiments/validate.py", *given])
-    paths = write_outputs(config, rows, out, command, seconds)
+    paths = write_outputs(config, rows, out, command, seconds, work)
     print((out / "summary.md").read_text())
     print("written:", *(str(p) for p in paths.values()), sep="\n  ")
     return paths

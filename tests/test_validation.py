@@ -15,10 +15,16 @@ from circuitlab.validation import (
     cohens_d,
     compare,
     comparison_figure,
+    front_area,
+    front_summary,
     markdown_table,
+    min_detectable_effect,
     paired_differences_figure,
     paired_p,
+    paired_test,
+    render_markdown,
     spread,
+    verdicts,
 )
 
 # Paired t with 2 degrees of freedom has a closed form: two-sided p = 1 - t / sqrt(2 + t^2).
@@ -120,8 +126,74 @@ def test_markdown_table_and_figures():
     assert len(lines) == 4 and lines[0].startswith("| organism | arm | n | refusals")
     assert "| org | baseline | 3 | 0.500 ± 0.100 |" in table
     assert "| org | good | 1 | 0.200 | 0.100 | 0.200 | – | nan | nan | nan | no |" in table
+    assert "good: no test possible" in "; ".join(
+        f"{a}: {v}" for a, v in verdicts(comparisons).items()
+    )
     for fig in (comparison_figure(comparisons), paired_differences_figure(data)):
         assert len(fig.axes) == 1
+
+
+def test_front_summary_by_hand():
+    # The unedited model refuses 0.9 at KL 0; trials at (0.2, 0.05), (0.5, 0.1), (0.0, 0.6).
+    points = [(0.5, 0.1), (0.0, 0.6), (0.2, 0.05), (float("nan"), 0.01)]
+    summary = front_summary(points, 0.9, (0.01, 0.05, 0.5, 0.7), kl_ref=1.0)
+    assert summary["refusal@KL<=0.01"] == 0.9  # only the unedited model qualifies
+    assert summary["refusal@KL<=0.05"] == summary["refusal@KL<=0.5"] == 0.2
+    assert summary["refusal@KL<=0.7"] == 0.0
+    # 0.9 over [0, 0.05), 0.2 over [0.05, 0.6), 0 over [0.6, 1]: 0.045 + 0.11.
+    assert summary["front_area"] == pytest.approx(0.155)
+    # kl_ref cuts the area: over [0, 0.5] only, 0.045 + 0.2 * 0.45 = 0.135, / 0.5.
+    assert front_area(points, 0.9, 0.5) == pytest.approx(0.27)
+    assert front_area([], 0.75, 1.0) == 0.75  # no trial: the unedited model everywhere
+    with pytest.raises(ValueError):
+        front_area(points, 0.9, 0.0)
+
+
+def test_minimum_detectable_effect():
+    # Paired t at 80 % power, alpha 0.05 two-sided: d_z = 1.6814 at 5 pairs, 0.9962 at 10
+    # (the standard power tables); large n approaches the normal (1.96 + 0.8416) / sqrt(n).
+    assert min_detectable_effect(5, 1.0) == pytest.approx(1.6814, abs=2e-3)
+    assert min_detectable_effect(10, 0.5) == pytest.approx(0.5 * 0.9962, abs=1e-3)
+    assert min_detectable_effect(400, 1.0) == pytest.approx(2.8016 / 20, rel=0.01)
+    assert min_detectable_effect(5, 1.0, power=0.9) > min_detectable_effect(5, 1.0)
+    assert math.isnan(min_detectable_effect(1, 1.0)) and min_detectable_effect(3, 0.0) == 0
+    t = paired_test(BASE, ARM)
+    assert (t.n, t.mean, t.sd) == (3, pytest.approx(0.3), pytest.approx(0.2))
+    assert t.p == pytest.approx(paired_p(BASE, ARM)) and t.d == pytest.approx(1.5)
+    half = 4.302653 * 0.2 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (t.ci_low, t.ci_high) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    assert t.mde == pytest.approx(min_detectable_effect(3, 0.2))
+    assert t.mde > t.mean  # the observed 0.3 is below what three seeds can detect
+
+
+def front_rows(arm: str, areas, organism="org") -> list[dict]:
+    return [
+        {**r, "organism": organism, "front_area": a, "refusal@KL<=0.1": a + 0.1}
+        for r, a in zip(rows(arm, [0.1] * 3, [0.3] * 3), areas, strict=True)
+    ]
+
+
+def test_primary_front_metric_verdicts_over_organisms_and_render():
+    rule = AcceptanceRule(primary="front_area")
+    data = (
+        front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("good", [0.2, 0.12, 0.28])
+        + front_rows("baseline", [0.5, 0.4, 0.6], "gemma")
+        + front_rows("good", [0.5, 0.41, 0.6], "gemma")
+    )  # fmt: skip
+    found = {(c.organism, c.arm): c for c in compare(data, rule=rule)}
+    org, gemma = found[("org", "good")], found[("gemma", "good")]
+    # Identical chosen points, so only the front metric separates them.
+    assert math.isnan(org.p_refusal) and org.accepted is True
+    assert org.tests["front_area"].mean == pytest.approx(0.3) and "refusal@KL<=0.1" in org.tests
+    assert gemma.accepted is False and "not lower" in gemma.reason
+    line = verdicts(compare(data, rule=rule))["good"]
+    assert line.startswith("wins on org only") and "MDE" in line and "gemma: Δ -0.003" in line
+    with pytest.raises(ValueError, match="no metric"):
+        compare(data, rule=AcceptanceRule(primary="front_areaa"))
+    text = render_markdown({"rule": {"alpha": 0.05, "min_d": 0.3, "primary": "front_area"},
+                            "intro": "Intro.", "rows": data})  # fmt: skip
+    assert "front area" in text and "(MDE)" in text and "- **good**: wins on org only" in text
+    assert text == render_markdown({"rule": vars(rule), "intro": "Intro.", "rows": data})
 
 
 # --------------------------------------------------------------------- the suite, small
@@ -161,16 +233,31 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     config = validate.Config.load(validate.HERE / "validate_small.toml")
     lines = first["csv"].read_text().splitlines()
     assert len(lines) == 1 + len(config.arms) and lines[0].startswith("organism,arm,seed,")
-    assert all(line.endswith(",ok") for line in lines[1:]), lines
-    runs = {r["arm"]: r for r in (_json(p) for p in (tmp_path / "work" / "runs").rglob("*.json"))}
+    assert all(",ok," in line for line in lines[1:]), lines
+    found = (tmp_path / "work" / "runs").rglob("*-s0.json")
+    runs = {r["arm"]: r for r in map(_json, found)}
     assert set(runs) == set(config.arms)
+    # Every search-front trial scored on the test split, the chosen one among them.
+    for run in runs.values():
+        assert run["front_n"] == len(run["front"]) >= 1 and 0 <= run["front_area"] <= 1
+        assert run["chosen_trial"] in [p["trial"] for p in run["front"]]
+        assert run["front_area"] <= run["base_refusal_rate"]
+    assert runs["sae"]["interventions"] == ["SubspaceAblation"]
+    (trained,) = (tmp_path / "work" / "sae").glob("*/training.json")
+    assert _json(trained)["cpu_seconds"] > 0 and _json(trained)["layer"] == config.sae_layer
+    data = _json(first["json"])
+    from circuitlab.validation import render_markdown
+
+    assert render_markdown(data) == first["markdown"].read_text()
     assert runs["heads"]["interventions"] == ["DirectionalAblation", "HeadAblation"]
     assert len(runs["heads"]["heads"]) == config.heads_top_k
     assert runs["warm_start"]["profile"] == "llama" and runs["baseline"]["profile"] is None
     assert all(r["base_refusal_rate"] >= 0.75 for r in runs.values())  # the organism refuses
     summary = first["markdown"].read_text()
     assert "| organism | arm | n | refusals" in summary
-    assert summary.count(f"| {NAME} |") == len(config.arms) and "| nan |" in summary
+    # One row per arm in the summary, one per arm but the baseline in the tests' table.
+    assert summary.count(f"| {NAME} |") == 2 * len(config.arms) - 1 and "| nan |" in summary
+    assert "- **sae** (SAE refusal features" in summary and "no test possible" in summary
     for name in ("refusal_vs_kl", "paired_differences"):
         assert first[name].read_bytes().startswith(b"\x89PNG") and first[name].stat().st_size > 5e3
     page = first["report"].read_text()
@@ -199,12 +286,18 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
         assert again[key] == pytest.approx(runs["caa"][key]), key
     assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
-    # --only: just that arm's missing run, no outputs.
+    # --no-run: the outputs of what is cached, nothing loaded; --only: just that arm's
+    # missing run, no outputs.
     (tmp_path / "work" / "runs" / folder / "massive-s0.json").unlink()
+    partial = validate.main([*argv, "--no-run", "--out", str(tmp_path / "partial")], load=load)
+    assert loaded == [NAME, NAME] and ",massive," not in partial["csv"].read_text()
+    assert len(partial["csv"].read_text().splitlines()) == len(config.arms)
     assert validate.main([*argv, "--only", "massive"], load=load) == {}
     assert _json(tmp_path / "work" / "runs" / folder / "massive-s0.json")["arm"] == "massive"
     with pytest.raises(SystemExit, match="not among"):
         validate.main([*argv, "--only", "nope"], load=load)
+    with pytest.raises(SystemExit, match="not in the config"):
+        validate.main([*argv, "--organisms", "nope"], load=load)
 
 
 def _json(path: Path) -> dict:

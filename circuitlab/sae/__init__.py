@@ -19,7 +19,7 @@ from circuitlab.sae.format import ARCHITECTURES, SAE, SAEError, load_sae
 _LAZY = {
     "TrainConfig": "train", "TrainResult": "train", "train_topk": "train", "fit_sae": "train",
     "SequenceBatch": "data", "sequence_batches": "data", "sink_mask": "data",
-    "token_activations": "data", "with_answers": "data",
+    "token_activations": "data", "train_prompts": "data", "with_answers": "data",
     "SAEQuality": "quality", "reconstruction_stats": "quality", "sae_quality": "quality",
     "spliced_ce": "quality",
     "FeatureRanking": "features", "feature_ablation": "features", "feature_auroc": "features",

@@ -38,9 +38,25 @@ from circuitlab.decoding import run_until
 from circuitlab.engine import HookedModel
 from circuitlab.progress import progress_bar
 
-__all__ = ["SequenceBatch", "sequence_batches", "sink_mask", "token_activations", "with_answers"]
+__all__ = [
+    "SequenceBatch",
+    "sequence_batches",
+    "sink_mask",
+    "token_activations",
+    "train_prompts",
+    "with_answers",
+]
 
 log = logging.getLogger(__name__)
+
+
+def train_prompts(data, n: int) -> list[str]:
+    """Half harmful, half harmless train prompts of a testbed's data (its ``harmful_train``,
+    ``harmful_extra``, ``harmful_instructions`` and the harmless ones), in that order: an
+    SAE for refusal features must see both kinds of request."""
+    harmful = [*data.harmful_train, *data.harmful_extra, *data.harmful_instructions]
+    harmless = [*data.harmless_train, *data.harmless_extra, *data.harmless_instructions]
+    return harmful[: n // 2] + harmless[: n - n // 2]
 
 
 @dataclass

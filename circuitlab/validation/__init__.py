@@ -2,6 +2,8 @@
 
 :mod:`~circuitlab.validation.stats` summarises each arm (mean ± std over seeds), tests it
 against the baseline (paired t-test, Cohen's d) and applies the acceptance rule;
+:mod:`~circuitlab.validation.power` summarises each run's test-split front (best refusal
+rate under KL budgets, front area) and gives paired tests their minimum detectable effect;
 :mod:`~circuitlab.validation.outputs` writes the markdown table, figures, CSV and HTML
 report. ``experiments/validate.py`` runs the arms and calls both.
 """
@@ -18,10 +20,22 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "comparison_figure",
             "markdown_table",
             "paired_differences_figure",
+            "render_markdown",
+            "summary_columns",
             "summary_markdown",
+            "tests_table",
             "summary_rows",
             "validation_report",
             "write_csv",
+        ],
+        "power": [
+            "PairedTest",
+            "best_under_budget",
+            "budget_name",
+            "front_area",
+            "front_summary",
+            "min_detectable_effect",
+            "paired_test",
         ],
         "stats": [
             "AcceptanceRule",
@@ -32,6 +46,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "compare",
             "paired_p",
             "spread",
+            "verdicts",
         ],
     },
 )

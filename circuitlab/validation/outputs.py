@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from circuitlab.report import Report
-from circuitlab.validation.stats import METRICS, AcceptanceRule, Comparison
+from circuitlab.validation.stats import METRICS, AcceptanceRule, Comparison, compare, verdicts
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -28,7 +28,10 @@ __all__ = [
     "comparison_figure",
     "markdown_table",
     "paired_differences_figure",
+    "render_markdown",
+    "summary_columns",
     "summary_markdown",
+    "tests_table",
     "summary_rows",
     "validation_report",
     "write_csv",
@@ -45,10 +48,25 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
+def _label(metric: str) -> str:
+    return metric.replace("<=", " ≤ ").replace("_", " ")
+
+
+def _front(comparisons: Sequence[Comparison]) -> list[str]:
+    names = dict.fromkeys(m for c in comparisons for m in c.metrics if m not in METRICS)
+    return list(names)
+
+
+def summary_columns(comparisons: Sequence[Comparison]) -> list[str]:
+    """:data:`SUMMARY_COLUMNS` with the front metrics the comparisons carry before the tests."""
+    front = [_label(m) for m in _front(comparisons)]
+    return [*SUMMARY_COLUMNS[:7], *front, *SUMMARY_COLUMNS[7:]]
+
+
 def summary_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
-    """The comparisons as text cells under :data:`SUMMARY_COLUMNS` (mean ± std, p, d,
+    """The comparisons as text cells under :func:`summary_columns` (mean ± std, p, d,
     verdict), for the markdown table and the HTML report alike."""
-    rows = []
+    front, rows = _front(comparisons), []
     for c in comparisons:
         verdict = "–" if c.accepted is None else ("yes" if c.accepted else "no")
         rows.append(
@@ -57,6 +75,7 @@ def summary_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
                 c.arm,
                 str(len(c.seeds)),
                 *(c.metrics[m].format() for m in METRICS),
+                *(c.metrics[m].format() if m in c.metrics else "–" for m in front),
                 _p(c.p_refusal),
                 _p(c.d_refusal),
                 _p(c.p_kl_worse),
@@ -66,11 +85,39 @@ def summary_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
     return rows
 
 
+def _markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(comparisons: Sequence[Comparison]) -> str:
     """The comparisons as a GitHub markdown table (refusal rates and KL on the test split)."""
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(comparisons)]
-    return "\n".join(lines) + "\n"
+    return _markdown(summary_columns(comparisons), summary_rows(comparisons))
+
+
+def tests_table(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): per arm and organism, each refusal metric's paired difference
+    (baseline minus arm; positive: the arm is better) with its 95 % interval and minimum
+    detectable effect at 80 % power, and the primary metric's p."""
+    metrics = list(dict.fromkeys(m for c in comparisons for m in c.tests))
+    columns = ["organism", "arm", "pairs", *(f"Δ {_label(m)} [95 % CI] (MDE)" for m in metrics)]
+    columns.append("p (primary)")
+    rows = []
+    for c in comparisons:
+        if c.accepted is None:
+            continue
+        cells = [c.organism, c.arm, str(len(c.paired))]
+        for m in metrics:
+            t = c.tests.get(m)
+            if t is None or math.isnan(t.ci_low):
+                cells.append("–" if t is None or math.isnan(t.mean) else f"{t.mean:+.3f}")
+            else:
+                cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] ({t.mde:.3f})")
+        t = c.tests.get(c.primary)
+        cells.append(_p(t.p) if t else "nan")
+        rows.append(cells)
+    return columns, rows
 
 
 def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
@@ -149,15 +196,12 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequ
     return path
 
 
-def _reasons(comparisons: Sequence[Comparison]) -> list[str]:
-    return [f"{c.organism} / {c.arm}: {c.reason}" for c in comparisons if c.accepted is not None]
-
-
 def summary_markdown(
     comparisons: Sequence[Comparison],
     intro: str,
     rule: AcceptanceRule,
     warnings: Sequence[str] = (),
+    changes: Mapping[str, str] | None = None,
 ) -> str:
     """summary.md: a title, ``intro`` (what was run), the table, the rule and each verdict."""
     lines = [
@@ -166,12 +210,42 @@ def summary_markdown(
         intro,
         "",
         markdown_table(comparisons),
+    ]
+    columns, rows = tests_table(comparisons)
+    if rows:
+        lines += [
+            "Paired differences, baseline minus arm (positive: the arm refuses less), with "
+            "the 95 % t interval and, in parentheses, the minimum detectable effect at 80 % "
+            f"power and alpha {rule.alpha} given the seeds and the observed spread:",
+            "",
+            _markdown(columns, rows),
+        ]
+    lines += [
         rule.describe(),
         "",
-        *(f"- {reason}" for reason in _reasons(comparisons)),
+        *(
+            f"- **{arm}**{f' ({changes[arm]})' if changes and arm in changes else ''}: {line}"
+            for arm, line in verdicts(comparisons).items()
+        ),
         *(f"\n**Warning**: {w}" for w in warnings),
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_markdown(data: Mapping[str, Any]) -> str:
+    """The validation section from the suite's JSON (``validation.json``): the statistics
+    are recomputed from its run rows and rule, so the text is regenerated, never retyped.
+
+    Args:
+        data: ``{"rows": [...], "rule": {"alpha", "min_d", "primary"}, "intro": str,
+            "warnings": [...], "changes": {arm: what it changes}}`` as
+            ``experiments/validate.py`` writes it.
+    """
+    rule = AcceptanceRule(**data["rule"])
+    comparisons = compare(data["rows"], rule=rule)
+    return summary_markdown(
+        comparisons, data.get("intro", ""), rule, data.get("warnings", ()), data.get("changes")
+    )
 
 
 def validation_report(
@@ -202,8 +276,12 @@ def validation_report(
     """
     report = Report("Validation suite", command=command, subtitle=subtitle)
     report.section("Summary").text(intro)
-    report.table(SUMMARY_COLUMNS, summary_rows(comparisons), caption=rule.describe())
-    report.text("\n\n".join(_reasons(comparisons)) or "No arm besides the baseline.")
+    report.table(summary_columns(comparisons), summary_rows(comparisons), caption=rule.describe())
+    columns, test_rows = tests_table(comparisons)
+    if test_rows:
+        report.table(columns, test_rows, caption="baseline minus arm, 95 % CI, (MDE at 80 %)")
+    lines = [f"{arm}: {line}" for arm, line in verdicts(comparisons).items()]
+    report.text("\n\n".join(lines) or "No arm besides the baseline.")
     report.section("Figures")
     report.figure(comparison_figure(comparisons), "refusal rate vs first-token KL, mean ± std")
     report.figure(paired_differences_figure(rows), "refusal reduction against the baseline")

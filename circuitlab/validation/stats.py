@@ -25,12 +25,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from circuitlab.validation.power import PairedTest, paired_test
+
 __all__ = [
+    "FRONT_PREFIX",
     "METRICS",
     "AcceptanceRule",
     "Comparison",
@@ -39,9 +42,12 @@ __all__ = [
     "compare",
     "paired_p",
     "spread",
+    "verdicts",
 ]
 
 METRICS = ("refusal_rate", "kl_first", "kl_k", "capability_delta")
+# Front metrics (see :mod:`circuitlab.validation.power`) are found in the rows by name.
+FRONT_PREFIX = ("refusal@", "front_area")
 NAN = float("nan")
 
 
@@ -137,13 +143,18 @@ class AcceptanceRule:
 
     alpha: float = 0.05
     min_d: float = 0.3
+    primary: str = "refusal_rate"
 
     def describe(self) -> str:
+        if self.primary == "refusal_rate":
+            kl = f" first-token KL is not significantly worse (one-sided paired p >= {self.alpha}),"
+        else:  # a front metric already weighs refusals against KL
+            kl = ""
         return (
-            f"Accepted iff refusals are lower than the baseline's with paired p < {self.alpha},"
-            f" first-token KL is not significantly worse (one-sided paired p >= {self.alpha}),"
-            f" and Cohen's d > {self.min_d}. With one seed no test is possible: p and d are "
-            "nan and nothing is accepted."
+            f"Accepted on an organism iff its {self.primary} is lower than the baseline's with "
+            f"paired p < {self.alpha},{kl} and Cohen's d > {self.min_d}; accepted overall iff "
+            "accepted on every organism. With one seed no test is possible: p and d are nan "
+            "and nothing is accepted."
         )
 
     def verdict(
@@ -153,9 +164,9 @@ class AcceptanceRule:
         if math.isnan(p_refusal):
             return False, "no test (fewer than two paired seeds, or no difference)"
         if not lower:
-            return False, "refusals not lower than the baseline's"
+            return False, f"{self.primary} not lower than the baseline's"
         if not p_refusal < self.alpha:
-            return False, f"refusal p {p_refusal:.3g} >= {self.alpha}"
+            return False, f"{self.primary} p {p_refusal:.3g} >= {self.alpha}"
         # NaN here means identical KLs: not worse.
         if p_kl_worse < self.alpha:
             return False, f"KL significantly worse (p {p_kl_worse:.3g})"
@@ -178,6 +189,9 @@ class Comparison:
         p_kl_worse: one-sided paired t-test that the arm's first-token KL is higher.
         accepted: the rule's verdict; None for the baseline itself.
         reason: why (the first condition that failed).
+        tests: a :class:`PairedTest` (baseline minus arm) per refusal metric: the chosen
+            point's ``refusal_rate`` and the front metrics the rows carry.
+        primary: the metric the verdict is on.
     """
 
     organism: str
@@ -190,6 +204,8 @@ class Comparison:
     p_kl_worse: float = NAN
     accepted: bool | None = None
     reason: str = "baseline"
+    tests: dict[str, PairedTest] = field(default_factory=dict)
+    primary: str = "refusal_rate"
 
     def as_row(self) -> dict[str, Any]:
         """Flat values (one CSV or table row)."""
@@ -204,6 +220,8 @@ class Comparison:
             accepted=self.accepted,
             reason=self.reason,
         )
+        for name, t in self.tests.items():
+            row.update({f"{name}_{k}": v for k, v in t.as_dict().items() if k != "n"})
         return row
 
 
@@ -216,32 +234,46 @@ def _by_seed(rows: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
     return out
 
 
+def front_metrics(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The front metrics the rows carry (``refusal@KL<=b`` and ``front_area``), in order."""
+    names = dict.fromkeys(k for r in rows for k in r if k.startswith(FRONT_PREFIX))
+    return tuple(names)
+
+
 def _compare_arm(
     organism: str,
     arm: str,
     mine: dict[int, Mapping[str, Any]],
     base: dict[int, Mapping[str, Any]],
     rule: AcceptanceRule,
+    front: tuple[str, ...],
 ) -> Comparison:
     seeds = tuple(sorted(mine))
-    metrics = {m: spread([mine[s].get(m) for s in seeds]) for m in METRICS}
+    metrics = {m: spread([mine[s].get(m) for s in seeds]) for m in (*METRICS, *front)}
     if mine is base:
-        return Comparison(organism, arm, seeds, seeds, metrics)
+        return Comparison(organism, arm, seeds, seeds, metrics, primary=rule.primary)
     paired = tuple(s for s in seeds if s in base)
 
     def pair(metric: str) -> tuple[list[float], list[float]]:
         return [base[s][metric] for s in paired], [mine[s][metric] for s in paired]
 
+    tests = {m: paired_test(*pair(m), alpha=rule.alpha) for m in ("refusal_rate", *front)}
     refusal_base, refusal_arm = pair("refusal_rate")
     kl_base, kl_arm = pair("kl_first")
     p_refusal = paired_p(refusal_base, refusal_arm)
     d_refusal = cohens_d(refusal_base, refusal_arm)
     p_kl = paired_p(kl_base, kl_arm, alternative="greater")
-    lower = bool(paired) and float(np.mean(refusal_arm)) < float(np.mean(refusal_base))
-    accepted, reason = rule.verdict(p_refusal, d_refusal, lower, p_kl)
+    primary_base, primary_arm = pair(rule.primary)
+    lower = bool(paired) and float(np.mean(primary_arm)) < float(np.mean(primary_base))
+    p_primary = paired_p(primary_base, primary_arm)
+    d_primary = cohens_d(primary_base, primary_arm)
+    # A front metric weighs refusals against KL already: the chosen point's KL is not tested.
+    p_kl_rule = p_kl if rule.primary == "refusal_rate" else NAN
+    accepted, reason = rule.verdict(p_primary, d_primary, lower, p_kl_rule)
     return Comparison(
-        organism, arm, seeds, paired, metrics, p_refusal, d_refusal, p_kl, accepted, reason
-    )
+        organism, arm, seeds, paired, metrics, p_refusal, d_refusal, p_kl, accepted, reason,
+        tests, rule.primary,
+    )  # fmt: skip
 
 
 def compare(
@@ -261,6 +293,9 @@ def compare(
         organism's baseline first).
     """
     rule = rule or AcceptanceRule()
+    front = front_metrics(rows)
+    if rule.primary not in ("refusal_rate", *front):
+        raise ValueError(f"no metric {rule.primary!r} in the rows (front metrics: {front})")
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["organism"], row["arm"]), []).append(row)
@@ -270,5 +305,39 @@ def compare(
         arms = [arm for org, arm in groups if org == organism]
         for arm in sorted(arms, key=lambda a: a != baseline):
             mine = base if arm == baseline else _by_seed(groups[(organism, arm)])
-            out.append(_compare_arm(organism, arm, mine, base, rule))
+            out.append(_compare_arm(organism, arm, mine, base, rule, front))
+    return out
+
+
+def _effect(c: Comparison) -> str:
+    t = c.tests.get(c.primary)
+    if t is None or math.isnan(t.ci_low):
+        return f"{c.organism}: no test ({len(c.paired)} paired seed(s))"
+    why = "" if c.accepted else f" ({c.reason})"
+    return (
+        f"{c.organism}: Δ {t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p {t.p:.2g}, "
+        f"MDE {t.mde:.3f}{why}"
+    )
+
+
+def verdicts(comparisons: Sequence[Comparison]) -> dict[str, str]:
+    """One line per arm (the baseline left out) over every organism it ran on: accepted on
+    all, on which ones, or not, with the primary metric's effect (baseline minus arm, 95 %
+    interval) and minimum detectable effect per organism."""
+    arms: dict[str, list[Comparison]] = {}
+    for c in comparisons:
+        if c.accepted is not None:
+            arms.setdefault(c.arm, []).append(c)
+    out = {}
+    for arm, cs in arms.items():
+        won = [c.organism for c in cs if c.accepted]
+        effects = "; ".join(_effect(c) for c in cs)
+        if won and len(won) == len(cs):
+            head = f"accepted on every organism ({', '.join(won)})"
+        elif won:
+            head = f"wins on {', '.join(won)} only"
+        else:
+            untested = all(len(c.paired) < 2 for c in cs)
+            head = "no test possible" if untested else "not accepted"
+        out[arm] = f"{head}: {effects}"
     return out
