@@ -466,7 +466,7 @@ def test_old_studies_resume_without_heads_and_head_studies_run(smollm, tiny_prom
     assert massive.shape == (1, smollm.facts.d_model) and "without_massive" in saved.metadata
     assert float((saved.directions.double() @ massive[0].double()).abs().max()) < 1e-6
     # Per-layer trials remove their own set: writer-aligned, also free of the sinks' direction.
-    own = study_refs(store, setup, "cache")["per-layer"].load()
+    own = study_refs(store, StudySetup.of(heads), "cache")["per-layer"].load()
     assert own.metadata["writer_aligned"] and "without_massive" in own.metadata
     assert float((own.directions.double() @ massive[0].double()).abs().max()) < 1e-6
     ablation, head = trial_interventions(trial)
