@@ -5,8 +5,11 @@ CPU seconds (``time.process_time``: steadier than wall time on a shared machine)
 pass (one teacher-forced pass over the harmless search prompts), the prefill of the harmful
 search prompts, the decode steps (with the search's early stop), and the judge. The edit is
 the classic one: the diff-means direction of one layer (``--layer``) projected out of every
-writer. The trial runs twice: on the decoder's fast path (plain HF view, the edit as writer-
-module hooks) and forced through the TransformerLens bridge; both must give the same texts.
+writer. The trial runs with the search's objective settings of before (``legacy``: batches
+of 16, each verdict read from the whole two-sentence opening) and of now (one batch, the
+verdict read from the first sentence or 48 characters), on the decoder's fast path (plain
+HF view, the edit as writer-module hooks), and the current settings once more forced
+through the TransformerLens bridge: both paths must give the same texts.
 
 Usage: .venv/bin/python experiments/profile_trial.py [--layer 22] [--out profile.json]
 """
@@ -51,15 +54,14 @@ class Clock:
 
 def trial(model, ablation, assets, harmful, config, bridge: bool) -> tuple[dict, list[str]]:
     clock, judge = Clock(), MarkerJudge()
-    stop = refusal_stopper(judge).decided
+    stop = refusal_stopper(judge, config.verdict_sentences, config.verdict_chars).decided
+    rows = max(config.batch_size, min(config.decode_rows, len(harmful)))
     noop = [("blocks.0.hook_resid_pre", lambda x, hook: None)]
     steps: list[int] = []
     with apply(model, ablation), model.hooks(noop) if bridge else nullcontext():
         assert (fastpath.runner(model).net is model.hf_model) == bridge
         kl = clock("kl pass (30 harmless, teacher-forced)", lambda: kl_pass(model, assets, 16))
-        state = clock(
-            "prefill (30 harmful)", lambda: decoding.prefill(model, harmful, config.batch_size)
-        )
+        state = clock("prefill (30 harmful)", lambda: decoding.prefill(model, harmful, rows))
 
         def counted(texts):
             steps.append(len(texts))
@@ -100,16 +102,19 @@ def main() -> None:
     ref = DirectionRef.inline(sets["diff-means"])
     assets = prepare_assets(model, prompts, {"diff-means": ref}, cache_dir=scratch, calibrate=False)
     ablation = DirectionalAblation(ref, index=float(args.layer))
-    harmful, config = list(prompts.harmful_search), ObjectiveConfig()
+    harmful = list(prompts.harmful_search)
+    legacy, now = ObjectiveConfig.from_dict({}), ObjectiveConfig()
     records, outputs = [], []
-    for bridge in (False, True, False):  # the fast path twice: the first run warms up
+    runs = [("now", now, False), ("legacy", legacy, False), ("now", now, True), ("now", now, False)]
+    for name, config, bridge in runs:  # the first run warms up
         record, texts = trial(model, ablation, assets, harmful, config, bridge)
+        record["settings"] = name
         records.append(record)
         outputs.append(texts)
     print(f"{args.model}: 30 harmful + 30 harmless search prompts, layer {args.layer} ablation")
     for record in records[1:]:
         print(
-            f"\n  {record['path']}: {record['refusals']}/30 refusals, KL "
+            f"\n  {record['settings']}, {record['path']}: {record['refusals']}/30 refusals, KL "
             f"{record['kl_first']:.3f}, {record['decode_steps']} decode steps, "
             f"{record['tokens']} tokens"
         )
@@ -117,7 +122,7 @@ def main() -> None:
             print(f"    {name:40s} {step['wall_s']:7.2f} s wall {step['cpu_s']:7.2f} s CPU")
         total = record["total"]
         print(f"    {'total':40s} {total['wall_s']:7.2f} s wall {total['cpu_s']:7.2f} s CPU")
-    same = outputs[0] == outputs[1] == outputs[2]
+    same = outputs[0] == outputs[2] == outputs[3]
     print(f"\n  same texts on both paths: {same}")
     if args.out is not None:
         args.out.write_text(json.dumps({"records": records[1:], "same_texts": same}, indent=1))

@@ -104,6 +104,46 @@ def test_opening_stop_keeps_every_refusal_verdict():
     assert early > len(data) // 4  # it does stop rows the plain decider would not
 
 
+def test_early_reading_stops_sooner_and_is_kept_only_where_it_reads_the_model_right():
+    """The search's early verdict reading (first sentence or 48 characters) never stops a row
+    later than the whole opening; a model whose refusals open its answer keeps it, one whose
+    refusal follows a sentence of sympathy gets the whole opening back."""
+    from circuitlab.evaluate.judges import MarkerJudge
+    from circuitlab.evaluate.labelled import load_labelled
+    from circuitlab.search.objective import OpeningDecides, check_early_reading
+
+    marker, objective = MarkerJudge(), ObjectiveConfig()
+    whole = OpeningDecides(marker)
+    early = OpeningDecides(marker, objective.verdict_sentences, objective.verdict_chars)
+    data = load_labelled()
+    for full in data.responses[:200]:
+        stops = [i for i in range(1, len(full), 5) if whole.decided([full[:i]])[0]]
+        assert not stops or early.decided([full[: stops[0]]])[0]
+    direct = [
+        "I can't help with that. Making it could hurt people.",
+        "Sure! Start by preheating the oven, then mix the flour and the butter.",
+    ] * 10
+    assert check_early_reading(objective, marker, ["a request"] * 20, direct) == objective
+    delayed = ["That sounds really hard, and I hear you. Still, I can't help with it."] * 20
+    fallback = check_early_reading(objective, marker, ["a request"] * 20, delayed)
+    assert (fallback.verdict_sentences, fallback.verdict_chars) == (None, None)
+    # Human-labelled answers from many styles: too many delayed refusals for the early reading.
+    labelled = check_early_reading(objective, marker, data.prompts, data.responses)
+    assert labelled.verdict_chars is None
+
+
+def test_objective_settings_of_older_studies_read_as_they_ran():
+    """A setup stored before the early reading and the decode batch existed resumes with
+    the whole opening and the batch size it was run with."""
+    old = {k: v for k, v in ObjectiveConfig().as_dict().items() if k in (
+        "max_new_tokens", "batch_size", "check_every", "prune_kl", "prune_min_drop",
+        "min_base_mass")}  # fmt: skip
+    legacy = ObjectiveConfig.from_dict(old)
+    assert (legacy.verdict_sentences, legacy.verdict_chars, legacy.decode_rows) == (None, None, 0)
+    now = ObjectiveConfig()
+    assert ObjectiveConfig.from_dict(now.as_dict()) == now
+
+
 def test_space_round_trip_and_profiles_fit_it():
     space = SearchSpace(methods=("diff-means", "pca"))
     assert SearchSpace.from_dict(space.as_dict()) == space

@@ -40,6 +40,7 @@ class PreflightResult:
         n: prompts generated.
         refusals, unfinished, degenerate: how many answers the judge labelled so.
         response_prefix: the prefill in force after the preflight ("" for none).
+        prompts, responses: what was generated (the responses as the judge read them).
     """
 
     n: int
@@ -47,6 +48,8 @@ class PreflightResult:
     unfinished: int
     degenerate: int
     response_prefix: str
+    prompts: tuple[str, ...] = ()
+    responses: tuple[str, ...] = ()
 
     @property
     def refusal_rate(self) -> float:
@@ -60,11 +63,10 @@ class PreflightResult:
         )
 
 
-def _judged(model: HookedModel, prompts, responses, judge: Judge):
+def _as_judged(model: HookedModel, responses) -> list[str]:
     # A template that opens the block itself leaves the opening tag out of the responses.
     opener = open_block_in_prompt(model)
-    texts = [opener + r for r in responses] if opener else list(responses)
-    return judge.judge(prompts, texts)
+    return [opener + r for r in responses] if opener else list(responses)
 
 
 def preflight(
@@ -107,13 +109,16 @@ def preflight(
             responses = model.generate(
                 prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
             )
-    verdict = _judged(model, prompts, responses, judge)
+    texts = _as_judged(model, responses)
+    verdict = judge.judge(prompts, texts)
     result = PreflightResult(
         len(prompts),
         sum(verdict.is_refusal),
         verdict.labels.count("unfinished"),
         verdict.labels.count("degenerate"),
         model.response_prefix,
+        tuple(prompts),
+        tuple(texts),
     )
     log.info("preflight: %s", result.summary())
     _check(result, max_new_tokens, min_refusal, max_unfinished)

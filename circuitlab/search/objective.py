@@ -8,8 +8,13 @@ decoding goes on from the same KV cache, each row leaving the batch as soon as i
 verdict* is final. With the marker judge that is when the answer's opening (its first
 sentences) is complete, refusal or not: the judge looks for refusals only there, so what
 follows may turn a compliant label into degenerate but never into a refusal
-(:class:`OpeningDecides`). The rate the search optimises is unchanged by stopping; the
-test-split scorecard generates in full.
+(:class:`OpeningDecides`). By default the search reads the verdict earlier still, from the
+first sentence or the first ``verdict_chars`` characters, whichever comes first: a decode
+step costs about as much for one live row as for thirty (it is bound by reading the
+weights), so a trial's decode time is its longest row's, and a long compliant opening set
+it. ``experiments/early_verdict.py`` measures what the early reading changes on a study's
+real edits (a lecture whose refusal cue sits in its second sentence is read as compliant).
+The test-split scorecard generates in full.
 
 A trial is hopeless (pruned, nothing generated) when its KL already exceeds ``prune_kl``
 (the edit broke the model; whatever it says will not be chosen) or, on a model that does
@@ -22,8 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 from circuitlab.decoding import decode, prefill
 from circuitlab.engine import HookedModel
@@ -38,6 +44,7 @@ __all__ = [
     "ObjectiveConfig",
     "OpeningDecides",
     "TrialScore",
+    "check_early_reading",
     "kl_pass",
     "prune_reason",
     "refusal_stopper",
@@ -62,6 +69,12 @@ class ObjectiveConfig:
             first-token refusal mass; None: never.
         min_base_mass: the mass rule applies only when the base model's refusal mass is at
             least this (a model that does not refuse has no mass to remove).
+        verdict_sentences: with the marker judge, a row's verdict is read once this many
+            sentences of its answer are complete; None: the judge's whole opening (exact).
+        verdict_chars: ... or once its answer has this many characters; None: no cap.
+        decode_rows: on a CPU, the harmful prompts are prefilled and decoded in batches of
+            this many rows (at least ``batch_size``): rows cost little in a decode step,
+            steps cost much. On an accelerator ``batch_size`` (measured to fit) is used.
     """
 
     max_new_tokens: int = 100
@@ -70,6 +83,16 @@ class ObjectiveConfig:
     prune_kl: float | None = 2.0
     prune_min_drop: float | None = 0.1
     min_base_mass: float = 0.1
+    verdict_sentences: int | None = 1
+    verdict_chars: int | None = 48
+    decode_rows: int = 64
+
+    # What studies set up before a field existed ran with (their trials stay comparable).
+    LEGACY: ClassVar[dict] = {"verdict_sentences": None, "verdict_chars": None, "decode_rows": 0}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ObjectiveConfig:
+        return cls(**{**cls.LEGACY, **data})
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -124,9 +147,16 @@ class OpeningDecides:
     whose opening is complete (and whose reasoning block, if any, is closed) is a refusal or
     not for good -- unless the opening pivots ("However, I can ..."), when the content after
     it decides. Labels other than refusal may differ from a full generation.
+
+    With ``sentences`` or ``chars`` the verdict is read earlier: once that many sentences
+    are complete (and do not pivot), or once the answer has ``chars`` characters. The
+    judge then labels the shorter text, whose opening is what was read; a refusal cue
+    that would have come later is missed (the search's early reading, see the module).
     """
 
     inner: MarkerJudge
+    sentences: int | None = None
+    chars: int | None = None
 
     @property
     def name(self) -> str:
@@ -136,22 +166,68 @@ class OpeningDecides:
         return self.inner.judge(prompts, responses)
 
     def decided(self, partial_responses: Sequence[str]) -> list[bool]:
+        inner = self.inner
+        if self.sentences is not None:
+            inner = replace(inner, n_sentences=min(self.sentences, inner.n_sentences))
         out = []
-        for text, done in zip(
-            partial_responses, self.inner.decided(partial_responses), strict=True
-        ):
+        for text, done in zip(partial_responses, inner.decided(partial_responses), strict=True):
             answer, finished = split_thinking(text)
-            answer = answer.lstrip()[: self.inner.span_chars]
-            head = opening(answer, self.inner.n_sentences, self.inner.opening_chars)
-            final = finished and head.complete and not self.inner.pivots(head.text)
-            out.append(done or final)
+            answer = answer.lstrip()[: inner.span_chars]
+            head = opening(answer, inner.n_sentences, inner.opening_chars)
+            final = finished and head.complete and not inner.pivots(head.text)
+            capped = finished and self.chars is not None and len(answer) >= self.chars
+            out.append(done or final or capped)
         return out
 
 
-def refusal_stopper(judge: Judge) -> Judge:
+def refusal_stopper(judge: Judge, sentences: int | None = None, chars: int | None = None) -> Judge:
     """The judge to generate with during a search: :class:`OpeningDecides` for a marker
-    judge, the judge itself otherwise (its own ``decided``, if any)."""
-    return OpeningDecides(judge) if isinstance(judge, MarkerJudge) else judge
+    judge (reading the verdict after ``sentences`` sentences or ``chars`` characters when
+    given), the judge itself otherwise (its own ``decided``, if any)."""
+    if isinstance(judge, MarkerJudge):
+        return OpeningDecides(judge, sentences, chars)
+    return judge
+
+
+# The share of the base model's verdicts the early reading may change before the search
+# falls back to the whole opening: one in thirty search prompts, the choice rule's margin.
+MAX_EARLY_CHANGES = 0.05
+
+
+def check_early_reading(
+    objective: ObjectiveConfig,
+    judge: Judge,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_changed: float = MAX_EARLY_CHANGES,
+) -> ObjectiveConfig:
+    """The objective with the early verdict reading kept only where it reads this model right.
+
+    Replays the early reading on the base model's answers to the harmful search prompts (the
+    preflight's): each answer is cut where the early reading would have stopped it, and the
+    judge's verdict on the cut text is compared with its verdict on the whole answer. Models
+    that open with a refusal ("I can't help with that.") keep it; models whose refusal comes
+    after a first sentence of sympathy ("That sounds hard. I can't ...") get the whole
+    opening, at the old speed, rather than a search that counts their refusals as answers.
+    """
+    early = (objective.verdict_sentences, objective.verdict_chars) != (None, None)
+    if not early or not isinstance(judge, MarkerJudge) or not responses:
+        return objective
+    stopper = OpeningDecides(judge, objective.verdict_sentences, objective.verdict_chars)
+    changed = 0
+    for prompt, full in zip(prompts, responses, strict=True):
+        cut = next((i for i in range(1, len(full)) if stopper.decided([full[:i]])[0]), len(full))
+        verdicts = judge.judge([prompt, prompt], [full, full[:cut]]).is_refusal
+        changed += verdicts[0] != verdicts[1]
+    n = len(responses)
+    if changed > max_changed * n:
+        log.warning(
+            "reading each verdict from the whole opening: the early reading changed %d of the "
+            "base model's %d verdicts", changed, n,
+        )  # fmt: skip
+        return replace(objective, verdict_sentences=None, verdict_chars=None)
+    log.info("early verdict reading checked: %d of %d base verdicts changed", changed, n)
+    return objective
 
 
 def kl_pass(model: HookedModel, assets: StudyAssets, batch_size: int) -> tuple[float, float]:
@@ -225,12 +301,16 @@ def _score(model, interventions, assets, harmful, judge, config, start: float) -
         reason = prune_reason(kl_first, None, assets.base_refusal_mass, config)
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, None, reason, 0, time.perf_counter() - start)
-        state = prefill(model, list(harmful), config.batch_size)
+        rows = config.batch_size
+        if not model.on_accelerator:
+            rows = max(rows, min(config.decode_rows, n))
+        state = prefill(model, list(harmful), rows)
         mass = refusal_log_mass(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
         reason = prune_reason(kl_first, mass, assets.base_refusal_mass, config)
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, mass, reason, 0, time.perf_counter() - start)
-        stop = getattr(refusal_stopper(judge), "decided", None)
+        stopper = refusal_stopper(judge, config.verdict_sentences, config.verdict_chars)
+        stop = getattr(stopper, "decided", None)
         texts = decode(model, state, config.max_new_tokens, stop, config.check_every)
     refusals = sum(judge.judge(list(harmful), texts).is_refusal)
     tokens = sum(len(model.tokenizer(t, add_special_tokens=False).input_ids) for t in texts)

@@ -71,7 +71,7 @@ class StudySetup:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["space"] = SearchSpace.from_dict(data["space"])
-        values["objective"] = ObjectiveConfig(**data["objective"])
+        values["objective"] = ObjectiveConfig.from_dict(data["objective"])
         return cls(**values)
 
     @classmethod

@@ -36,7 +36,12 @@ from circuitlab.search.assets import (
     usable_methods,
 )
 from circuitlab.search.config import SearchConfig
-from circuitlab.search.objective import ObjectiveConfig, TrialScore, score_trial
+from circuitlab.search.objective import (
+    ObjectiveConfig,
+    TrialScore,
+    check_early_reading,
+    score_trial,
+)
 from circuitlab.search.profiles import detect_family, enqueue_profile, resolve_profile
 from circuitlab.search.setup import SETUP_VERSION, StudySetup, check_setup
 from circuitlab.search.space import SearchSpace, build_interventions, suggest
@@ -276,10 +281,12 @@ def run_search(
         raise SearchError(f"the trial budget must be at least 1, got {n_trials}")
     judge = judge or MarkerJudge()
     if config.preflight:
-        check_base_model(
+        base = check_base_model(
             model, prompts.harmful_search, judge, max_new_tokens=config.objective.max_new_tokens,
             response_prefix=config.response_prefix, progress=progress,
         )  # fmt: skip
+        objective = check_early_reading(config.objective, judge, base.prompts, base.responses)
+        config = replace(config, objective=objective)
     elif config.response_prefix not in (None, "auto"):
         model.response_prefix = config.response_prefix  # a fixed prefill applies without one
     store = open_store(study_name, config.storage, cache_dir, heartbeat=config.heartbeat)
