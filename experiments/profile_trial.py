@@ -11,7 +11,7 @@ verdict read from the first sentence or 48 characters), on the decoder's fast pa
 HF view, the edit as writer-module hooks), and the current settings once more forced
 through the TransformerLens bridge: both paths must give the same texts.
 
-Usage: .venv/bin/python experiments/profile_trial.py [--layer 22] [--out profile.json]
+Usage: .venv/bin/python experiments/profile_trial.py [--layer 22] [--dtype bfloat16] [--out F]
 """
 
 from __future__ import annotations
@@ -91,11 +91,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-refusal")
     parser.add_argument("--layer", type=int, default=22)
+    parser.add_argument("--dtype", default="float32", help="weights (bfloat16: AMX / AVX512-BF16)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(os.environ.get("CIRCUITLAB_CACHE_DIR", Path(__file__).parents[1] / "cache"))
-    model = HookedModel.load(ModelSpec(args.model, cache_dir=cache))
+    model = HookedModel.load(ModelSpec(args.model, cache_dir=cache, dtype=args.dtype))
     prompts = SearchPrompts.from_testbed()
     scratch = Path(tempfile.mkdtemp(prefix="profile-trial-"))
     sets = extract_directions(model, prompts, ["diff-means"], cache_dir=scratch)

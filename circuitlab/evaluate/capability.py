@@ -158,13 +158,19 @@ def _logprobs(
 ) -> Tensor:
     """First-token log-probabilities, a batch at a time so a bar can follow (MMLU prompts
     are long: fifty questions take tens of seconds on a CPU)."""
-    chunks = []
+    # Chunks of similar length: MMLU prompts run from a few dozen tokens to several hundred,
+    # and a chunk pads every prompt to its longest (most of the compute, unsorted).
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    rows: list[Tensor] = [torch.empty(0)] * len(prompts)
     with progress_bar(len(prompts), "capability questions", progress) as advance:
-        for start in range(0, len(prompts), batch_size):
-            part = prompts[start : start + batch_size]
-            chunks.append(model.next_token_logprobs(part, batch_size=batch_size, chat=chat))
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            part = [prompts[i] for i in index]
+            found = model.next_token_logprobs(part, batch_size=batch_size, chat=chat)
+            for i, row in zip(index, found, strict=True):
+                rows[i] = row
             advance(len(part))
-    return torch.cat(chunks)
+    return torch.stack(rows)
 
 
 def capability(

@@ -283,7 +283,8 @@ def run_search(
     if config.preflight:
         base = check_base_model(
             model, prompts.harmful_search, judge, max_new_tokens=config.objective.max_new_tokens,
-            response_prefix=config.response_prefix, progress=progress,
+            response_prefix=config.response_prefix, batch_size=config.objective.batch_size,
+            progress=progress,
         )  # fmt: skip
         objective = check_early_reading(config.objective, judge, base.prompts, base.responses)
         config = replace(config, objective=objective)
