@@ -28,6 +28,7 @@ is trained:
 Usage:
     .venv/bin/python experiments/heretic_side_by_side.py --install       # once
     .venv/bin/python experiments/heretic_side_by_side.py --seeds 0 1 2 --json out.json
+    .venv/bin/python experiments/heretic_side_by_side.py --json out.json --plot fronts.png
     # reduced size (CI, a loaded machine): fewer trials and prompts, the same code path
     .venv/bin/python experiments/heretic_side_by_side.py --trials 4 --n-search 8 \\
         --n-kl 8 --n-train 16 --n-jbb 20 --n-strongreject 20 --n-harmless 20
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -85,6 +87,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--merge", nargs="+", metavar="JSON",
         help="join the outputs of runs made apart (one tool each, say) into --json and stop",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot", metavar="PNG",
+        help="draw the fronts of a finished --json (in-loop and held-out) into PNG and stop",
     )  # fmt: skip
     return p.parse_args()
 
@@ -270,6 +276,43 @@ def run_circuitlab(args: argparse.Namespace, seed: int) -> dict:
     return {**timing, "export": str(export) if (export / "config.json").exists() else None}
 
 
+def _seconds(text: str) -> float:
+    """Heretic's "1h 2m 3s" as seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return float(sum(int(part[:-1]) * units[part[-1]] for part in text.split()))
+
+
+def search_times(key: str, run: dict) -> dict | None:
+    """The search's own time, from the run's files: its wall seconds, its trials, and the
+    seconds of the trials that generate (every Heretic trial generates; circuitlab prunes
+    hopeless trials before generating). None when the files are gone."""
+    log = Path(run["log"])
+    if key.startswith("heretic"):
+        if not log.exists():
+            return None
+        found = re.findall(r"Elapsed time: ([0-9hms ]+)", log.read_text())
+        trials = len(re.findall(r"Running trial \d+ of", log.read_text()))
+        if not found:
+            return None
+        search = _seconds(found[-1].strip())
+        return {"search_s": search, "trials": trials, "generating": trials,
+                "generating_s": search}  # fmt: skip
+    journal = log.parent / "study.journal"
+    if not journal.exists():
+        return None
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    scores = [t.user_attrs["score"] for t in trials if "score" in t.user_attrs]
+    generating = [s["seconds"] for s in scores if s.get("pruned") is None]
+    return {"search_s": sum(s["seconds"] for s in scores), "trials": len(scores),
+            "generating": len(generating), "generating_s": sum(generating)}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ scoring
 def held_out(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Harmful (JailbreakBench + StrongREJECT) and harmless test prompts neither tool saw."""
@@ -309,6 +352,80 @@ def score_exports(args: argparse.Namespace, exports: dict[str, str]) -> dict:
     return {"n_harmful": len(harmful), "n_harmless": len(harmless), "cards": cards}
 
 
+def in_loop(key: str, run: dict) -> list[tuple[float, float]]:
+    """(refusal rate, KL) of every trial that was judged, as the tool itself measured them
+    on the search split (Heretic from its log, circuitlab from its study)."""
+    log = Path(run["log"])
+    if key.startswith("heretic"):
+        text = log.read_text() if log.exists() else ""
+        pairs = re.findall(r"KL divergence: ([0-9.]+)\s+\* Counting model refusals\.\.\.\s+"
+                           r"\* Refusals: (\d+)/(\d+)", text)  # fmt: skip
+        return [(int(r) / int(n), float(kl)) for kl, r, n in pairs]
+    journal = log.parent / "study.journal"
+    if not journal.exists():
+        return []
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return [(t.values[0], t.values[1]) for t in study.trials if t.values is not None]
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto front (both minimised), by KL."""
+    front, best = [], float("inf")
+    for rate, kl in sorted(points, key=lambda p: (p[1], p[0])):
+        if rate < best:
+            front.append((rate, kl))
+            best = rate
+    return front
+
+
+def plot(path: str, out: str) -> None:
+    """Each tool's in-loop fronts (its own refusal count on the 30 search prompts, by seed)
+    beside the held-out scores of the edit each run chose, in one figure."""
+    from matplotlib.figure import Figure
+
+    data = json.loads(Path(path).read_text())
+    runs, cards = data["runs"], data["scores"]["cards"]
+    colours = {"heretic": "tab:red", "circuitlab": "tab:blue"}
+    figure = Figure(figsize=(11, 4.5))
+    left, right = figure.subplots(1, 2)
+    for key, run in runs.items():
+        tool, seed = key.rsplit("-seed", 1)
+        colour = colours.get(tool, "tab:gray")
+        points = in_loop(key, run)
+        if points:
+            left.scatter([k for _, k in points], [100 * r for r, _ in points], s=8,
+                         color=colour, alpha=0.25)  # fmt: skip
+            front = _front(points)
+            left.step([k for _, k in front], [100 * r for r, _ in front], where="post",
+                      color=colour, alpha=0.8, label=f"{tool}, seed {seed}")  # fmt: skip
+        card = cards.get(key)
+        if card:
+            rate, marker = 100 * card["refusals"] / card["n_harmful"], "os^"[int(seed) % 3]
+            right.scatter(card["kl_first"], rate, s=60, color=colour, marker=marker,
+                          label=f"{tool}, seed {seed}")  # fmt: skip
+    organism = cards["organism"]
+    right.axhline(100 * organism["refusals"] / organism["n_harmful"], color="gray", ls=":",
+                  label="organism")  # fmt: skip
+    left.set(xscale="log", xlabel="first-token KL, search harmless prompts (nats)",
+             ylabel="refusals, 30 harmful search prompts (%)",
+             title="in-loop fronts (each tool's own count)")  # fmt: skip
+    right.set(xlabel="first-token KL, held-out harmless prompts (nats)",
+              ylabel=f"refusals, held-out harmful ({organism['n_harmful']}) (%)",
+              title="the chosen edits, held out (one judge, one KL)", ylim=(0, 100))  # fmt: skip
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    print(f"wrote {out}")  # noqa: T201 - the script's output
+
+
 def merge(paths: list[str], out: Path) -> None:
     """One result from several runs of this script: their runs and scorecards side by side.
     They must share every setting but the tools, and score the organism identically (the
@@ -325,7 +442,8 @@ def merge(paths: list[str], out: Path) -> None:
     result = {
         "settings": {**parts[0]["settings"], "tools": tools},
         "load_average": max((p["load_average"] for p in parts), key=lambda x: x[0]),
-        "runs": {k: v for p in parts for k, v in p["runs"].items()},
+        "runs": {k: {**v, "search": v.get("search") or search_times(k, v)}
+                 for p in parts for k, v in p["runs"].items()},
         "scores": {**parts[0]["scores"],
                    "cards": {k: v for p in parts for k, v in p["scores"]["cards"].items()}},
         "merged_from": paths,
@@ -336,6 +454,9 @@ def merge(paths: list[str], out: Path) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.plot:
+        plot(args.json or "side_by_side.json", args.plot)
+        return
     if args.merge:
         merge(args.merge, Path(args.json or "side_by_side.json"))
         return
@@ -363,6 +484,7 @@ def main() -> None:
                 runs[key] = run_heretic(args, copy, prompt_dir, seed)
             else:
                 runs[key] = run_circuitlab(args, seed)
+            runs[key]["search"] = search_times(key, runs[key])
             saved.write_text(json.dumps(runs[key], indent=1))
     exports = {key: run["export"] for key, run in runs.items() if run.get("export")}
     result = {

@@ -136,3 +136,13 @@ def test_side_by_side_pools_each_tool_over_its_seeds(tmp_path):
     assert rec.rows[0][2].startswith("3/20 [") and "per seed 1, 2 of 10" in rec.rows[0][2]
     assert rec.rows[0][3].startswith("0/10 [")
     assert rec.rows[2][2:] == ["0.200 [0.100, 0.300]", "0.200"]
+    assert not any(row[0].startswith("search:") for row in rec.rows)  # no trial times: no row
+    times = {"heretic-seed0": (120.0, 4, 4), "heretic-seed1": (80.0, 4, 4),
+             "circuitlab-seed0": (20.0, 3, 4)}  # fmt: skip
+    for key, (seconds, generating, trials) in times.items():
+        runs[key]["search"] = {"search_s": seconds + 1, "trials": trials,
+                               "generating": generating, "generating_s": seconds}  # fmt: skip
+    path.write_text(json.dumps({"settings": settings, "runs": runs, "load_average": [1, 1, 1],
+                                "scores": {"cards": cards}}))  # fmt: skip
+    rec = from_side_by_side(path, "side-by-side", "python experiments/heretic_side_by_side.py", "t")
+    assert rec.rows[-1][2:] == ["25.0 [20.0, 30.0] (8/8)", "6.7 (3/4)"]

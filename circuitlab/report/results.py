@@ -324,6 +324,15 @@ def from_side_by_side(path: str | Path, name: str, command: str, title: str, **k
         ["whole run, CPU s", "",
          *(_spread([runs[k]["cpu_s"] for k in keys], ".0f") for keys in tools.values())],
     ]  # fmt: skip
+    if all(runs[k].get("search") for keys in tools.values() for k in keys):
+        rows.append(
+            ["search: seconds per trial that generates (trials that generate / all)", "",
+             *(_spread([runs[k]["search"]["generating_s"] / runs[k]["search"]["generating"]
+                        for k in keys], ".1f")
+               + f" ({sum(runs[k]['search']['generating'] for k in keys)}"
+               f"/{sum(runs[k]['search']['trials'] for k in keys)})"
+               for keys in tools.values())]
+        )  # fmt: skip
     settings = data["settings"]
     notes = [
         f"{settings['trials']} trials per run, {settings['threads']} thread(s), seeds "
