@@ -4,6 +4,7 @@ run is a cache hit)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -304,3 +305,20 @@ def _json(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text())
+
+
+def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
+    """The README's validation table is rendered from the suite's JSON by the results script:
+    one row per arm and organism with its paired differences, the verdicts as notes."""
+    from circuitlab.report.results import from_validation
+
+    data = front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("good", [0.2, 0.12, 0.28])
+    path = tmp_path / "validation.json"
+    path.write_text(json.dumps({"rule": {"alpha": 0.05, "min_d": 0.3, "primary": "front_area"},
+                                "intro": "Intro.", "rows": data,
+                                "changes": {"good": "a better direction"}}))  # fmt: skip
+    record = from_validation(path, "validation", "python experiments/validate.py", "t")
+    assert record.columns[:3] == ["organism", "arm", "pairs"]
+    assert [row[:3] for row in record.rows] == [["org", "good", "3"]]
+    assert any(c.startswith("Δ front area") for c in record.columns)
+    assert record.notes[0] == "Intro." and record.notes[-1].startswith("good (a better direction)")

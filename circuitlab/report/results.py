@@ -347,6 +347,31 @@ def from_side_by_side(path: str | Path, name: str, command: str, title: str, **k
     return ResultRecord.new(name, title, columns, rows, command=command, notes=notes, **kw)
 
 
+def from_validation(path: str | Path, name: str, command: str, title: str, **kw) -> ResultRecord:
+    """A record of ``experiments/validate.py``'s ``validation.json``: per arm and organism,
+    the paired differences against the baseline (with intervals and minimum detectable
+    effects) and the primary metric's p; the rule and each arm's verdict as notes. The
+    statistics are recomputed from the run rows, as the suite's own summary does."""
+    from circuitlab.validation import AcceptanceRule, compare, tests_table, verdicts
+
+    data = json.loads(Path(path).read_text())
+    rule = AcceptanceRule(**data["rule"])
+    comparisons = compare(data["rows"], rule=rule)
+    columns, rows = tests_table(comparisons)
+    changes = data.get("changes") or {}
+    notes = [
+        data.get("intro", ""),
+        rule.describe(),
+        *(
+            f"{arm}{f' ({changes[arm]})' if arm in changes else ''}: {line}"
+            for arm, line in verdicts(comparisons).items()
+        ),
+    ]
+    return ResultRecord.new(
+        name, title, columns, rows, command=command, notes=[n for n in notes if n], **kw
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circuitlab.report.results")
     parser.add_argument("--records", default="docs/results", help="folder of JSON records")
@@ -359,20 +384,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     new.add_argument(
         "--from-side-by-side", metavar="JSON", help="experiments/heretic_side_by_side.py's output"
     )
+    new.add_argument("--from-validation", metavar="JSON", help="experiments/validate.py's output")
     new.add_argument("--name", help="record name (file stem)")
     new.add_argument("--title", help="what was measured, on what")
     new.add_argument("--command", dest="run_command", help="the command that reproduces it")
     new.add_argument("--weights", help="fingerprint of the weights measured")
     new.add_argument("--in-readme", action="store_true", help="show it in the README")
     args = parser.parse_args(argv)
-    source = args.from_export or args.from_check or args.from_side_by_side
-    if source:
+    builders = {
+        "from_export": from_export, "from_check": from_testbed_check,
+        "from_side_by_side": from_side_by_side, "from_validation": from_validation,
+    }  # fmt: skip
+    chosen = [key for key in builders if getattr(args, key)]
+    if chosen:
+        source, build = getattr(args, chosen[0]), builders[chosen[0]]
         if not (args.name and args.title and args.run_command):
             parser.error("--from-* need --name, --title and --command")
-        build = (
-            from_export if args.from_export
-            else from_testbed_check if args.from_check else from_side_by_side
-        )  # fmt: skip
         record = build(
             source, args.name, args.run_command, args.title, weights=args.weights,
             readme=args.in_readme,
