@@ -61,6 +61,7 @@ from circuitlab.export.verify import (
 )
 from circuitlab.interventions import Intervention
 from circuitlab.models.loading import is_quantized, source_files
+from circuitlab.progress import note
 
 __all__ = [
     "FAMILIES",
@@ -158,6 +159,8 @@ def export(
             f"{model.resolved.location} has no safetensors files to fold from; a quantized "
             "load can only be exported from its source weights"
         )
+    source = f"{len(files)} safetensors file(s), streamed" if files else "the loaded weights"
+    note(f"export: {len(plan.planned)} planned edit(s), folded from {source}", o.progress)
     parity, digests = verify_in_place(
         model, interventions, plan, files, o.prompts, chat=o.chat, tolerance=o.tolerance,
         max_new_tokens=o.max_new_tokens, progress=o.progress,
@@ -165,6 +168,7 @@ def export(
     data = manifest(model, interventions, plan, parity, scorecard, o.seed)
     if o.command:
         data["command"] = o.command
+    note(f"export: parity {parity.max_abs_logit_diff:.1e}, writing {out}", o.progress)
     if files:
         path = save_streamed(plan, model, files, out, data, force=force, digests=digests)
     else:
