@@ -639,3 +639,16 @@ def test_demo_command_on_a_tiny_model_runs_every_step(tmp_path, cache_dir, capsy
     report = tmp_path / "cache" / "studies" / "tiny.journal.assets" / "report.html"
     assert "JailbreakBench (never searched, never trained on)" in report.read_text()
     assert (tmp_path / "export" / "config.json").is_file()
+
+
+def test_cli_searches_per_layer_directions_by_default():
+    """The commands' --per-layer flag defaults to the search space's own default (a
+    store_true flag once switched per-layer directions off for every CLI search)."""
+    from circuitlab.cli import build_parser
+
+    parser = build_parser()
+    for command in ("search", "abliterate", "demo"):
+        args = ["smollm2-135m"] if command != "demo" else []
+        parsed = parser.parse_args([command, *args])
+        assert parsed.per_layer is SearchSpace().per_layer is True, command
+        assert parser.parse_args([command, *args, "--no-per-layer"]).per_layer is False

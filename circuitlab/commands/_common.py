@@ -173,9 +173,10 @@ def search_option_flags(p: argparse.ArgumentParser) -> None:
     directions and the choice rule's margin or refusal target."""
     p.add_argument(
         "--per-layer",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,  # SearchSpace.per_layer (not imported: the CLI parses before torch loads)
         help="also search per-layer directions (each layer's writers remove that layer's own "
-        "direction) besides one direction for every layer",
+        "direction) besides one direction for every layer (default: on)",
     )
     p.add_argument(
         "--margin",
