@@ -233,17 +233,19 @@ def test_per_layer_margin_and_refusal_target_reach_the_config_from_flags_and_tom
 
     parser = _parser()
     config = tmp_path / "c.toml"
-    config.write_text("[abliterate]\nmargin = 0.1\nper_layer = true\n")
+    config.write_text("[abliterate]\nmargin = 0.1\nper_layer = false\n")
     argv = ["abliterate", "m", "--config", str(config), "--refusal-target", "0.25"]
     args = parser.parse_args(argv)
     args.argv = argv
     built = abliterate_config(args, settings_from_args(args, parser), None)
-    assert built.search.space.per_layer and (built.margin, built.refusal_target) == (0.1, 0.25)
-    assert built.as_dict()["search"]["space"]["per_layer"]
+    assert not built.search.space.per_layer
+    assert (built.margin, built.refusal_target) == (0.1, 0.25)
+    assert not built.as_dict()["search"]["space"].get("per_layer")
     argv = ["search", "m", "--study", "s"]
     args = parser.parse_args(argv)
     args.argv = argv
     settings_from_args(args, parser)
-    # The flag's default is the choice rule's own (kept as a literal so --help loads no torch).
-    assert (args.margin, args.refusal_target, args.per_layer) == (DEFAULT_MARGIN, None, False)
+    # The flags' defaults are the choice rule's and the space's own (literals so --help loads
+    # no torch).
+    assert (args.margin, args.refusal_target, args.per_layer) == (DEFAULT_MARGIN, None, True)
     assert _common.DEFAULT_MARGIN == DEFAULT_MARGIN
