@@ -283,7 +283,7 @@ class Decoded:
 
 
 @torch.no_grad()
-def _decode_batch(run: Runner, rows: _Rows, max_new, stop, every, eos, top_k, out) -> None:
+def _decode_batch(run: Runner, rows: _Rows, max_new, stop, every, eos, top_k, out, tick) -> None:
     tokens: dict[int, list[int]] = {i: [] for i in rows.index}
     tops: dict[int, list[tuple[Tensor, Tensor]]] = {i: [] for i in rows.index}
     for step in range(1, max_new + 1):
@@ -302,7 +302,11 @@ def _decode_batch(run: Runner, rows: _Rows, max_new, stop, every, eos, top_k, ou
             verdict = stop([tokens[i] for i in rows.index])
             done |= torch.tensor(list(verdict), dtype=torch.bool, device=done.device)
         if step == max_new or bool(done.all()):
+            tick(len(rows.index))
             break
+        # Rows are counted as they finish, and every step ticks, so a progress display of a
+        # long batch (a whole test split at once) is never silent for long.
+        tick(int(done.sum()))
         if bool(done.any()):
             rows.keep(~done)
             chosen = chosen[~done]
@@ -334,15 +338,14 @@ def decode_tokens(
         stop: called every ``check_every`` tokens with the live rows' new ids; a row it
             returns True for ends (and leaves the batch).
         top_k: also record each step's ``top_k`` logits (to tell near-ties).
+        advance: called with the number of rows that finished at each step (0 too).
     """
     out = Decoded([[] for _ in range(state.n)], [None] * state.n)
     eos_t = None if eos is None else torch.tensor(list(eos), device=state.run.device)
+    tick = advance or (lambda n: None)
     while state.batches:
         rows = state.batches.pop(0)
-        n = len(rows.index)
-        _decode_batch(state.run, rows, max_new_tokens, stop, check_every, eos_t, top_k, out)
-        if advance is not None:
-            advance(n)
+        _decode_batch(state.run, rows, max_new_tokens, stop, check_every, eos_t, top_k, out, tick)
     return out
 
 
@@ -391,10 +394,9 @@ def generate_tokens(
     with progress_bar(len(ids), label, progress) as advance:
         for index in _batch_index([len(r) for r in ids], batch_size):
             state = prefill_tokens(run, [ids[i] for i in index], batch_size)
-            found = decode_tokens(state, max_new_tokens, eos, stop, check_every, top_k)
+            found = decode_tokens(state, max_new_tokens, eos, stop, check_every, top_k, advance)
             for j, i in enumerate(index):
                 out.tokens[i], out.top[i] = found.tokens[j], found.top[j]
-            advance(len(index))
     return out
 
 
@@ -419,11 +421,12 @@ def generate(
         def one(rows: range) -> None:
             index = [order[i] for i in rows]
             state = prefill_tokens(run, [ids[i] for i in index], len(index))
-            found = decode_tokens(state, max_new_tokens, eos, token_stop, stop_check_every)
+            found = decode_tokens(
+                state, max_new_tokens, eos, token_stop, stop_check_every, advance=advance
+            )
             texts = model.tokenizer.batch_decode(found.tokens, skip_special_tokens=True)
             for i, text in zip(index, texts, strict=True):
                 results[i] = text
-            advance(len(index))
 
         for rows in model._batches(len(prompts), batch_size):
             model._each(rows, one)

@@ -1,7 +1,8 @@
 """Progress display that library code can ask for without configuring any global state.
 
 On a terminal: a rich bar with ETA on stderr. Elsewhere (CI logs, ``nohup``, pipes), where a
-live bar would print nothing useful: a plain line on stderr every 10 % or 30 seconds.
+live bar would print nothing useful: a plain line on stderr every 10 %, or every 20 seconds
+while work goes on (``advance(0)`` ticks without progress, so a long batch still prints).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.progress import (
 
 __all__ = ["note", "progress_bar"]
 
-LOG_EVERY_S = 30.0
+LOG_EVERY_S = 20.0
 
 
 def _clock(seconds: float) -> str:

@@ -85,3 +85,20 @@ def test_run_until_stops_after_the_last_read(tiny):
     with tiny.hooks([(f"blocks.{last}.hook_resid_post", lambda x, hook: never.append(1))]):
         decoding.run_until(tiny, tiny.encode(PROMPTS[:2]), reads)
     assert sorted(seen) == [0, 1] and never == []
+
+
+def test_a_long_batch_reports_progress_while_it_decodes(tiny, capsys, monkeypatch):
+    """Rows count as they finish and every step ticks, so the plain progress lines of one
+    whole-split batch appear during its decoding, each prompt counted once."""
+    from circuitlab import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    found = decoding.generate_tokens(
+        fastpath.runner(tiny), decoding.token_ids(tiny, PROMPTS), 6, None,
+        batch_size=len(PROMPTS), progress=True,
+    )  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gen")]
+    assert len(found.tokens) == len(PROMPTS) and all(len(t) == 6 for t in found.tokens)
+    assert len(lines) >= 6  # one per step, not one per batch
+    assert lines[0].startswith(f"generating: 0/{len(PROMPTS)}")
+    assert lines[-1].startswith(f"generating: {len(PROMPTS)}/{len(PROMPTS)}")
