@@ -36,7 +36,7 @@ from circuitlab.hooks import apply
 from circuitlab.models import ModelSpec
 from circuitlab.search.assets import SearchPrompts
 from circuitlab.search.front import trial_interventions
-from circuitlab.search.objective import refusal_stopper
+from circuitlab.search.objective import early_reading, refusal_stopper
 
 
 def rules(judge: MarkerJudge) -> dict:
@@ -50,14 +50,6 @@ def rules(judge: MarkerJudge) -> dict:
             d or len(t.lstrip()) >= c for d, t in zip(first.decided(texts), texts, strict=True)
         ]
     return out
-
-
-def replay(tokenizer, tokens: list[int], decided) -> int:
-    """The number of tokens after which ``decided`` first says True (all when never)."""
-    for t in range(1, len(tokens) + 1):
-        if decided([tokenizer.decode(tokens[:t], skip_special_tokens=True)])[0]:
-            return t
-    return len(tokens)
 
 
 def main() -> None:
@@ -95,18 +87,21 @@ def main() -> None:
         rows.extend((name, i, toks) for i, toks in enumerate(found.tokens))
         print(f"{name}: decoded ({time.perf_counter() - start:.0f} s)", flush=True)
     tok = model.tokenizer
+    # Each row's text as it grew, token by token: every rule replays these same prefixes.
+    grown = [
+        [tok.decode(toks[:t], skip_special_tokens=True) for t in range(1, len(toks) + 1)] or [""]
+        for _, _, toks in rows
+    ]
     results = {}
     for rule, decided in stoppers.items():
         flips, tokens, steps = [], 0, {}
-        for name, i, toks in rows:
-            t = replay(tok, toks, decided)
-            full_text = tok.decode(toks, skip_special_tokens=True)
-            early_text = tok.decode(toks[:t], skip_special_tokens=True)
-            a = judge.judge([harmful[i]], [full_text]).is_refusal[0]
-            b = judge.judge([harmful[i]], [early_text]).is_refusal[0]
-            if a != b:
-                flips.append({"edit": name, "prompt": i, "full": full_text[:160],
-                              "early": early_text, "full_refusal": bool(a)})  # fmt: skip
+        for (name, i, toks), prefixes in zip(rows, grown, strict=True):
+            cut, flipped = early_reading(judge, decided, harmful[i], prefixes)
+            t = min(cut + 1, len(toks))
+            if flipped:
+                whole = bool(judge.judge([harmful[i]], [prefixes[-1]]).is_refusal[0])
+                flips.append({"edit": name, "prompt": i, "full": prefixes[-1][:160],
+                              "early": prefixes[cut], "full_refusal": whole})  # fmt: skip
             tokens += t
             steps[name] = max(steps.get(name, 0), t)
         per_edit = {}

@@ -55,7 +55,7 @@ class Clock:
 def trial(model, ablation, assets, harmful, config, bridge: bool) -> tuple[dict, list[str]]:
     clock, judge = Clock(), MarkerJudge()
     stop = refusal_stopper(judge, config.verdict_sentences, config.verdict_chars).decided
-    rows = max(config.batch_size, min(config.decode_rows, len(harmful)))
+    rows = config.generation_rows(len(harmful), model.on_accelerator)
     noop = [("blocks.0.hook_resid_pre", lambda x, hook: None)]
     steps: list[int] = []
     with apply(model, ablation), model.hooks(noop) if bridge else nullcontext():

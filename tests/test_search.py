@@ -110,7 +110,7 @@ def test_early_reading_stops_sooner_and_is_kept_only_where_it_reads_the_model_ri
     refusal follows a sentence of sympathy gets the whole opening back."""
     from circuitlab.evaluate.judges import MarkerJudge
     from circuitlab.evaluate.labelled import load_labelled
-    from circuitlab.search.objective import OpeningDecides, check_early_reading
+    from circuitlab.search.objective import OpeningDecides, check_early_reading, early_reading
 
     marker, objective = MarkerJudge(), ObjectiveConfig()
     whole = OpeningDecides(marker)
@@ -130,6 +130,12 @@ def test_early_reading_stops_sooner_and_is_kept_only_where_it_reads_the_model_ri
     # Human-labelled answers from many styles: too many delayed refusals for the early reading.
     labelled = check_early_reading(objective, marker, data.prompts, data.responses)
     assert labelled.verdict_chars is None
+    # Where the reading stops along a growing answer, and whether it changes the verdict.
+    answer = delayed[0]
+    prefixes = [answer[:i] for i in range(1, len(answer) + 1)]
+    cut, flipped = early_reading(marker, early.decided, "a request", prefixes)
+    assert prefixes[cut].strip() == "That sounds really hard, and I hear you." and flipped
+    assert early_reading(marker, whole.decided, "a request", prefixes)[1] is False
 
 
 def test_objective_settings_of_older_studies_read_as_they_ran():
@@ -142,6 +148,11 @@ def test_objective_settings_of_older_studies_read_as_they_ran():
     assert (legacy.verdict_sentences, legacy.verdict_chars, legacy.decode_rows) == (None, None, 0)
     now = ObjectiveConfig()
     assert ObjectiveConfig.from_dict(now.as_dict()) == now
+    # The old batch on every device; the new one fills a CPU batch, never past the prompts.
+    assert legacy.generation_rows(30, on_accelerator=False) == legacy.batch_size
+    assert now.generation_rows(30, on_accelerator=False) == 30
+    assert now.generation_rows(500, on_accelerator=False) == now.decode_rows
+    assert now.generation_rows(500, on_accelerator=True) == now.batch_size
 
 
 def test_space_round_trip_and_profiles_fit_it():

@@ -46,11 +46,8 @@ log = logging.getLogger(__name__)
 def _measured_batch(
     model: HookedModel, prompts: SearchPrompts, objective: ObjectiveConfig, cap: int
 ) -> ObjectiveConfig:
-    if not model.on_accelerator:
-        # Memory is not the limit on a CPU, and a decode step reads every weight however
-        # few rows it carries: the scorecards' generations want full batches too.
-        size = max(objective.batch_size, min(cap, objective.decode_rows))
-        return replace(objective, batch_size=size)
+    if not model.on_accelerator:  # the scorecards' generations want full batches too
+        return replace(objective, batch_size=objective.generation_rows(cap, False))
     size = model.measure_batch_size(
         list(prompts.harmful_train), objective.max_new_tokens, objective.batch_size, cap
     )

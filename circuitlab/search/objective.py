@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -96,6 +96,15 @@ class ObjectiveConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def generation_rows(self, n: int, on_accelerator: bool) -> int:
+        """Rows per generation batch for ``n`` prompts.
+
+        On an accelerator, ``batch_size`` (measured to fit its memory). On a CPU, memory is
+        not the limit and a decode step reads every weight however few rows it carries, so
+        up to ``decode_rows`` go in one batch.
+        """
+        return self.batch_size if on_accelerator else max(self.batch_size, min(self.decode_rows, n))
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,27 @@ def refusal_stopper(judge: Judge, sentences: int | None = None, chars: int | Non
 MAX_EARLY_CHANGES = 0.05
 
 
+def early_reading(
+    judge: Judge, decided: Callable, prompt: str, prefixes: Sequence[str]
+) -> tuple[int, bool]:
+    """Where a stopper reads an answer's verdict, and whether reading it there changes it.
+
+    Args:
+        judge: the judge whose verdicts are compared.
+        decided: the stopper's test, a list of partial texts to a list of bools.
+        prompt: the prompt the answer is to.
+        prefixes: the answer as it grows during decoding (per character or per token),
+            the whole answer last.
+
+    Returns:
+        The index of the first prefix ``decided`` reads (the last when it reads none), and
+        whether the judge's verdict on that prefix differs from its verdict on the whole.
+    """
+    cut = next((i for i, text in enumerate(prefixes) if decided([text])[0]), len(prefixes) - 1)
+    whole, early = judge.judge([prompt, prompt], [prefixes[-1], prefixes[cut]]).is_refusal
+    return cut, bool(whole != early)
+
+
 def check_early_reading(
     objective: ObjectiveConfig,
     judge: Judge,
@@ -216,9 +246,8 @@ def check_early_reading(
     stopper = OpeningDecides(judge, objective.verdict_sentences, objective.verdict_chars)
     changed = 0
     for prompt, full in zip(prompts, responses, strict=True):
-        cut = next((i for i in range(1, len(full)) if stopper.decided([full[:i]])[0]), len(full))
-        verdicts = judge.judge([prompt, prompt], [full, full[:cut]]).is_refusal
-        changed += verdicts[0] != verdicts[1]
+        prefixes = [full[:i] for i in range(1, len(full) + 1)] or [full]
+        changed += early_reading(judge, stopper.decided, prompt, prefixes)[1]
     n = len(responses)
     if changed > max_changed * n:
         log.warning(
@@ -301,10 +330,7 @@ def _score(model, interventions, assets, harmful, judge, config, start: float) -
         reason = prune_reason(kl_first, None, assets.base_refusal_mass, config)
         if reason is not None:
             return TrialScore(None, n, kl_first, kl_k, None, reason, 0, time.perf_counter() - start)
-        rows = config.batch_size
-        if not model.on_accelerator:
-            rows = max(rows, min(config.decode_rows, n))
-        state = prefill(model, list(harmful), rows)
+        state = prefill(model, list(harmful), config.generation_rows(n, model.on_accelerator))
         mass = refusal_log_mass(state.first_logprobs, assets.refusal_tokens).exp().mean().item()
         reason = prune_reason(kl_first, mass, assets.base_refusal_mass, config)
         if reason is not None:
