@@ -309,8 +309,9 @@ def _json(path: Path) -> dict:
 
 def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
     """The README's validation table is rendered from the suite's JSON by the results script:
-    one row per arm and organism with its paired differences, the verdicts as notes."""
-    from circuitlab.report.results import from_validation
+    one row per arm and organism with its paired differences, the verdicts as notes; the
+    method and the rule only on the results page."""
+    from circuitlab.report.results import from_validation, readme_block, results_page
 
     data = front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("good", [0.2, 0.12, 0.28])
     path = tmp_path / "validation.json"
@@ -321,4 +322,6 @@ def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
     assert record.columns[:3] == ["organism", "arm", "pairs"]
     assert [row[:3] for row in record.rows] == [["org", "good", "3"]]
     assert any(c.startswith("Δ front area") for c in record.columns)
-    assert record.notes[0] == "Intro." and record.notes[-1].startswith("good (a better direction)")
+    assert record.details[0] == "Intro."
+    assert record.notes[-1].startswith("good (a better direction)")
+    assert "Intro." in results_page([record]) and "Intro." not in readme_block(record)

@@ -76,6 +76,8 @@ class ResultRecord:
         date, version: when, and with which circuitlab.
         readme: whether the README's results section shows this table.
         notes: short lines printed under the table (the judge, the machine).
+        details: longer lines (method, rules) printed under it on the results page only,
+            so the README stays a product page.
         history: earlier tables of this record, newest first (``date, weights, version,
             rows``), kept when a rerun replaces it.
     """
@@ -90,6 +92,7 @@ class ResultRecord:
     version: str = ""
     readme: bool = False
     notes: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     format: int = FORMAT
 
@@ -160,8 +163,9 @@ def readme_block(record: ResultRecord) -> str:
     """A record's table as the README shows it, between its markers."""
     begin, end = readme_markers(record.name)
     notes = " " + " ".join(record.notes) if record.notes else ""
+    more = " Method and rules: [docs/results.md](docs/results.md)." if record.details else ""
     lines = [begin, "", *_table(record.columns, record.rows), ""]
-    return "\n".join([*lines, f"<sub>{_stamp(record)}{notes}</sub>", end])
+    return "\n".join([*lines, f"<sub>{_stamp(record)}{notes}{more}</sub>", end])
 
 
 def results_page(records: Sequence[ResultRecord]) -> str:
@@ -175,7 +179,8 @@ def results_page(records: Sequence[ResultRecord]) -> str:
     ]
     for r in records:
         out += ["", f"## {r.title}", "", _stamp(r), "", *_table(r.columns, r.rows)]
-        out += [""] + [f"- {n}" for n in r.notes] if r.notes else []
+        lines = [*r.details, *r.notes]
+        out += [""] + [f"- {n}" for n in lines] if lines else []
         for past in r.history:
             weights = f", weights `{past['weights']}`" if past.get("weights") else ""
             out += ["", f"### Earlier: {past['date']} (circuitlab {past['version']}{weights})"]
@@ -360,15 +365,12 @@ def from_validation(path: str | Path, name: str, command: str, title: str, **kw)
     columns, rows = tests_table(comparisons)
     changes = data.get("changes") or {}
     notes = [
-        data.get("intro", ""),
-        rule.describe(),
-        *(
-            f"{arm}{f' ({changes[arm]})' if arm in changes else ''}: {line}"
-            for arm, line in verdicts(comparisons).items()
-        ),
+        f"{arm}{f' ({changes[arm]})' if arm in changes else ''}: {line}"
+        for arm, line in verdicts(comparisons).items()
     ]
+    details = [n for n in (data.get("intro", ""), rule.describe()) if n]
     return ResultRecord.new(
-        name, title, columns, rows, command=command, notes=[n for n in notes if n], **kw
+        name, title, columns, rows, command=command, notes=notes, details=details, **kw
     )
 
 
