@@ -339,7 +339,8 @@ def score_exports(args: argparse.Namespace, exports: dict[str, str]) -> dict:
     organism = HookedModel.load(args.model)
     baseline = KLBaseline.compute(organism, harmless, 4, 16)
     options = {"harmful": harmful, "harmless": harmless, "judge": judge, "split": "held-out",
-               "kl_baseline": baseline, "max_new_tokens": args.max_new_tokens}  # fmt: skip
+               "kl_baseline": baseline, "max_new_tokens": args.max_new_tokens,
+               "progress": True}  # fmt: skip
     base, _ = score_model(organism, "organism", **options)
     cards = {"organism": json.loads(base.to_json())}
     del organism
