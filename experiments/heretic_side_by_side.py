@@ -432,7 +432,7 @@ def merge(paths: list[str], out: Path) -> None:
     They must share every setting but the tools, and score the organism identically (the
     same prompts, judge and KL baseline), or their columns would not compare."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    keep = ("tools", "work", "json", "merge", "score_only", "heretic_batch_size")
+    keep = ("tools", "work", "json", "merge", "score_only", "heretic_batch_size", "plot")
     settings = [{k: v for k, v in p["settings"].items() if k not in keep} for p in parts]
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"settings differ: {settings}")
