@@ -109,8 +109,8 @@ def _search(model: Path, url: str, cache: Path, trials: int) -> list[str]:
         sys.executable, "-m", "circuitlab.cli", "search", str(model),
         "--study", "shared", "--storage", url, "--trials", str(trials),
         "--methods", "diff-means", "--no-prune", "--profile", "none", "--no-preflight",
-        "--n-train", "4", "--n-search", "8", "--n-kl", "2", "--max-new-tokens", "64",
-        "--batch-size", "2", "--threads", "1", "--heartbeat", "1", "--cache-dir", str(cache),
+        "--n-train", "4", "--n-search", "24", "--n-kl", "48", "--max-new-tokens", "64",
+        "--batch-size", "1", "--threads", "1", "--heartbeat", "1", "--cache-dir", str(cache),
     ]  # fmt: skip
 
 
@@ -141,7 +141,7 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     b = subprocess.Popen(_search(model, postgres_url, caches["b"], budget), **spawn)
     try:
         deadline = time.monotonic() + 300
-        while (killed := _scoring(postgres_url, a.pid)) is None:
+        while (seen := _scoring(postgres_url, a.pid)) is None:
             assert a.poll() is None, a.communicate()
             assert time.monotonic() < deadline, "worker a never ran a trial"
             time.sleep(0.05)
@@ -158,12 +158,14 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     # Every trial recorded once: the budget's worth complete, the dead worker's one failed,
     # nothing left running or waiting.
     assert len(by_state[TrialState.COMPLETE]) == budget
-    assert [t.number for t in by_state[TrialState.FAIL]] == [killed.number]
+    # The kill lands on the trial seen running or, if that one finished in between, on a's
+    # next one: either way a's, and only one.
+    (failed,) = by_state[TrialState.FAIL]
+    assert failed.user_attrs["worker"]["pid"] == a.pid and failed.number >= seen.number
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     # Its point re-run by the other worker, found by the heartbeat, with no flag.
-    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
-    (failed,) = by_state[TrialState.FAIL]
-    assert retry.state == TrialState.COMPLETE and retry.params == failed.params == killed.params
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
     assert retry.user_attrs["worker"]["pid"] == b.pid
     # The directions travelled inside the database: host b extracted nothing itself, or
     # read them from there; no trial of b refers to a file of a.
