@@ -96,10 +96,9 @@ def main() -> None:
     for rule, decided in stoppers.items():
         flips, tokens, steps = [], 0, {}
         for (name, i, toks), prefixes in zip(rows, grown, strict=True):
-            cut, flipped = early_reading(judge, decided, harmful[i], prefixes)
+            cut, whole, early = early_reading(judge, decided, harmful[i], prefixes)
             t = min(cut + 1, len(toks))
-            if flipped:
-                whole = bool(judge.judge([harmful[i]], [prefixes[-1]]).is_refusal[0])
+            if whole != early:
                 flips.append({"edit": name, "prompt": i, "full": prefixes[-1][:160],
                               "early": prefixes[cut], "full_refusal": whole})  # fmt: skip
             tokens += t

@@ -133,9 +133,10 @@ def test_early_reading_stops_sooner_and_is_kept_only_where_it_reads_the_model_ri
     # Where the reading stops along a growing answer, and whether it changes the verdict.
     answer = delayed[0]
     prefixes = [answer[:i] for i in range(1, len(answer) + 1)]
-    cut, flipped = early_reading(marker, early.decided, "a request", prefixes)
-    assert prefixes[cut].strip() == "That sounds really hard, and I hear you." and flipped
-    assert early_reading(marker, whole.decided, "a request", prefixes)[1] is False
+    cut, refused, refused_early = early_reading(marker, early.decided, "a request", prefixes)
+    assert prefixes[cut].strip() == "That sounds really hard, and I hear you."
+    assert refused and not refused_early
+    assert early_reading(marker, whole.decided, "a request", prefixes)[1:] == (True, True)
 
 
 def test_objective_settings_of_older_studies_read_as_they_ran():

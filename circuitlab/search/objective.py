@@ -205,7 +205,7 @@ MAX_EARLY_CHANGES = 0.05
 
 def early_reading(
     judge: Judge, decided: Callable, prompt: str, prefixes: Sequence[str]
-) -> tuple[int, bool]:
+) -> tuple[int, bool, bool]:
     """Where a stopper reads an answer's verdict, and whether reading it there changes it.
 
     Args:
@@ -216,12 +216,12 @@ def early_reading(
             the whole answer last.
 
     Returns:
-        The index of the first prefix ``decided`` reads (the last when it reads none), and
-        whether the judge's verdict on that prefix differs from its verdict on the whole.
+        The index of the first prefix ``decided`` reads (the last when it reads none), the
+        judge's refusal verdict on the whole answer, and its verdict on that prefix.
     """
     cut = next((i for i, text in enumerate(prefixes) if decided([text])[0]), len(prefixes) - 1)
     whole, early = judge.judge([prompt, prompt], [prefixes[-1], prefixes[cut]]).is_refusal
-    return cut, bool(whole != early)
+    return cut, bool(whole), bool(early)
 
 
 def check_early_reading(
@@ -247,7 +247,8 @@ def check_early_reading(
     changed = 0
     for prompt, full in zip(prompts, responses, strict=True):
         prefixes = [full[:i] for i in range(1, len(full) + 1)] or [full]
-        changed += early_reading(judge, stopper.decided, prompt, prefixes)[1]
+        _, whole, early = early_reading(judge, stopper.decided, prompt, prefixes)
+        changed += whole != early
     n = len(responses)
     if changed > max_changed * n:
         log.warning(
