@@ -576,7 +576,9 @@ def _wait_for_running_after_complete(journal: Path, proc, timeout: float = 300) 
             trials = _trials(journal)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
             running = [t for t in trials if t.state == TrialState.RUNNING]
-            if done and running and "worker" in running[0].user_attrs:
+            # Every trial suggests the whole space: wait until the running one has drawn it
+            # all, or the kill can land between two suggestions and leave a partial trial.
+            if done and running and set(running[0].params) == set(done[0].params):
                 return
         time.sleep(0.5)
     raise AssertionError("the worker never got to its second trial")
