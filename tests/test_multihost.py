@@ -165,7 +165,9 @@ def test_two_hosts_share_a_study_and_rerun_a_dead_workers_trial(postgres_url, tm
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     # Its point re-run by the other worker, found by the heartbeat, with no flag.
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == failed.params
+    # A kill that landed on a's next trial may have come between two suggestions: the retry
+    # keeps every value the failed trial drew and draws the rest.
+    assert retry.state == TrialState.COMPLETE and failed.params.items() <= retry.params.items()
     assert retry.user_attrs["worker"]["pid"] == b.pid
     # The directions travelled inside the database: host b extracted nothing itself, or
     # read them from there; no trial of b refers to a file of a.
