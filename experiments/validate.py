@@ -687,6 +687,7 @@ def write_outputs(
         comparisons, rows, rule=rule, intro=_intro(config),
         run_columns=[c for c in CSV_COLUMNS if c not in RESULTS_ONLY],
         settings=dataclasses.asdict(config), timings=seconds, command=command,
+        changes=data["changes"],
         subtitle=f"organisms {', '.join(config.organisms)}; seeds {list(config.seeds)}; "
         f"{config.trials} trials per search; config {config.key()}",
     )  # fmt: skip

@@ -197,6 +197,42 @@ def test_primary_front_metric_verdicts_over_organisms_and_render():
     assert text == render_markdown({"rule": vars(rule), "intro": "Intro.", "rows": data})
 
 
+def test_verdict_table_says_better_worse_or_what_it_could_not_see():
+    """One plain row per arm: per organism the primary difference with its interval and a
+    word (better by the rule, worse when the interval is below zero, otherwise the smallest
+    effect the seeds could have seen), then where it helps."""
+    from circuitlab.validation import reading, verdict_table
+
+    rule = AcceptanceRule(primary="front_area")
+    data = (
+        front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("good", [0.2, 0.12, 0.28])
+        + front_rows("bad", [0.8, 0.72, 0.9]) + front_rows("same", [0.55, 0.35, 0.6])
+        + front_rows("baseline", [0.5, 0.4, 0.6], "gemma")
+        + front_rows("good", [0.5, 0.41, 0.6], "gemma")
+        + front_rows("bad", [0.7, 0.62, 0.8], "gemma")
+        + front_rows("same", [0.4, 0.5, 0.62], "gemma")
+    )  # fmt: skip
+    comparisons = compare(data, rule=rule)
+    found = {(c.organism, c.arm): c for c in comparisons}
+    assert reading(found[("org", "good")]) == "better"
+    assert reading(found[("org", "bad")]) == reading(found[("gemma", "bad")]) == "worse"
+    mde = found[("gemma", "same")].tests["front_area"].mde
+    assert reading(found[("gemma", "same")]) == f"no difference ≥ {mde:.2f}"
+    assert reading(found[("org", "baseline")]) == "no test"  # the baseline is not compared
+    columns, rows = verdict_table(comparisons, {"good": "a better direction"})
+    assert columns == ["arm", "what it changes", "org: Δ front area [95 % CI]",
+                       "gemma: Δ front area [95 % CI]", "helps?"]  # fmt: skip
+    table = {row[0]: row for row in rows}
+    assert list(table) == ["good", "bad", "same"]  # the baseline has no row
+    assert table["good"][1] == "a better direction" and table["good"][2].startswith("+0.300 [")
+    assert table["good"][4] == "on org only"
+    assert table["bad"][4] == "no: worse on org, gemma"
+    assert table["same"][4] == "no effect detected"
+    assert "Does each improvement help?" in render_markdown(
+        {"rule": vars(rule), "intro": "Intro.", "rows": data}
+    )
+
+
 # --------------------------------------------------------------------- the suite, small
 def _validate_module():
     """experiments/validate.py, imported by path (experiments/ is not a package)."""
@@ -311,7 +347,12 @@ def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
     """The README's validation table is rendered from the suite's JSON by the results script:
     one row per arm and organism with its paired differences, the verdicts as notes; the
     method and the rule only on the results page."""
-    from circuitlab.report.results import from_validation, readme_block, results_page
+    from circuitlab.report.results import (
+        from_validation,
+        from_validation_verdicts,
+        readme_block,
+        results_page,
+    )
 
     data = front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("good", [0.2, 0.12, 0.28])
     path = tmp_path / "validation.json"
@@ -325,3 +366,9 @@ def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
     assert record.details[0] == "Intro."
     assert record.notes[-1].startswith("good (a better direction)")
     assert "Intro." in results_page([record]) and "Intro." not in readme_block(record)
+    short = from_validation_verdicts(path, "validation-verdicts", "python x.py", "t", readme=True)
+    assert short.columns[0] == "arm" and short.columns[-1] == "helps?"
+    assert short.rows == [
+        ["good", "a better direction", short.rows[0][2], "yes, on every organism"]
+    ]
+    assert "Method and rules" in readme_block(short) and "Intro." in results_page([short])

@@ -374,6 +374,20 @@ def from_validation(path: str | Path, name: str, command: str, title: str, **kw)
     )
 
 
+def from_validation_verdicts(
+    path: str | Path, name: str, command: str, title: str, **kw
+) -> ResultRecord:
+    """The README's short form of ``validation.json``: one row per arm, what it changes, the
+    primary metric's paired difference per organism in words, and whether it helps."""
+    from circuitlab.validation import AcceptanceRule, compare, verdict_table
+
+    data = json.loads(Path(path).read_text())
+    rule = AcceptanceRule(**data["rule"])
+    columns, rows = verdict_table(compare(data["rows"], rule=rule), data.get("changes"))
+    details = [n for n in (data.get("intro", ""), rule.describe()) if n]
+    return ResultRecord.new(name, title, columns, rows, command=command, details=details, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m circuitlab.report.results")
     parser.add_argument("--records", default="docs/results", help="folder of JSON records")
@@ -387,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--from-side-by-side", metavar="JSON", help="experiments/heretic_side_by_side.py's output"
     )
     new.add_argument("--from-validation", metavar="JSON", help="experiments/validate.py's output")
+    new.add_argument(
+        "--from-validation-verdicts", metavar="JSON", help="the same, one plain row per arm"
+    )
     new.add_argument("--name", help="record name (file stem)")
     new.add_argument("--title", help="what was measured, on what")
     new.add_argument("--command", dest="run_command", help="the command that reproduces it")
@@ -396,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     builders = {
         "from_export": from_export, "from_check": from_testbed_check,
         "from_side_by_side": from_side_by_side, "from_validation": from_validation,
+        "from_validation_verdicts": from_validation_verdicts,
     }  # fmt: skip
     chosen = [key for key in builders if getattr(args, key)]
     if chosen:

@@ -26,6 +26,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "tests_table",
             "summary_rows",
             "validation_report",
+            "reading",
+            "verdict_table",
             "write_csv",
         ],
         "power": [

@@ -120,6 +120,64 @@ def tests_table(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list
     return columns, rows
 
 
+def reading(c: Comparison) -> str:
+    """What one comparison says in words: ``better`` (accepted by the rule), ``worse`` (the
+    primary metric's 95 % interval lies on the wrong side of zero), ``better, below the
+    rule`` (the interval clears zero but the effect size does not), or ``no difference``
+    with the smallest effect the design would have seen (its MDE at 80 % power)."""
+    t = c.tests.get(c.primary)
+    if t is None or math.isnan(t.ci_low):
+        return "no test"
+    if c.accepted:
+        return "better"
+    if t.ci_high < 0:
+        return "worse"
+    if t.ci_low > 0:
+        return "better, below the rule"
+    return f"no difference ≥ {t.mde:.2f}"
+
+
+def verdict_table(
+    comparisons: Sequence[Comparison], changes: Mapping[str, str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): one row per arm, the plain statement the suite exists for. Per
+    organism the primary metric's paired difference (baseline minus arm: positive is
+    better) with its 95 % interval and :func:`reading`; then where the arm helps."""
+    organisms = list(dict.fromkeys(c.organism for c in comparisons))
+    primary = next((c.primary for c in comparisons), "front_area")
+    by_arm: dict[str, dict[str, Comparison]] = {}
+    for c in comparisons:
+        if c.accepted is not None:
+            by_arm.setdefault(c.arm, {})[c.organism] = c
+    columns = ["arm", "what it changes"]
+    columns += [f"{org}: Δ {_label(primary)} [95 % CI]" for org in organisms]
+    columns.append("helps?")
+    rows = []
+    for arm, cs in by_arm.items():
+        cells = [arm, (changes or {}).get(arm, "")]
+        for org in organisms:
+            c = cs.get(org)
+            t = c.tests.get(c.primary) if c else None
+            if c is None or t is None or math.isnan(t.ci_low):
+                cells.append("–" if c is None else reading(c))
+            else:
+                cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] {reading(c)}")
+        won = [org for org, c in cs.items() if c.accepted]
+        lost = [org for org, c in cs.items() if reading(c) == "worse"]
+        if won and len(won) == len(organisms):
+            cells.append("yes, on every organism")
+        elif won:
+            cells.append(
+                f"on {', '.join(won)} only" + (f"; worse on {', '.join(lost)}" if lost else "")
+            )
+        elif lost:
+            cells.append(f"no: worse on {', '.join(lost)}")
+        else:
+            cells.append("no effect detected")
+        rows.append(cells)
+    return columns, rows
+
+
 def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
     from matplotlib.figure import Figure
 
@@ -229,6 +287,9 @@ def summary_markdown(
         ),
         *(f"\n**Warning**: {w}" for w in warnings),
     ]
+    columns, rows = verdict_table(comparisons, changes)
+    if rows:
+        lines += ["", "Does each improvement help?", "", _markdown(columns, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -259,6 +320,7 @@ def validation_report(
     timings: Mapping[str, float] | None = None,
     command: str | None = None,
     subtitle: str | None = None,
+    changes: Mapping[str, str] | None = None,
 ) -> Report:
     """The HTML report: the summary table and verdicts, both figures, every run, the settings.
 
@@ -270,6 +332,7 @@ def validation_report(
         run_columns: the columns of ``rows`` to show.
         settings: the run's settings (one table row each).
         timings, command, subtitle: for the page.
+        changes: what each arm changes against the baseline (a column of the verdicts).
 
     Returns:
         The report (``.write(path)`` it).
@@ -282,6 +345,9 @@ def validation_report(
         report.table(columns, test_rows, caption="baseline minus arm, 95 % CI, (MDE at 80 %)")
     lines = [f"{arm}: {line}" for arm, line in verdicts(comparisons).items()]
     report.text("\n\n".join(lines) or "No arm besides the baseline.")
+    columns, plain = verdict_table(comparisons, changes)
+    if plain:
+        report.table(columns, plain, caption="does each improvement help? (primary metric)")
     report.section("Figures")
     report.figure(comparison_figure(comparisons), "refusal rate vs first-token KL, mean ± std")
     report.figure(paired_differences_figure(rows), "refusal reduction against the baseline")
