@@ -217,7 +217,7 @@ def test_verdict_table_says_better_worse_or_what_it_could_not_see():
     assert reading(found[("org", "good")]) == "better"
     assert reading(found[("org", "bad")]) == reading(found[("gemma", "bad")]) == "worse"
     mde = found[("gemma", "same")].tests["front_area"].mde
-    assert reading(found[("gemma", "same")]) == f"no difference ≥ {mde:.2f}"
+    assert reading(found[("gemma", "same")]) == f"no difference (MDE {mde:.2f})"
     assert reading(found[("org", "baseline")]) == "no test"  # the baseline is not compared
     columns, rows = verdict_table(comparisons, {"good": "a better direction"})
     assert columns == ["arm", "what it changes", "org: Δ front area [95 % CI]",
@@ -228,6 +228,13 @@ def test_verdict_table_says_better_worse_or_what_it_could_not_see():
     assert table["good"][4] == "on org only"
     assert table["bad"][4] == "no: worse on org, gemma"
     assert table["same"][4] == "no effect detected"
+    # An arm not (yet) run on an organism says so rather than "no effect".
+    partial = [r for r in data if not (r["arm"] == "same" and r["organism"] == "gemma")]
+    _, rows = verdict_table(compare(partial, rule=rule))
+    assert {row[0]: row for row in rows}["same"][3:] == [
+        "–",
+        "no effect detected (not tested on gemma)",
+    ]
     assert "Does each improvement help?" in render_markdown(
         {"rule": vars(rule), "intro": "Intro.", "rows": data}
     )

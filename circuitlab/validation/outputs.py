@@ -123,8 +123,9 @@ def tests_table(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list
 def reading(c: Comparison) -> str:
     """What one comparison says in words: ``better`` (accepted by the rule), ``worse`` (the
     primary metric's 95 % interval lies on the wrong side of zero), ``better, below the
-    rule`` (the interval clears zero but the effect size does not), or ``no difference``
-    with the smallest effect the design would have seen (its MDE at 80 % power)."""
+    rule`` (the interval clears zero but the effect size does not), ``no difference`` with
+    the smallest effect the design would have seen (its MDE at 80 % power), or ``no test``
+    (fewer than two paired seeds)."""
     t = c.tests.get(c.primary)
     if t is None or math.isnan(t.ci_low):
         return "no test"
@@ -134,7 +135,7 @@ def reading(c: Comparison) -> str:
         return "worse"
     if t.ci_low > 0:
         return "better, below the rule"
-    return f"no difference ≥ {t.mde:.2f}"
+    return f"no difference (MDE {t.mde:.2f})"
 
 
 def verdict_table(
@@ -162,18 +163,24 @@ def verdict_table(
                 cells.append("–" if c is None else reading(c))
             else:
                 cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] {reading(c)}")
-        won = [org for org, c in cs.items() if c.accepted]
-        lost = [org for org, c in cs.items() if reading(c) == "worse"]
+        tested = {org: c for org, c in cs.items() if reading(c) != "no test"}
+        won = [org for org, c in tested.items() if c.accepted]
+        lost = [org for org, c in tested.items() if reading(c) == "worse"]
+        untested = [org for org in organisms if org not in tested]
         if won and len(won) == len(organisms):
-            cells.append("yes, on every organism")
+            helps = "yes, on every organism"
         elif won:
-            cells.append(
-                f"on {', '.join(won)} only" + (f"; worse on {', '.join(lost)}" if lost else "")
-            )
+            helps = f"on {', '.join(won)} only"
+            helps += f"; worse on {', '.join(lost)}" if lost else ""
         elif lost:
-            cells.append(f"no: worse on {', '.join(lost)}")
+            helps = f"no: worse on {', '.join(lost)}"
+        elif tested:
+            helps = "no effect detected"
         else:
-            cells.append("no effect detected")
+            helps = "not tested"
+        if untested and tested:
+            helps += f" (not tested on {', '.join(untested)})"
+        cells.append(helps)
         rows.append(cells)
     return columns, rows
 
