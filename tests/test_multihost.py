@@ -114,9 +114,17 @@ def _search(model: Path, url: str, cache: Path, trials: int) -> list[str]:
     ]  # fmt: skip
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    # One storage, so one connection pool, for every poll: a URL opens a new engine per call,
+    # and while a slow worker was awaited the idle connections used up the server's
+    # max_connections ("too many clients already").
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url)
     try:
-        return optuna.load_study(study_name="shared", storage=url).get_trials()
+        return optuna.load_study(study_name="shared", storage=_STORAGES[url]).get_trials()
     except KeyError:
         return []
 
