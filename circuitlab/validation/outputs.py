@@ -155,17 +155,19 @@ def verdict_table(
     columns.append("helps?")
     rows = []
     for arm, cs in by_arm.items():
+        words = {org: reading(c) for org, c in cs.items()}
         cells = [arm, (changes or {}).get(arm, "")]
         for org in organisms:
-            c = cs.get(org)
-            t = c.tests.get(c.primary) if c else None
-            if c is None or t is None or math.isnan(t.ci_low):
-                cells.append("–" if c is None else reading(c))
+            if org not in cs:
+                cells.append("–")
+            elif words[org] == "no test":
+                cells.append(words[org])
             else:
-                cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] {reading(c)}")
-        tested = {org: c for org, c in cs.items() if reading(c) != "no test"}
-        won = [org for org, c in tested.items() if c.accepted]
-        lost = [org for org, c in tested.items() if reading(c) == "worse"]
+                t = cs[org].tests[cs[org].primary]
+                cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] {words[org]}")
+        tested = [org for org, word in words.items() if word != "no test"]
+        won = [org for org in tested if cs[org].accepted]
+        lost = [org for org in tested if words[org] == "worse"]
         untested = [org for org in organisms if org not in tested]
         if won and len(won) == len(organisms):
             helps = "yes, on every organism"
