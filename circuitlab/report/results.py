@@ -352,23 +352,30 @@ def from_side_by_side(path: str | Path, name: str, command: str, title: str, **k
     return ResultRecord.new(name, title, columns, rows, command=command, notes=notes, **kw)
 
 
-def from_validation(path: str | Path, name: str, command: str, title: str, **kw) -> ResultRecord:
-    """A record of ``experiments/validate.py``'s ``validation.json``: per arm and organism,
-    the paired differences against the baseline (with intervals and minimum detectable
-    effects) and the primary metric's p; the rule and each arm's verdict as notes. The
-    statistics are recomputed from the run rows, as the suite's own summary does."""
-    from circuitlab.validation import AcceptanceRule, compare, tests_table, verdicts
+def _validation(path: str | Path) -> tuple[dict, list, list[str]]:
+    """``validation.json`` read back: the data, its comparisons recomputed from the run rows
+    under its rule (as the suite's own summary does), and the intro and rule as details."""
+    from circuitlab.validation import AcceptanceRule, compare
 
     data = json.loads(Path(path).read_text())
     rule = AcceptanceRule(**data["rule"])
-    comparisons = compare(data["rows"], rule=rule)
+    details = [n for n in (data.get("intro", ""), rule.describe()) if n]
+    return data, compare(data["rows"], rule=rule), details
+
+
+def from_validation(path: str | Path, name: str, command: str, title: str, **kw) -> ResultRecord:
+    """A record of ``experiments/validate.py``'s ``validation.json``: per arm and organism,
+    the paired differences against the baseline (with intervals and minimum detectable
+    effects) and the primary metric's p; the rule and each arm's verdict as notes."""
+    from circuitlab.validation import tests_table, verdicts
+
+    data, comparisons, details = _validation(path)
     columns, rows = tests_table(comparisons)
     changes = data.get("changes") or {}
     notes = [
         f"{arm}{f' ({changes[arm]})' if arm in changes else ''}: {line}"
         for arm, line in verdicts(comparisons).items()
     ]
-    details = [n for n in (data.get("intro", ""), rule.describe()) if n]
     return ResultRecord.new(
         name, title, columns, rows, command=command, notes=notes, details=details, **kw
     )
@@ -379,12 +386,10 @@ def from_validation_verdicts(
 ) -> ResultRecord:
     """The README's short form of ``validation.json``: one row per arm, what it changes, the
     primary metric's paired difference per organism in words, and whether it helps."""
-    from circuitlab.validation import AcceptanceRule, compare, verdict_table
+    from circuitlab.validation import verdict_table
 
-    data = json.loads(Path(path).read_text())
-    rule = AcceptanceRule(**data["rule"])
-    columns, rows = verdict_table(compare(data["rows"], rule=rule), data.get("changes"))
-    details = [n for n in (data.get("intro", ""), rule.describe()) if n]
+    data, comparisons, details = _validation(path)
+    columns, rows = verdict_table(comparisons, data.get("changes"))
     return ResultRecord.new(name, title, columns, rows, command=command, details=details, **kw)
 
 
