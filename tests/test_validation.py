@@ -379,3 +379,50 @@ def test_validation_json_becomes_a_results_record_for_the_readme(tmp_path):
         ["good", "a better direction", short.rows[0][2], "yes, on every organism"]
     ]
     assert "Method and rules" in readme_block(short) and "Intro." in results_page([short])
+
+
+def test_a_suite_run_in_parts_keeps_the_earlier_arms_in_its_records(tmp_path):
+    """`--keep-earlier`: arms measured in an earlier part (the same settings) keep their rows
+    and verdict notes beside the arms measured now, each part dated; a re-measured arm
+    replaces its rows; a record of other settings is refused instead of mixed in."""
+    from circuitlab.report.results import PARTS, ResultRecord, main
+
+    records = tmp_path / "records"
+    base = front_rows("baseline", [0.5, 0.4, 0.6]) + front_rows("baseline", [0.5, 0.4, 0.6], "g")
+
+    def part(arms: dict[str, list[float]], intro="Intro.") -> str:
+        data = base + [
+            r for arm, a in arms.items() for o in ("org", "g") for r in front_rows(arm, a, o)
+        ]
+        path = tmp_path / f"{'-'.join(arms)}-{intro}.json"
+        rule = {"alpha": 0.05, "min_d": 0.3, "primary": "front_area"}
+        path.write_text(json.dumps({"rule": rule, "intro": intro, "rows": data}))
+        return str(path)
+
+    def record(source: str, name="validation", flag="--from-validation", keep=True) -> ResultRecord:
+        argv = [flag, source, "--name", name, "--title", "t", "--command", "c"]
+        argv += ["--records", str(records), "--page", str(tmp_path / "r.md"), "--readme", ""]
+        assert main(argv + (["--keep-earlier"] if keep else [])) == 0
+        return ResultRecord.load(records / f"{name}.json")
+
+    good, cones = [0.2, 0.12, 0.28], [0.5, 0.41, 0.6]
+    record(part({"good": good, "probe": good}))
+    merged = record(part({"cones": cones}))
+    assert [r[:2] for r in merged.rows] == [
+        [o, a] for o in ("org", "g") for a in ("good", "probe", "cones")
+    ]
+    assert [n.split(":", 1)[0] for n in merged.notes] == ["good", "probe", "cones"]
+    assert merged.details[-1].startswith(PARTS) and "good, probe: " in merged.details[-1]
+    assert merged.details[-1].count(": ") == 3  # the prefix, then one date per part
+    # Probe re-measured: its new rows replace the old; good stays from the first part.
+    again = record(part({"probe": cones}))
+    assert [r[:2] for r in again.rows][:3] == [["org", "good"], ["org", "probe"], ["org", "cones"]]
+    assert again.rows[1] == merged.rows[2][:1] + ["probe"] + merged.rows[2][2:]
+    assert "good: " in again.details[-1] and "cones: " in again.details[-1]
+    short = ("validation-verdicts", "--from-validation-verdicts")
+    assert record(part({"good": good}), *short).rows[0][0] == "good"
+    assert [r[0] for r in record(part({"cones": cones}), *short).rows] == ["good", "cones"]
+    with pytest.raises(ValueError, match="other weights or settings"):
+        record(part({"cones": cones}, intro="Other seeds."))
+    # Without the flag a record is replaced whole, as before.
+    assert [r[1] for r in record(part({"cones": cones}), keep=False).rows] == ["cones", "cones"]

@@ -38,6 +38,7 @@ __all__ = [
     "from_export",
     "from_side_by_side",
     "from_testbed_check",
+    "keep_earlier",
     "readme_markers",
     "ResultRecord",
     "load_records",
@@ -136,6 +137,68 @@ class ResultRecord:
             f.write(text)
         os.replace(tmp, path)
         return path
+
+
+PARTS = "Measured in parts (one settings hash, one baseline run per seed, arms run separately): "
+
+
+def keep_earlier(record: ResultRecord, old: ResultRecord, key: Sequence[str]) -> ResultRecord:
+    """``record`` plus the rows of ``old`` whose ``key`` cells it lacks, with their notes.
+
+    For a suite run in parts (``experiments/validate.py --only``): arms measured earlier stay
+    in the table beside those measured now, each part dated in a detail line. Refused unless
+    both agree on columns, weights and details (the settings, seeds and rule), so rows of
+    another design cannot be mixed in. A note belongs to the rows whose last key cell opens
+    it (``"cones (…): …"``).
+
+    Args:
+        key: the columns that name a row (``("organism", "arm")``); the last one groups rows.
+    """
+    if record.columns != old.columns:
+        raise ValueError(f"{record.name}: columns differ from the earlier record's; rerun all")
+    settings = [d for d in record.details if not d.startswith(PARTS)]
+    if (old.weights, [d for d in old.details if not d.startswith(PARTS)]) != (
+        record.weights,
+        settings,
+    ):
+        raise ValueError(
+            f"{record.name}: the earlier record has other weights or settings "
+            f"({old.weights} vs {record.weights}); its rows cannot stand beside these"
+        )
+    cols = [record.columns.index(k) for k in key]
+
+    def name(row: Sequence[str]) -> tuple[str, ...]:
+        return tuple(row[i] for i in cols)
+
+    def group(note: str) -> str:
+        return note.replace(":", " ").split(" ", 1)[0]
+
+    new_names = {name(r) for r in record.rows}
+    kept = [r for r in old.rows if name(r) not in new_names]
+    if not kept:
+        return record
+    # Group order: the earlier table's, then groups new in this one; rows by leading keys.
+    order = list(dict.fromkeys([r[cols[-1]] for r in old.rows + record.rows]))
+    leads = list(dict.fromkeys(name(r)[:-1] for r in old.rows + record.rows))
+    rows = sorted(
+        kept + record.rows, key=lambda r: (leads.index(name(r)[:-1]), order.index(r[cols[-1]]))
+    )
+    groups_now = {r[cols[-1]] for r in record.rows}
+    notes = [n for n in old.notes if group(n) not in groups_now] + list(record.notes)
+    notes.sort(key=lambda n: order.index(group(n)) if group(n) in order else len(order))
+    parts: list[tuple[list[str], str]] = []
+    for line in old.details:
+        if line.startswith(PARTS):
+            for part in line[len(PARTS) :].rstrip(".").split("; "):
+                groups, date = part.rsplit(": ", 1)
+                parts.append((groups.split(", "), date))
+    if not parts:
+        parts = [(list(dict.fromkeys(r[cols[-1]] for r in old.rows)), old.date)]
+    parts = [([g for g in gs if g not in groups_now], d) for gs, d in parts]
+    parts = [(gs, d) for gs, d in parts if gs]
+    parts.append((sorted(groups_now, key=order.index), record.date))
+    line = PARTS + "; ".join(f"{', '.join(gs)}: {d}" for gs, d in parts) + "."
+    return replace(record, rows=rows, notes=notes, details=[*settings, line])
 
 
 def load_records(folder: str | Path) -> list[ResultRecord]:
@@ -414,6 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     new.add_argument("--command", dest="run_command", help="the command that reproduces it")
     new.add_argument("--weights", help="fingerprint of the weights measured")
     new.add_argument("--in-readme", action="store_true", help="show it in the README")
+    new.add_argument(
+        "--keep-earlier",
+        action="store_true",
+        help="validation only: keep the existing record's arms this file lacks (same settings)",
+    )
     args = parser.parse_args(argv)
     builders = {
         "from_export": from_export, "from_check": from_testbed_check,
@@ -429,6 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             source, args.name, args.run_command, args.title, weights=args.weights,
             readme=args.in_readme,
         )  # fmt: skip
+        if args.keep_earlier:
+            # A suite run in parts: the arms of an earlier part keep their rows.
+            keys = {"from_validation": ("organism", "arm"), "from_validation_verdicts": ("arm",)}
+            if chosen[0] not in keys:
+                parser.error("--keep-earlier goes with --from-validation(-verdicts)")
+            earlier = Path(args.records) / f"{args.name}.json"
+            if earlier.is_file():
+                record = keep_earlier(record, ResultRecord.load(earlier), keys[chosen[0]])
         sys.stdout.write(f"recorded: {record.save(args.records)}\n")
     stale = render(args.records, args.page, args.readme or None, check=args.check)
     for p in stale:
