@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from circuitlab._resources import atomic_folder, atomic_write, json_hash
+from circuitlab._resources import atomic_folder, atomic_write, file_sha256, json_hash
 from circuitlab.decoding import Runner, eos_ids, generate_tokens
 from circuitlab.progress import progress_bar
 from circuitlab.prompts import PromptSet, load_prompts
@@ -539,6 +539,11 @@ def build_testbed(
     with atomic_folder(folder, create=False) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # The build is bit-reproducible on one machine type: a user compares these hashes
+        # with the reference build's to know the organism's figures apply to theirs.
+        manifest["weights_sha256"] = {
+            p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))
+        }
         (tmp / "circuitlab_testbed.json").write_text(json.dumps(manifest, indent=2))
     log.info("built %s in %.0f s", folder, time.perf_counter() - started)
     return folder

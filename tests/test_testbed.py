@@ -1,6 +1,7 @@
 """The refusal organism's data and training plumbing (fast); the organism itself is slow."""
 
 import dataclasses
+import hashlib
 import json
 import random
 
@@ -198,6 +199,16 @@ def test_gemma_recipe_builds_a_reproducible_organism(tiny_recipe, tmp_path):
     weights = [load_file(f / "model.safetensors") for f in folders]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit for bit
+    manifests = [json.loads((f / "circuitlab_testbed.json").read_text()) for f in folders]
+    assert (
+        manifests[0]["weights_sha256"]
+        == manifests[1]["weights_sha256"]
+        == {
+            "model.safetensors": hashlib.sha256(
+                (folders[0] / "model.safetensors").read_bytes()
+            ).hexdigest()
+        }
+    )
     before = load_file(base / "model.safetensors")
     changed = {k for k in before if not torch.equal(before[k], weights[0][k])}
     assert changed and all(".layers.0." not in k and "embed" not in k for k in changed)

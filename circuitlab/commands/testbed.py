@@ -27,6 +27,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
         f"distilled examples, epoch losses {[round(x, 3) for x in manifest['epoch_losses']]}, "
         f"built in {seconds['data_and_distill'] + seconds['train']:.0f} s"
     )
+    for name, digest in manifest.get("weights_sha256", {}).items():
+        out.print(f"{name} sha256 {digest}")
     return 0
 
 
