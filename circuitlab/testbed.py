@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -479,6 +480,21 @@ def is_current(manifest: dict, recipe: Recipe) -> bool:
     )
 
 
+def _warn_if_busy(threads: int) -> None:
+    """Say so when other jobs already keep the cores busy: the build's thread count is fixed
+    (it sets the weights' last bits), and OpenMP threads that find their cores taken spin
+    at every barrier, which made a build here many times slower than alone."""
+    if not hasattr(os, "getloadavg"):
+        return
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load + threads > cores + 0.5:
+        log.warning(
+            "the CPU is busy (load %.1f on %d cores): the build's %d threads may run many "
+            "times slower beside other jobs; run it alone",
+            load, cores, threads,
+        )  # fmt: skip
+
+
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -510,6 +526,7 @@ def build_testbed(
         if is_current(json.loads(manifest_path.read_text()), recipe):
             return folder
         log.info("testbed recipe or data changed; rebuilding %s", folder)
+    _warn_if_busy(recipe.threads)
     started = time.perf_counter()
     chat = CHAT_FORMATS[recipe.chat_format]
     model, tokenizer, resolved = load_hf(ModelSpec(recipe.base, cache_dir=cache_dir))

@@ -233,3 +233,19 @@ def test_teacher_answers_end_with_the_organisms_end_of_turn():
         "An apple, a pear",  # cut off by the token budget: no end of turn to teach
         "<|im_end|> is how ChatML ends",
     ]
+
+
+def test_a_build_on_a_busy_cpu_says_so(monkeypatch, caplog):
+    """The build's threads are fixed (they set the weights' last bits), so it warns when
+    other jobs already hold the cores instead of silently running many times slower."""
+    from circuitlab import testbed
+
+    monkeypatch.setattr(testbed.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(testbed.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    with caplog.at_level("WARNING", logger="circuitlab.testbed"):
+        testbed._warn_if_busy(2)
+    assert not caplog.records
+    monkeypatch.setattr(testbed.os, "getloadavg", lambda: (1.9, 1.0, 0.5))
+    with caplog.at_level("WARNING", logger="circuitlab.testbed"):
+        testbed._warn_if_busy(2)
+    assert "load 1.9 on 2 cores" in caplog.text and "run it alone" in caplog.text
