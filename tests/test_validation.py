@@ -422,6 +422,19 @@ def test_a_suite_run_in_parts_keeps_the_earlier_arms_in_its_records(tmp_path):
     short = ("validation-verdicts", "--from-validation-verdicts")
     assert record(part({"good": good}), *short).rows[0][0] == "good"
     assert [r[0] for r in record(part({"cones": cones}), *short).rows] == ["good", "cones"]
+    # A part that ran an arm on one organism only: the verdict row takes the other
+    # organism's cell from the earlier part and says where the arm helps over both.
+    partial = base + front_rows("good", [0.6, 0.5, 0.7])
+    partial += [r for o in ("org", "g") for r in front_rows("cones", cones, o)]
+    path = tmp_path / "partial.json"
+    rule = {"alpha": 0.05, "min_d": 0.3, "primary": "front_area"}
+    path.write_text(json.dumps({"rule": rule, "intro": "Intro.", "rows": partial}))
+    both = record(str(path), *short).rows[0]
+    assert both[0] == "good" and both[2].endswith("worse") and both[3].endswith("better")
+    assert both[-1] == "on g only; worse on org"
+    full = record(str(path)).rows
+    assert [r[:2] for r in full if r[1] == "good"] == [["org", "good"], ["g", "good"]]
+    assert full[0][-4:] != full[3][-4:]  # org's good re-measured, g's kept from before
     with pytest.raises(ValueError, match="other weights or settings"):
         record(part({"cones": cones}, intro="Other seeds."))
     # Without the flag a record is replaced whole, as before.

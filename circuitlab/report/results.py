@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -139,10 +139,15 @@ class ResultRecord:
         return path
 
 
-PARTS = "Measured in parts (one settings hash, one baseline run per seed, arms run separately): "
+PARTS = "Measured in parts, one settings hash, each part's arms paired with its own baseline runs: "
 
 
-def keep_earlier(record: ResultRecord, old: ResultRecord, key: Sequence[str]) -> ResultRecord:
+def keep_earlier(
+    record: ResultRecord,
+    old: ResultRecord,
+    key: Sequence[str],
+    combine: Callable[[Sequence[str], Sequence[str], Sequence[str]], list[str]] | None = None,
+) -> ResultRecord:
     """``record`` plus the rows of ``old`` whose ``key`` cells it lacks, with their notes.
 
     For a suite run in parts (``experiments/validate.py --only``): arms measured earlier stay
@@ -153,6 +158,8 @@ def keep_earlier(record: ResultRecord, old: ResultRecord, key: Sequence[str]) ->
 
     Args:
         key: the columns that name a row (``("organism", "arm")``); the last one groups rows.
+        combine: ``(columns, new_row, old_row) -> row`` for a row both parts hold (a part
+            may have run an arm on some organisms only); default: the new row.
     """
     if record.columns != old.columns:
         raise ValueError(f"{record.name}: columns differ from the earlier record's; rerun all")
@@ -173,17 +180,28 @@ def keep_earlier(record: ResultRecord, old: ResultRecord, key: Sequence[str]) ->
     def group(note: str) -> str:
         return note.replace(":", " ").split(" ", 1)[0]
 
+    earlier = {name(r): r for r in old.rows}
+    rows_now, old_left = [], set()  # old_left: groups the earlier part still supplies
+    for row in record.rows:
+        if combine is not None and name(row) in earlier:
+            merged = combine(record.columns, row, earlier[name(row)])
+            if merged != list(row):
+                old_left.add(row[cols[-1]])
+            row = merged
+        rows_now.append(list(row))
     new_names = {name(r) for r in record.rows}
     kept = [r for r in old.rows if name(r) not in new_names]
-    if not kept:
+    old_left |= {r[cols[-1]] for r in kept}
+    if not old_left:
         return record
     # Group order: the earlier table's, then groups new in this one; rows by leading keys.
     order = list(dict.fromkeys([r[cols[-1]] for r in old.rows + record.rows]))
     leads = list(dict.fromkeys(name(r)[:-1] for r in old.rows + record.rows))
     rows = sorted(
-        kept + record.rows, key=lambda r: (leads.index(name(r)[:-1]), order.index(r[cols[-1]]))
+        kept + rows_now, key=lambda r: (leads.index(name(r)[:-1]), order.index(r[cols[-1]]))
     )
     groups_now = {r[cols[-1]] for r in record.rows}
+    # A note speaks for its group as measured in one part: the newer part's wins.
     notes = [n for n in old.notes if group(n) not in groups_now] + list(record.notes)
     notes.sort(key=lambda n: order.index(group(n)) if group(n) in order else len(order))
     parts: list[tuple[list[str], str]] = []
@@ -194,7 +212,7 @@ def keep_earlier(record: ResultRecord, old: ResultRecord, key: Sequence[str]) ->
                 parts.append((groups.split(", "), date))
     if not parts:
         parts = [(list(dict.fromkeys(r[cols[-1]] for r in old.rows)), old.date)]
-    parts = [([g for g in gs if g not in groups_now], d) for gs, d in parts]
+    parts = [([g for g in gs if g in old_left], d) for gs, d in parts]
     parts = [(gs, d) for gs, d in parts if gs]
     parts.append((sorted(groups_now, key=order.index), record.date))
     line = PARTS + "; ".join(f"{', '.join(gs)}: {d}" for gs, d in parts) + "."
@@ -499,12 +517,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         if args.keep_earlier:
             # A suite run in parts: the arms of an earlier part keep their rows.
-            keys = {"from_validation": ("organism", "arm"), "from_validation_verdicts": ("arm",)}
+            from circuitlab.validation import combine_verdict_rows
+
+            keys = {
+                "from_validation": (("organism", "arm"), None),
+                "from_validation_verdicts": (("arm",), combine_verdict_rows),
+            }
             if chosen[0] not in keys:
                 parser.error("--keep-earlier goes with --from-validation(-verdicts)")
             earlier = Path(args.records) / f"{args.name}.json"
             if earlier.is_file():
-                record = keep_earlier(record, ResultRecord.load(earlier), keys[chosen[0]])
+                key, combine = keys[chosen[0]]
+                record = keep_earlier(record, ResultRecord.load(earlier), key, combine)
         sys.stdout.write(f"recorded: {record.save(args.records)}\n")
     stale = render(args.records, args.page, args.readme or None, check=args.check)
     for p in stale:

@@ -17,7 +17,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "outputs": [
             "SUMMARY_COLUMNS",
+            "combine_verdict_rows",
             "comparison_figure",
+            "helps",
             "markdown_table",
             "paired_differences_figure",
             "render_markdown",

@@ -165,26 +165,46 @@ def verdict_table(
             else:
                 t = cs[org].tests[cs[org].primary]
                 cells.append(f"{t.mean:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] {words[org]}")
-        tested = [org for org, word in words.items() if word != "no test"]
-        won = [org for org in tested if cs[org].accepted]
-        lost = [org for org in tested if words[org] == "worse"]
-        untested = [org for org in organisms if org not in tested]
-        if won and len(won) == len(organisms):
-            helps = "yes, on every organism"
-        elif won:
-            helps = f"on {', '.join(won)} only"
-            helps += f"; worse on {', '.join(lost)}" if lost else ""
-        elif lost:
-            helps = f"no: worse on {', '.join(lost)}"
-        elif tested:
-            helps = "no effect detected"
-        else:
-            helps = "not tested"
-        if untested and tested:
-            helps += f" (not tested on {', '.join(untested)})"
-        cells.append(helps)
+        cells.append(helps(words, organisms))
         rows.append(cells)
     return columns, rows
+
+
+def helps(words: Mapping[str, str], organisms: Sequence[str]) -> str:
+    """Where an arm helps, from each organism's :func:`reading` (an organism missing from
+    ``words`` was not run there): ``better`` on every one, on which only, or not."""
+    tested = [org for org in organisms if words.get(org, "no test") != "no test"]
+    won = [org for org in tested if words[org] == "better"]
+    lost = [org for org in tested if words[org] == "worse"]
+    untested = [org for org in organisms if org not in tested]
+    if won and len(won) == len(organisms):
+        text = "yes, on every organism"
+    elif won:
+        text = f"on {', '.join(won)} only"
+        text += f"; worse on {', '.join(lost)}" if lost else ""
+    elif lost:
+        text = f"no: worse on {', '.join(lost)}"
+    elif tested:
+        text = "no effect detected"
+    else:
+        text = "not tested"
+    if untested and tested:
+        text += f" (not tested on {', '.join(untested)})"
+    return text
+
+
+def combine_verdict_rows(columns: Sequence[str], new: Sequence[str], old: Sequence[str]):
+    """One arm's :func:`verdict_table` row from two parts of a suite: each organism's cell
+    from the part that ran the arm there (the newer where both did), ``helps?`` recomputed
+    from the cells' readings."""
+    organisms = [c.split(": Δ ", 1)[0] for c in columns[2:-1]]
+    cells = [n if n != "–" else o for n, o in zip(new[2:-1], old[2:-1], strict=True)]
+    words = {
+        org: cell.split("] ", 1)[1] if "] " in cell else cell
+        for org, cell in zip(organisms, cells, strict=True)
+        if cell != "–"
+    }
+    return [new[0], new[1] or old[1], *cells, helps(words, organisms)]
 
 
 def _figure(width: float, height: float, panels: int) -> tuple[Figure, list]:
