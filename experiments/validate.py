@@ -101,16 +101,19 @@ ARMS = (
     "baseline", "probe", "ensemble", "calibrated", "cones", "caa", "heads", "warm_start",
     "massive", "sae",
 )  # fmt: skip
-# What each arm changes against the baseline, for the summary's verdicts.
+# What each arm changes against the baseline, for the summary's verdicts. Per-layer trials
+# (a search parameter, on in about half the trials) ablate the writer-aligned diff-means set
+# whatever the method, without the massive direction and uncalibrated: arms that change the
+# direction change only the other trials, and the verdicts say so.
 CHANGES = {
-    "probe": "supervised probe directions",
-    "ensemble": "probe + PCA ensemble directions",
-    "calibrated": "calibrated weights offered to the search",
-    "cones": "concept-cone directions ablated as one subspace",
+    "probe": "supervised probe directions (not in per-layer trials)",
+    "ensemble": "probe + PCA ensemble directions (not in per-layer trials)",
+    "calibrated": "calibrated weights offered to the search (not in per-layer trials)",
+    "cones": "concept-cone directions ablated as one subspace (not in per-layer trials)",
     "caa": "plus an activation addition against refusal",
     "heads": "plus a head-level ablation of the circuit's top heads",
     "warm_start": "the family's warm-start profile",
-    "massive": "attention sinks' massive direction removed from the directions",
+    "massive": "attention sinks' massive direction removed (per-layer trials remove it already)",
     "sae": "SAE refusal features' decoder directions instead of difference of means",
 }
 # Bump when a run computes something else for the same settings (invalidates the cache).
