@@ -527,6 +527,7 @@ def run_one(
         "heads": [list(h) for h in heads] if arm == "heads" else [],
         "seconds": round(time.perf_counter() - started, 1),
         "status": status,
+        "code": code_version(),
         **summary,
         "front_n": len(points),
         "front": points,
@@ -629,14 +630,49 @@ def _intro(config: Config) -> str:
     )
 
 
+@functools.cache
+def code_version() -> str:
+    """The commit of the circuitlab checkout that runs (``+dirty`` with local changes), or
+    the package version outside a checkout: the cache is keyed by settings, not by code, so
+    each run records which code made it."""
+    import subprocess
+
+    from circuitlab import __version__
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=10
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "circuitlab", "experiments")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return commit + ("+dirty" if dirty else "")
+
+
 def _mixed_models(rows: list[dict]) -> list[str]:
-    """Organisms whose results come from more than one set of weights (rebuilt meanwhile)."""
-    seen: dict[str, set] = {}
+    """Organisms whose results come from more than one set of weights (rebuilt meanwhile) or
+    more than one version of the code (a cache resumed after the code changed)."""
+    weights: dict[str, set] = {}
+    code: dict[str, set] = {}
     for row in rows:
-        seen.setdefault(row["organism"], set()).add(row.get("model"))
-    return [
-        f"results of {o} come from different model weights" for o, m in seen.items() if len(m) > 1
+        weights.setdefault(row["organism"], set()).add(row.get("model"))
+        code.setdefault(row["organism"], set()).add(row.get("code", "unrecorded"))
+    out = [f"results of {o} come from different model weights" for o, m in weights.items()
+           if len(m) > 1]  # fmt: skip
+    out += [
+        f"results of {o} come from {len(c)} versions of the code ({', '.join(sorted(c))}): "
+        "a baseline and an arm run by different code are not a clean pair unless the change "
+        "left results alone; a fresh --work reruns them all"
+        for o, c in code.items()
+        if len(c) > 1
     ]
+    return out
 
 
 def with_front(row: dict, config: Config) -> dict:

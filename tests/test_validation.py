@@ -328,6 +328,13 @@ def test_small_validation_runs_end_to_end_and_resumes(cache_dir, tmp_path, capsy
     again = _json(lost)
     for key in ("refusal_rate", "kl_first", "kl_k", "capability_delta", "chosen_trial"):
         assert again[key] == pytest.approx(runs["caa"][key]), key
+    # Each run records the code that made it; a cache resumed after the code changed says so.
+    assert again["code"] == runs["caa"]["code"] == validate.code_version()
+    assert "versions of the code" not in summary
+    lost.write_text(json.dumps({**again, "code": "0000000"}))
+    mixed = validate.main([*argv, "--no-run", "--out", str(tmp_path / "mixed")], load=load)
+    assert f"results of {NAME} come from 2 versions of the code" in mixed["markdown"].read_text()
+    lost.write_text(json.dumps(again))
     assert again["kl_first"] > 0  # an activation addition always moves the harmless logits
 
     # --no-run: the outputs of what is cached, nothing loaded; --only: just that arm's
