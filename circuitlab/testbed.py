@@ -480,18 +480,30 @@ def is_current(manifest: dict, recipe: Recipe) -> bool:
     )
 
 
+def _other_runnable() -> float | None:
+    """Processes other than this one that want a core now: the fewest of five looks at
+    ``/proc/loadavg``'s running count (a passing spike is not a busy CPU); elsewhere the
+    1-minute load average less this process."""
+    try:
+        looks = []
+        for _ in range(5):
+            looks.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+            time.sleep(0.05)
+        return min(looks)
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0] - 1 if hasattr(os, "getloadavg") else None
+
+
 def _warn_if_busy(threads: int) -> None:
     """Say so when other jobs already keep the cores busy: the build's thread count is fixed
     (it sets the weights' last bits), and OpenMP threads that find their cores taken spin
     at every barrier, which made a build here many times slower than alone."""
-    if not hasattr(os, "getloadavg"):
-        return
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load + threads > cores + 0.5:
+    others, cores = _other_runnable(), os.cpu_count() or 1
+    if others is not None and others + threads > cores:
         log.warning(
-            "the CPU is busy (load %.1f on %d cores): the build's %d threads may run many "
-            "times slower beside other jobs; run it alone",
-            load, cores, threads,
+            "the CPU is busy (%g other running jobs on %d cores): the build's %d threads may "
+            "run many times slower beside them; run it alone",
+            others, cores, threads,
         )  # fmt: skip
 
 
