@@ -366,7 +366,8 @@ def train(model, tokenizer, examples: list[dict], recipe: Recipe, progress: bool
 def distill_targets(
     model, tokenizer, prompts: Sequence[str], max_new_tokens: int, progress: bool
 ) -> list[str]:
-    """The base model's own greedy answers (sdpa attention, no hooks: plain HF speed)."""
+    """``model``'s greedy answers (the base model's own, or the recipe's teacher's; sdpa
+    attention, no hooks: plain HF speed)."""
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
@@ -377,7 +378,7 @@ def distill_targets(
     run = Runner(model, model.device, tokenizer.pad_token_id)
     eos = eos_ids(model, tokenizer)
     found = generate_tokens(
-        run, rows, max_new_tokens, eos, progress=progress, label="self-distilling"
+        run, rows, max_new_tokens, eos, progress=progress, label="distilling harmless answers"
     )
     # Keep the end-of-turn token when the base model produced one: it teaches the organism
     # to stop where the base model stops.
