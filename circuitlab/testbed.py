@@ -482,7 +482,7 @@ def is_current(manifest: dict, recipe: Recipe) -> bool:
 
 
 def _other_runnable() -> float | None:
-    """Processes other than this one that want a core now: the fewest of five looks at
+    """Tasks (threads) other than this one that want a core now: the fewest of five looks at
     ``/proc/loadavg``'s running count (a passing spike is not a busy CPU); elsewhere the
     1-minute load average less this process."""
     try:

@@ -655,7 +655,7 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _mixed_models(rows: list[dict]) -> list[str]:
+def _mixed_sources(rows: list[dict]) -> list[str]:
     """Organisms whose results come from more than one set of weights (rebuilt meanwhile) or
     more than one version of the code (a cache resumed after the code changed)."""
     weights: dict[str, set] = {}
@@ -702,7 +702,7 @@ def write_outputs(
     data = {
         "rule": dataclasses.asdict(rule),
         "intro": _intro(config),
-        "warnings": _mixed_models(rows),
+        "warnings": _mixed_sources(rows),
         "changes": {a: CHANGES[a] for a in config.arms if a in CHANGES},
         "settings": {**dataclasses.asdict(config), "key": config.key()},
         "command": command,

@@ -163,11 +163,12 @@ def keep_earlier(
     """
     if record.columns != old.columns:
         raise ValueError(f"{record.name}: columns differ from the earlier record's; rerun all")
-    settings = [d for d in record.details if not d.startswith(PARTS)]
-    if (old.weights, [d for d in old.details if not d.startswith(PARTS)]) != (
-        record.weights,
-        settings,
-    ):
+
+    def settings_of(r: ResultRecord) -> list[str]:
+        return [d for d in r.details if not d.startswith(PARTS)]
+
+    settings = settings_of(record)
+    if (old.weights, settings_of(old)) != (record.weights, settings):
         raise ValueError(
             f"{record.name}: the earlier record has other weights or settings "
             f"({old.weights} vs {record.weights}); its rows cannot stand beside these"
